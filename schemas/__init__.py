@@ -1,0 +1,86 @@
+"""fedscreen's wire contract: one pydantic model per message type, exported as JSON Schema.
+
+Import message types from here; ``MESSAGE_TYPES`` lists every top-level message.
+"""
+
+from __future__ import annotations
+
+from schemas.candidate import CandidateEvent
+from schemas.common import ReasonCode, WireModel
+from schemas.dlq import DlqEnvelope
+from schemas.federation import EncryptedFragment, FragmentRequest
+from schemas.rollout import (
+    BankBundle,
+    CampaignPolicy,
+    FrequencyCap,
+    PackingSpec,
+    PartnerBundle,
+    PartnerScorecard,
+    PolicyConfig,
+    ScoreBand,
+)
+from schemas.screening import DeadlineTick, Decision, PendingBatch, PendingCandidate, Release
+from schemas.training import (
+    GradientPacking,
+    TrainError,
+    TrainFinish,
+    TrainGradients,
+    TrainHistograms,
+    TrainReady,
+    TrainScores,
+    TrainStart,
+    TrainWeights,
+)
+
+MESSAGE_TYPES: tuple[type[WireModel], ...] = (
+    CandidateEvent,
+    FragmentRequest,
+    EncryptedFragment,
+    PendingBatch,
+    DeadlineTick,
+    Decision,
+    Release,
+    DlqEnvelope,
+    BankBundle,
+    PartnerBundle,
+    TrainStart,
+    TrainWeights,
+    TrainGradients,
+    TrainFinish,
+    TrainReady,
+    TrainScores,
+    TrainHistograms,
+    TrainError,
+)
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "BankBundle",
+    "CampaignPolicy",
+    "CandidateEvent",
+    "DeadlineTick",
+    "Decision",
+    "DlqEnvelope",
+    "EncryptedFragment",
+    "FragmentRequest",
+    "FrequencyCap",
+    "GradientPacking",
+    "PackingSpec",
+    "PartnerBundle",
+    "PartnerScorecard",
+    "PendingBatch",
+    "PendingCandidate",
+    "PolicyConfig",
+    "ReasonCode",
+    "Release",
+    "ScoreBand",
+    "TrainError",
+    "TrainFinish",
+    "TrainGradients",
+    "TrainHistograms",
+    "TrainReady",
+    "TrainScores",
+    "TrainStart",
+    "TrainWeights",
+    "WireModel",
+]

@@ -1,0 +1,116 @@
+"""Model bundles, rolled out as versioned events on compacted topics.
+
+The bank bundle (``model.rollouts.bank.v1``) holds everything in plaintext and never
+leaves the bank. Each partner's bundle (``model.rollouts.<partner>.v1``) holds only the
+public key and that partner's weight tables encrypted under it; the partner's bin
+edges never travel at all (the partner keeps them, keyed by ``binning_id``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from schemas.common import B64Int, Ident, PartnerName, WireModel
+
+
+class PackingSpec(WireModel):
+    """Fixed-point slot packing shared by both sides of the protocol.
+
+    A weight w becomes the integer ``round(w * 2**frac_bits) + entry_offset`` (never
+    negative). Slot s of a plaintext occupies bits ``[s*slot_bits, (s+1)*slot_bits)``;
+    inside a slot, bits below ``score_bits`` hold the summed partner score and the bits
+    above hold the count of blacklist hits.
+    """
+
+    frac_bits: int = Field(ge=4, le=32)
+    slot_bits: int = Field(ge=16, le=128)
+    score_bits: int = Field(ge=8, le=120)
+    slots: int = Field(ge=1, le=512)
+    weight_clip: float = Field(gt=0, description="Every weight lies in [-clip, clip].")
+
+    @model_validator(mode="after")
+    def _fields_fit(self) -> PackingSpec:
+        if self.score_bits >= self.slot_bits:
+            raise ValueError("score_bits must leave room for the blacklist field")
+        return self
+
+    @property
+    def entry_offset(self) -> int:
+        return round(self.weight_clip * (1 << self.frac_bits))
+
+
+class ScoreBand(WireModel):
+    band: str = Field(min_length=1, max_length=16)
+    max_pd: float = Field(gt=0.0, le=1.0, description="Band applies when pd <= max_pd.")
+
+
+class CampaignPolicy(WireModel):
+    campaign_id: Ident
+    max_pd: float = Field(gt=0.0, le=1.0, description="Suppress when pd is above this.")
+    quota: int | None = Field(default=None, ge=0, description="Most releases; None = no cap.")
+    score_bands: list[ScoreBand] = Field(min_length=1)
+    release_ttl_hours: float = Field(default=72.0, gt=0)
+
+
+class FrequencyCap(WireModel):
+    max_screenings: int = Field(ge=1, description="Screenings per customer inside the window.")
+    window_hours: float = Field(gt=0)
+
+
+class PolicyConfig(WireModel):
+    campaigns: list[CampaignPolicy] = Field(min_length=1)
+    frequency_cap: FrequencyCap
+    deadline_outcome: Literal["suppress", "fallback"] = Field(
+        default="suppress",
+        description="A partner missing the deadline suppresses (PARTNER_UNAVAILABLE) or "
+        "scores on the bank-only fallback model (SCORED_DEGRADED).",
+    )
+
+    def campaign(self, campaign_id: str) -> CampaignPolicy | None:
+        for campaign in self.campaigns:
+            if campaign.campaign_id == campaign_id:
+                return campaign
+        return None
+
+
+class PartnerScorecard(WireModel):
+    """Partner k's scorecard as the bank holds it: weights by feature position and bin,
+    with no feature names and no bin edges."""
+
+    partner: PartnerName
+    bins_per_feature: list[int] = Field(min_length=1)
+    weights: list[list[float]] = Field(description="weights[j][b]; the last bin is 'missing'.")
+
+
+class BankBundle(WireModel):
+    SCHEMA_ID: ClassVar[str] = "bank-bundle.v1"
+
+    model_version: Ident
+    created_at: AwareDatetime
+    key_id: Ident
+    public_key_n: B64Int
+    packing: PackingSpec
+    bank_features: list[str] = Field(min_length=1)
+    partners: list[PartnerScorecard] = Field(min_length=1)
+    booster: str = Field(description="LightGBM text model on bank features (+ partner score).")
+    stacked: bool = Field(description="Whether the booster takes the partner score as input.")
+    fallback_booster: str = Field(description="Bank-only LightGBM, for degraded scoring.")
+    policy: PolicyConfig
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class PartnerBundle(WireModel):
+    SCHEMA_ID: ClassVar[str] = "partner-bundle.v1"
+
+    model_version: Ident
+    created_at: AwareDatetime
+    partner: PartnerName
+    binning_id: Ident = Field(description="Which of the partner's locally kept binnings to use.")
+    key_id: Ident
+    public_key_n: B64Int
+    packing: PackingSpec
+    tables: list[list[B64Int]] = Field(
+        min_length=1, description="tables[j][b] = Enc(entry(w[j][b])), unshifted (slot 0)."
+    )

@@ -1,0 +1,76 @@
+"""Bank-internal messages of the pre-screening flow and what campaign tools receive."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.common import Ident, PartnerName, ReasonCode, WireModel
+
+
+class PendingCandidate(WireModel):
+    event_id: Ident
+    customer_id: Ident
+    campaign_id: Ident
+    occurred_at: AwareDatetime
+    features: dict[str, float | None]
+
+
+class PendingBatch(WireModel):
+    """``prescreen.pending.v1`` (key: batch id): the bank's side of a batch, for the joiner."""
+
+    SCHEMA_ID: ClassVar[str] = "pending-batch.v1"
+
+    batch_id: Ident
+    model_version: Ident
+    created_at: AwareDatetime
+    deadline_at: AwareDatetime
+    partners: list[PartnerName] = Field(min_length=1)
+    candidates: list[PendingCandidate] = Field(min_length=1, max_length=512)
+
+
+class DeadlineTick(WireModel):
+    """``prescreen.deadlines.v1`` (key: batch id): the prescreen's timer telling itself that a
+    batch's deadline has passed. A message rather than a direct call so the decision is
+    made inside stream processing, where table updates are durable."""
+
+    SCHEMA_ID: ClassVar[str] = "deadline-tick.v1"
+
+    batch_id: Ident
+    fired_at: AwareDatetime
+
+
+class Decision(WireModel):
+    """``prescreen.decisions.v1`` (key: event id): exactly one per candidate event."""
+
+    SCHEMA_ID: ClassVar[str] = "decision.v1"
+
+    decision_id: Ident = Field(description="Deterministic from the event id: retries reuse it.")
+    event_id: Ident
+    customer_id: Ident
+    campaign_id: Ident
+    outcome: Literal["released", "suppressed"]
+    reasons: list[ReasonCode] = Field(min_length=1)
+    pd: float | None = Field(default=None, ge=0.0, le=1.0, description="Probability of default.")
+    score_band: str | None = None
+    batch_id: Ident | None = None
+    model_version: Ident | None = None
+    degraded: bool = False
+    missing_partners: list[PartnerName] = Field(default_factory=list)
+    occurred_at: AwareDatetime
+    decided_at: AwareDatetime
+    decided_by: Literal["intake", "prescreen"]
+
+
+class Release(WireModel):
+    """``campaign.released.v1`` (key: decision id): what a campaign tool may learn, no more."""
+
+    SCHEMA_ID: ClassVar[str] = "release.v1"
+
+    decision_id: Ident
+    campaign_id: Ident
+    candidate_ref: Ident = Field(description="The candidate event id; the CRM resolves it.")
+    score_band: str
+    released_at: AwareDatetime
+    expires_at: AwareDatetime

@@ -1,0 +1,1 @@
+"""fedscreen services: intake, partner, prescreen, webhooks, training, and the shared kernel."""

@@ -1,0 +1,1 @@
+"""The shared kernel: crypto, model, Kafka and configuration that every service imports."""

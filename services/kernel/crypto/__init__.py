@@ -1,0 +1,1 @@
+"""Cryptography: Paillier with slot packing, tokens, signatures."""

@@ -1,0 +1,219 @@
+"""Fixed-point slot packing: many candidates' partner scores in one Paillier plaintext.
+
+Layout (see :class:`schemas.PackingSpec`): slot s occupies bits [sW, (s+1)W); in a
+slot the low ``score_bits`` hold a sum of table entries (weights shifted by an
+offset so they are never negative) and the bits above hold blacklist hits.
+
+Partner side: :class:`FragmentTables` pre-shifts each encrypted table entry into every
+slot (W modular squarings per step), so a batch's fragment is one modular
+multiplication per (slot, feature) plus one re-randomisation.
+Bank side: :func:`unpack` checks every field against its worst case, so an overflow,
+a wrong key or a tampered ciphertext is detected rather than mis-scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import gmpy2
+from gmpy2 import mpz
+
+from schemas import PackingSpec
+from services.kernel.crypto.paillier import PublicKey
+
+DEFAULT_FRAC_BITS = 14
+DEFAULT_WEIGHT_CLIP = 8.0
+MAX_SLOTS = 512
+
+
+class PackingOverflowError(OverflowError):
+    """A value does not fit its field, or a decrypted slot exceeds what is possible."""
+
+
+def packing_for(
+    key_bits: int,
+    features_per_partner: Sequence[int],
+    *,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    weight_clip: float = DEFAULT_WEIGHT_CLIP,
+) -> PackingSpec:
+    """The tightest layout for a model: fields exactly wide enough for the worst case,
+    so a 2048-bit plaintext carries as many candidates as possible (2 bits of margin
+    below n)."""
+    entry_max = 2 * round(weight_clip * (1 << frac_bits))
+    score_bits = max(8, (sum(features_per_partner) * entry_max).bit_length())
+    hit_bits = max(1, len(features_per_partner).bit_length())
+    slot_bits = max(16, score_bits + hit_bits)
+    slots = min((key_bits - 2) // slot_bits, MAX_SLOTS)
+    if slots < 1:
+        raise PackingOverflowError(f"a {key_bits}-bit key cannot hold one {slot_bits}-bit slot")
+    spec = PackingSpec(
+        frac_bits=frac_bits,
+        slot_bits=slot_bits,
+        score_bits=slot_bits - hit_bits,
+        slots=slots,
+        weight_clip=weight_clip,
+    )
+    check_capacity(spec, features_per_partner, key_bits)
+    return spec
+
+
+def encode_weight(spec: PackingSpec, weight: float) -> int:
+    """round(w * 2^F) + offset, in [0, 2 * offset]."""
+    value = round(weight * (1 << spec.frac_bits))
+    offset = spec.entry_offset
+    if not -offset <= value <= offset:
+        raise PackingOverflowError(
+            f"weight {weight} outside [-{spec.weight_clip}, {spec.weight_clip}]"
+        )
+    return value + offset
+
+
+def check_capacity(spec: PackingSpec, features_per_partner: Sequence[int], key_bits: int) -> None:
+    """Refuse a model whose worst-case slot sum could overflow its field."""
+    if spec.slots * spec.slot_bits > key_bits - 2:
+        raise PackingOverflowError("slots * slot_bits exceeds the key's plaintext space")
+    worst_score = sum(features_per_partner) * 2 * spec.entry_offset
+    if worst_score >= 1 << spec.score_bits:
+        raise PackingOverflowError(
+            f"{sum(features_per_partner)} features can sum to {worst_score}, "
+            f"which does not fit {spec.score_bits} score bits"
+        )
+    if len(features_per_partner) >= 1 << (spec.slot_bits - spec.score_bits):
+        raise PackingOverflowError("too many partners for the blacklist field")
+
+
+def slot_value(spec: PackingSpec, entries_sum: int, hits: int) -> int:
+    """One slot's plaintext value (the plaintext benchmark mode sends these directly)."""
+    return entries_sum + (hits << spec.score_bits)
+
+
+def pack(spec: PackingSpec, slot_values: Sequence[int]) -> int:
+    if len(slot_values) > spec.slots:
+        raise PackingOverflowError(f"{len(slot_values)} values for {spec.slots} slots")
+    limit = 1 << spec.slot_bits
+    packed = 0
+    for s, value in enumerate(slot_values):
+        if not 0 <= value < limit:
+            raise PackingOverflowError(f"slot {s} value {value} outside [0, 2^{spec.slot_bits})")
+        packed |= value << (s * spec.slot_bits)
+    return packed
+
+
+@dataclass(frozen=True, slots=True)
+class SlotResult:
+    partner_score: float
+    blacklist_hits: int
+
+
+def unpack(
+    spec: PackingSpec,
+    plaintext: int,
+    slot_count: int,
+    features_per_partner: Mapping[str, int],
+) -> list[SlotResult]:
+    """Decode the sum of the listed partners' fragments.
+
+    ``features_per_partner`` names exactly the partners whose fragments were summed;
+    their feature counts give the total offset to remove and the worst case to check.
+    """
+    if plaintext < 0 or plaintext >> (slot_count * spec.slot_bits):
+        raise PackingOverflowError("plaintext has bits outside the used slots")
+    total_features = sum(features_per_partner.values())
+    offset_total = total_features * spec.entry_offset
+    worst_score = 2 * offset_total
+    max_hits = len(features_per_partner)
+    slot_mask = (1 << spec.slot_bits) - 1
+    score_mask = (1 << spec.score_bits) - 1
+    scale = float(1 << spec.frac_bits)
+    results = []
+    value = int(plaintext)
+    for s in range(slot_count):
+        slot = value & slot_mask
+        value >>= spec.slot_bits
+        score = slot & score_mask
+        hits = slot >> spec.score_bits
+        if score > worst_score or hits > max_hits:
+            raise PackingOverflowError(f"slot {s} holds an impossible value")
+        results.append(SlotResult((score - offset_total) / scale, hits))
+    return results
+
+
+class FragmentTables:
+    """A partner's encrypted tables, pre-shifted into every slot.
+
+    ``shifted[s][j][b] = tables[j][b] ^ (2^(W*s)) mod n^2 = Enc(entry * 2^(W*s))``.
+    """
+
+    def __init__(
+        self, public_key: PublicKey, spec: PackingSpec, tables: Sequence[Sequence[int]]
+    ) -> None:
+        self.public_key = public_key
+        self.spec = spec
+        self.bins_per_feature = [len(row) for row in tables]
+        nsquare = public_key.nsquare
+        shift = mpz(1) << spec.slot_bits
+        flat = [public_key.validate(c) for row in tables for c in row]
+        self.shifted: list[list[list[mpz]]] = [self._split(flat)]
+        for _ in range(1, spec.slots):
+            # One C call per slot; gmpy2 releases the GIL inside it.
+            flat = gmpy2.powmod_base_list(flat, shift, nsquare)
+            self.shifted.append(self._split(flat))
+        # Enc(2^score_bits) shifted per slot; deterministic here, hidden by the final
+        # re-randomisation like every other factor.
+        self.blacklist = [
+            public_key.encrypt_deterministic(1 << (spec.score_bits + s * spec.slot_bits))
+            for s in range(spec.slots)
+        ]
+
+    def _split(self, flat: Sequence[mpz]) -> list[list[mpz]]:
+        rows, start = [], 0
+        for bins in self.bins_per_feature:
+            rows.append(list(flat[start : start + bins]))
+            start += bins
+        return rows
+
+    @property
+    def features(self) -> int:
+        return len(self.bins_per_feature)
+
+    def fragment(self, rows: Sequence[Sequence[int]], hits: Sequence[bool]) -> mpz:
+        """Enc(sum over slots of (sum_j entry[j][bin] + hit * 2^score_bits) * 2^(W s)), fresh."""
+        if len(rows) > self.spec.slots or len(rows) != len(hits):
+            raise PackingOverflowError(f"{len(rows)} rows for {self.spec.slots} slots")
+        nsquare = self.public_key.nsquare
+        acc = self.public_key.random_factor()
+        for s, bins in enumerate(rows):
+            table = self.shifted[s]
+            for j, b in enumerate(bins):
+                acc = acc * table[j][b] % nsquare
+            if hits[s]:
+                acc = acc * self.blacklist[s] % nsquare
+        return acc
+
+
+class PlainTables:
+    """The same computation without encryption: the benchmark's crypto-off baseline."""
+
+    def __init__(self, spec: PackingSpec, entries: Sequence[Sequence[int]]) -> None:
+        self.spec = spec
+        self.entries = [list(row) for row in entries]
+        self.bins_per_feature = [len(row) for row in entries]
+
+    @property
+    def features(self) -> int:
+        return len(self.bins_per_feature)
+
+    def fragment(self, rows: Sequence[Sequence[int]], hits: Sequence[bool]) -> list[int]:
+        entries, spec = self.entries, self.spec
+        return [
+            slot_value(spec, sum(entries[j][b] for j, b in enumerate(bins)), int(hit))
+            for bins, hit in zip(rows, hits, strict=True)
+        ]
+
+
+def combine_plain(spec: PackingSpec, fragments: Sequence[Sequence[int]]) -> int:
+    """Sum plaintext-mode fragments slot by slot and pack them like a decryption would."""
+    sums = [sum(column) for column in zip(*fragments, strict=True)]
+    return pack(spec, sums)

@@ -1,0 +1,1 @@
+"""Kafka: the embedded broker, topics, clients, chunking and dead-letter queues."""

@@ -1,0 +1,108 @@
+"""Dead-letter queues: a consumer that cannot process a message sends it to
+``<topic>.dlq`` with the reason and the original bytes, then keeps going."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import DlqEnvelope
+from services.kernel.kafka.topics import dlq_topic
+from services.kernel.metrics import DLQ_MESSAGES
+
+log = logging.getLogger(__name__)
+
+
+class RecordLike(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+class DeadLetters:
+    def __init__(self, producer: AIOKafkaProducer, consumer: str) -> None:
+        self.producer = producer
+        self.consumer = consumer
+
+    def envelope(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        reason: str,
+        error: str,
+        attempts: int = 1,
+    ) -> DlqEnvelope:
+        return DlqEnvelope(
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key_b64=_b64(key),
+            value_b64=_b64(value),
+            headers={k: base64.b64encode(v).decode("ascii") for k, v in headers or ()},
+            reason=reason,
+            error=error[:2000],
+            consumer=self.consumer,
+            failed_at=datetime.now(UTC),
+            attempts=attempts,
+        )
+
+    async def send(self, record: RecordLike, reason: str, error: str | Exception) -> None:
+        await self.send_raw(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+            reason=reason,
+            error=str(error),
+        )
+
+    async def send_raw(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        reason: str,
+        error: str,
+        attempts: int = 1,
+    ) -> None:
+        envelope = self.envelope(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            headers=headers,
+            reason=reason,
+            error=error,
+            attempts=attempts,
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s", topic, partition, offset, reason, error[:200]
+        )
+        DLQ_MESSAGES.labels(topic=topic, reason=reason).inc()
+        await self.producer.send(
+            dlq_topic(topic), value=envelope.model_dump_json().encode(), key=key
+        )

@@ -1,0 +1,75 @@
+"""Every topic fedscreen uses, in one place (DESIGN.md section 2).
+
+All topics that are joined by batch id are co-partitioned, so every topic the project
+creates gets the same partition count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+CANDIDATES = "bank.candidates.v1"
+PENDING = "prescreen.pending.v1"
+FRAGMENTS = "fed.fragments.v1"
+DEADLINES = "prescreen.deadlines.v1"
+DECISIONS = "prescreen.decisions.v1"
+RELEASES = "campaign.released.v1"
+ROLLOUT_BANK = "model.rollouts.bank.v1"
+TRAINING_TO_BANK = "fed.training.bank.v1"
+
+
+def requests_topic(partner: str) -> str:
+    return f"fed.requests.{partner}.v1"
+
+
+def training_topic(partner: str) -> str:
+    return f"fed.training.{partner}.v1"
+
+
+def rollout_topic(partner: str) -> str:
+    return f"model.rollouts.{partner}.v1"
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def _with_dlq(names: Iterable[str]) -> list[TopicSpec]:
+    specs = []
+    for name in names:
+        specs.append(TopicSpec(name))
+        specs.append(TopicSpec(dlq_topic(name)))
+    return specs
+
+
+def bank_topics() -> list[TopicSpec]:
+    consumed = [CANDIDATES, PENDING, FRAGMENTS, DEADLINES, RELEASES, TRAINING_TO_BANK]
+    return [
+        *_with_dlq(consumed),
+        TopicSpec(DECISIONS),
+        TopicSpec(ROLLOUT_BANK, COMPACTED),
+    ]
+
+
+def partner_topics(partner: str) -> list[TopicSpec]:
+    return [
+        *_with_dlq([requests_topic(partner), training_topic(partner)]),
+        TopicSpec(rollout_topic(partner), COMPACTED),
+    ]
+
+
+def all_topics(partners: Iterable[str]) -> list[TopicSpec]:
+    specs = bank_topics()
+    for partner in partners:
+        specs.extend(partner_topics(partner))
+    return specs

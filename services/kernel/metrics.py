@@ -1,0 +1,52 @@
+"""Prometheus metrics every service shares, and the small HTTP server that exposes them
+with /healthz (the process is alive) and /readyz (it has what it needs to work)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+MESSAGES_IN = Counter("fedscreen_messages_in_total", "Messages consumed", ["service", "topic"])
+MESSAGES_OUT = Counter("fedscreen_messages_out_total", "Messages produced", ["service", "topic"])
+DLQ_MESSAGES = Counter("fedscreen_dlq_total", "Messages dead-lettered", ["topic", "reason"])
+DECISIONS = Counter(
+    "fedscreen_decisions_total", "Decisions by outcome and reason", ["outcome", "reason"]
+)
+CRYPTO_SECONDS = Histogram(
+    "fedscreen_crypto_seconds",
+    "Cryptographic work per batch",
+    ["service", "operation"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+PARTNER_TIMEOUTS = Counter(
+    "fedscreen_partner_timeouts_total", "Batches a partner missed", ["partner"]
+)
+WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
+
+
+async def start_http(
+    port: int, ready: Callable[[], bool], host: str = "0.0.0.0"
+) -> web.AppRunner | None:
+    """Serve /metrics, /healthz and /readyz; port 0 disables the server."""
+    if port == 0:
+        return None
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ready") if ready() else web.Response(status=503, text="not ready")
+
+    app = web.Application()
+    app.add_routes(
+        [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

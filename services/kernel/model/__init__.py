@@ -1,0 +1,1 @@
+"""The model: scorecards, boosters and bundles."""
