@@ -8,9 +8,9 @@ ciphertexts cross the boundary.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from schemas.common import B64Int, Ident, PartnerName, Token, WireModel
 from schemas.rollout import PackingSpec
@@ -111,3 +111,6 @@ class TrainError(WireModel):
 
 ToPartner = TrainStart | TrainWeights | TrainGradients | TrainFinish
 ToBank = TrainReady | TrainScores | TrainHistograms | TrainError
+
+TO_PARTNER: TypeAdapter[ToPartner] = TypeAdapter(Annotated[ToPartner, Field(discriminator="kind")])
+TO_BANK: TypeAdapter[ToBank] = TypeAdapter(Annotated[ToBank, Field(discriminator="kind")])

@@ -7,3 +7,12 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Each service module adds its own commands; imports stay light until a command runs."""
+    from services import keys_cli
+    from services.intake import cli as intake_cli
+    from services.partner import cli as partner_cli
+    from services.prescreen import cli as prescreen_cli
+
+    keys_cli.register(app)
+    intake_cli.register(app)
+    partner_cli.register(app)
+    prescreen_cli.register(app)

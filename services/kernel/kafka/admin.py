@@ -50,10 +50,26 @@ async def ensure_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> 
         await admin.close()
 
 
+async def _port_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 async def wait_for_broker(settings: KafkaSettings, timeout_s: float = 30.0) -> None:
     """Until the cluster answers a metadata request."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     last: Exception | None = None
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    # Probe the socket first so the client does not log a connection error per retry.
+    while not await _port_open(host, int(port)):
+        if asyncio.get_running_loop().time() >= deadline:
+            raise TimeoutError(f"nothing listens on {settings.bootstrap_servers}")
+        await asyncio.sleep(0.05)
     while asyncio.get_running_loop().time() < deadline:
         admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs(), request_timeout_ms=2_000)
         try:

@@ -17,6 +17,8 @@ DECISIONS = "prescreen.decisions.v1"
 RELEASES = "campaign.released.v1"
 ROLLOUT_BANK = "model.rollouts.bank.v1"
 TRAINING_TO_BANK = "fed.training.bank.v1"
+INTAKE_CUSTOMERS = "intake.customers.v1"
+"""Intake's per-customer state changelog (compacted), co-partitioned with CANDIDATES."""
 
 
 def requests_topic(partner: str) -> str:
@@ -58,6 +60,7 @@ def bank_topics() -> list[TopicSpec]:
         *_with_dlq(consumed),
         TopicSpec(DECISIONS),
         TopicSpec(ROLLOUT_BANK, COMPACTED),
+        TopicSpec(INTAKE_CUSTOMERS, COMPACTED),
     ]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: `fedscreen bench` and its fixtures."""

@@ -1,0 +1,204 @@
+"""A serving deployment without federated training, for the benchmark and the tests.
+
+A harness (never a service) sees every party's data, so it can fit bins and a quick
+scorecard directly: per-bin log-odds shrunk by the feature count, then a bank
+LightGBM on top. Everything else is real: keys, partner SQLite stores keyed by
+tokens, private binnings saved in those stores, encrypted tables, bundles, policy.
+The demo trains with the real federated protocol instead (``fedscreen train``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
+from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
+from services.kernel.crypto.packing import encode_weight, packing_for
+from services.kernel.crypto.paillier import PrivateKey, generate_keypair, save_private_key
+from services.kernel.crypto.signing import new_signing_key, public_key_b64, save_signing_key
+from services.kernel.crypto.tokens import Tokenizer, new_token_key
+from services.partner.binning import Binning
+from services.partner.serving import PLAINTEXT_KEY_ID
+from services.partner.store import FeatureStore
+
+
+@dataclass
+class PartnerData:
+    name: str
+    features: list[str]
+    values: np.ndarray  # (n, J), aligned with BankData.ids
+    blacklisted: np.ndarray  # (n,) bool
+
+
+@dataclass
+class BankData:
+    ids: list[str]
+    features: list[str]
+    values: np.ndarray  # (n, F)
+    labels: np.ndarray  # (n,) 0/1
+
+
+@dataclass
+class Deployment:
+    """Files a run's processes read, under one directory."""
+
+    root: Path
+    paillier_dir: Path
+    token_dir: Path
+    partner_dbs: dict[str, Path] = field(default_factory=dict)
+    signing_keys: dict[str, Path] = field(default_factory=dict)
+    partner_public_keys: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, root: Path) -> Deployment:
+        return cls(
+            root=root, paillier_dir=root / "keys" / "paillier", token_dir=root / "keys" / "tokens"
+        )
+
+    @property
+    def registry_spec(self) -> str:
+        return ",".join(f"{n}={k}" for n, k in self.partner_public_keys.items())
+
+    def new_partner_keys(self, partner: str) -> Tokenizer:
+        """Token key shared by bank and partner, and the partner's signing key."""
+        self.token_dir.mkdir(parents=True, exist_ok=True)
+        token_path = self.token_dir / f"{partner}.key"
+        if not token_path.exists():
+            token_path.write_text(new_token_key() + "\n")
+        signing = new_signing_key()
+        path = self.root / "partners" / partner / "signing.pem"
+        save_signing_key(signing, path)
+        self.signing_keys[partner] = path
+        self.partner_public_keys[partner] = public_key_b64(signing)
+        return Tokenizer(b64_to_bytes(token_path.read_text().strip()))
+
+    def load_partner_store(self, data: PartnerData, ids: Sequence[str]) -> FeatureStore:
+        tokenizer = self.new_partner_keys(data.name)
+        directory = self.root / "partners" / data.name
+        directory.mkdir(parents=True, exist_ok=True)
+        csv_path = directory / "features.csv"
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["ID", *data.features, "BLACKLISTED"])
+            for i, customer in enumerate(ids):
+                row = ["" if np.isnan(v) else repr(float(v)) for v in data.values[i]]
+                writer.writerow([customer, *row, int(data.blacklisted[i])])
+        db = directory / "features.sqlite"
+        store = FeatureStore(db)
+        store.load_csv(
+            csv_path,
+            id_column="ID",
+            features=data.features,
+            tokenizer=tokenizer,
+            blacklist_column="BLACKLISTED",
+        )
+        self.partner_dbs[data.name] = db
+        return store
+
+
+def quick_scorecard(
+    bins: np.ndarray, bins_per_feature: list[int], y: np.ndarray
+) -> list[list[float]]:
+    """Per-bin log-odds against the base rate, divided by the feature count."""
+    base = np.log((y.mean() + 1e-9) / (1 - y.mean() + 1e-9))
+    weights = []
+    for j, count in enumerate(bins_per_feature):
+        row = []
+        for b in range(count):
+            mask = bins[:, j] == b
+            pos, neg = y[mask].sum() + 0.5, (1 - y[mask]).sum() + 0.5
+            row.append(float(np.clip((np.log(pos / neg) - base) / len(bins_per_feature), -2, 2)))
+        weights.append(row)
+    return weights
+
+
+def build_quick_model(
+    deployment: Deployment,
+    bank: BankData,
+    partners: Sequence[PartnerData],
+    policy: PolicyConfig,
+    *,
+    model_version: str,
+    key_bits: int = 2048,
+    plaintext: bool = False,
+    max_bins: int = 16,
+    trees: int = 60,
+) -> tuple[BankBundle, dict[str, PartnerBundle], PrivateKey | None]:
+    key = None if plaintext else generate_keypair(key_bits)
+    if key is not None:
+        save_private_key(key, deployment.paillier_dir / f"{key.key_id}.json")
+    cards, partner_scores, binnings = [], np.zeros(len(bank.ids)), {}
+    for data in partners:
+        store = deployment.load_partner_store(data, bank.ids)
+        binning = Binning.fit(data.values, max_bins)
+        store.save_binning(model_version, binning)
+        store.close()
+        bins = binning.transform(data.values)
+        weights = quick_scorecard(bins, binning.bins_per_feature, bank.labels)
+        binnings[data.name] = (binning, weights)
+        partner_scores += np.array(
+            [sum(weights[j][b] for j, b in enumerate(row)) for row in bins.tolist()]
+        )
+        cards.append(
+            PartnerScorecard(
+                partner=data.name, bins_per_feature=binning.bins_per_feature, weights=weights
+            )
+        )
+    packing = packing_for(key.public.bits if key else key_bits, [len(p.features) for p in partners])
+    params = {"objective": "binary", "num_leaves": 15, "learning_rate": 0.1, "verbose": -1}
+    booster = lgb.train(
+        params, lgb.Dataset(bank.values, bank.labels, init_score=partner_scores), trees
+    )
+    fallback = lgb.train(params, lgb.Dataset(bank.values, bank.labels), trees)
+    now = datetime.now(UTC)
+    key_id = key.key_id if key else PLAINTEXT_KEY_ID
+    public_n = key.public.to_b64() if key else int_to_b64(1)
+    bank_bundle = BankBundle(
+        model_version=model_version,
+        created_at=now,
+        key_id=key_id,
+        public_key_n=public_n,
+        packing=packing,
+        bank_features=bank.features,
+        partners=cards,
+        booster=booster.model_to_string(),
+        stacked=False,
+        fallback_booster=fallback.model_to_string(),
+        policy=policy,
+    )
+    partner_bundles = {}
+    for name, (_, weights) in binnings.items():
+        entries = [[encode_weight(packing, w) for w in row] for row in weights]
+        if key is None:
+            tables = [[int_to_b64(e) for e in row] for row in entries]
+        else:
+            enc = key.encrypt_many([e for row in entries for e in row])
+            tables, start = [], 0
+            for row in entries:
+                tables.append([int_to_b64(c) for c in enc[start : start + len(row)]])
+                start += len(row)
+        partner_bundles[name] = PartnerBundle(
+            model_version=model_version,
+            created_at=now,
+            partner=name,
+            binning_id=model_version,
+            key_id=key_id,
+            public_key_n=public_n,
+            packing=packing,
+            tables=tables,
+        )
+    return bank_bundle, partner_bundles, key
+
+
+def partner_data_from_columns(
+    name: str, columns: Mapping[str, np.ndarray], blacklisted: np.ndarray
+) -> PartnerData:
+    names = list(columns)
+    return PartnerData(name, names, np.column_stack([columns[n] for n in names]), blacklisted)

@@ -1,0 +1,145 @@
+"""The serving pipeline as real processes (partners, intake, prescreen, and optionally
+webhooks with a receiver), for the demo, the benchmark and the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import BankBundle, PartnerBundle
+from services.bench.fixtures import Deployment
+from services.kernel.kafka.broker import EmbeddedBroker, free_port
+from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
+from services.kernel.model.rollout import publish_bundle
+from services.kernel.procs import Fleet, ServiceProcess
+
+
+@dataclass
+class PipelineOptions:
+    plaintext: bool = False
+    linger_ms: float = 20.0
+    deadline_ms: float = 3000.0
+    webhooks: bool = False
+    webhook_secret: str | None = None
+    receiver_port: int = field(default_factory=free_port)
+    log_level: str = "INFO"
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        deployment: Deployment,
+        partners: list[str],
+        options: PipelineOptions | None = None,
+    ) -> None:
+        self.broker = broker
+        self.deployment = deployment
+        self.partners = partners
+        self.options = options or PipelineOptions()
+        self.fleet = Fleet()
+        self.logs = deployment.root / "logs"
+
+    @property
+    def deliveries_path(self) -> Path:
+        return self.deployment.root / "receiver" / "deliveries.jsonl"
+
+    def _service(self, name: str, args: list[str], env: dict[str, str]) -> ServiceProcess:
+        service = ServiceProcess(
+            name=name,
+            args=[*args, "--log-level", self.options.log_level],
+            env={},
+            log_path=self.logs / f"{name}.log",
+        )
+        port_var = {
+            "intake": "INTAKE_METRICS_PORT",
+            "prescreen": "PRESCREEN_METRICS_PORT",
+            "webhooks": "WEBHOOKS_METRICS_PORT",
+        }.get(name, "PARTNER_METRICS_PORT")
+        service.env = {
+            **self.broker.env(),
+            **env,
+            port_var: str(service.metrics_port),
+            **self.options.extra_env.get(name, {}),
+        }
+        return self.fleet.add(service)
+
+    def build(self) -> None:
+        d, o = self.deployment, self.options
+        for partner in self.partners:
+            self._service(
+                f"partner-{partner}",
+                ["partner", "run"],
+                {
+                    "PARTNER_NAME": partner,
+                    "PARTNER_DB": str(d.partner_dbs[partner]),
+                    "PARTNER_SIGNING_KEY_FILE": str(d.signing_keys[partner]),
+                    "PARTNER_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
+                },
+            )
+        self._service(
+            "intake",
+            ["intake", "run"],
+            {
+                "INTAKE_TOKEN_KEYS_DIR": str(d.token_dir),
+                "INTAKE_LINGER_MS": str(o.linger_ms),
+                "INTAKE_DEADLINE_MS": str(o.deadline_ms),
+            },
+        )
+        self._service(
+            "prescreen",
+            ["prescreen", "run"],
+            {
+                "PRESCREEN_PRIVATE_KEYS_DIR": str(d.paillier_dir),
+                "PRESCREEN_PARTNER_KEYS": d.registry_spec,
+                "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
+                "PRESCREEN_DATA_DIR": str(d.root / "prescreen-data"),
+            },
+        )
+        if o.webhooks:
+            self._build_webhooks()
+
+    def _build_webhooks(self) -> None:
+        d, o = self.deployment, self.options
+        assert o.webhook_secret is not None
+        subscriptions = d.root / "webhooks" / "subscriptions.json"
+        subscriptions.parent.mkdir(parents=True, exist_ok=True)
+        subscriptions.write_text(
+            json.dumps(
+                {
+                    "endpoints": [
+                        {
+                            "name": "demo-campaign-tool",
+                            "url": f"http://127.0.0.1:{o.receiver_port}/webhooks",
+                            "secret": o.webhook_secret,
+                            "campaigns": ["*"],
+                        }
+                    ]
+                }
+            )
+        )
+        self._service(
+            "webhooks", ["webhooks", "run"], {"WEBHOOKS_SUBSCRIPTIONS_FILE": str(subscriptions)}
+        )
+
+    async def start(self, bank: BankBundle, partners: dict[str, PartnerBundle]) -> None:
+        """Roll the model out first (services wait for it to become ready), then start."""
+        await self.publish(bank, partners)
+        if not self.fleet.services:
+            self.build()
+        await self.fleet.start()
+
+    async def publish(self, bank: BankBundle, partners: dict[str, PartnerBundle]) -> None:
+        settings = self.broker.settings()
+        # Partner bundles first: by the time intake stamps a new version on a batch,
+        # partners have had the longest possible time to load theirs.
+        await asyncio.gather(
+            *(publish_bundle(settings, rollout_topic(n), n, b) for n, b in partners.items())
+        )
+        await publish_bundle(settings, ROLLOUT_BANK, "bank", bank)
+
+    def stop(self) -> dict[str, int | None]:
+        return self.fleet.stop()

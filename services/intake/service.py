@@ -1,0 +1,291 @@
+"""The intake process.
+
+For each candidate event, in order: parse (bad input → DLQ), de-duplicate by event id,
+then consent → known campaign → frequency cap. Candidates that fail are decided here
+(partners never see them: data minimisation). The rest are tokenised per partner and
+batched: one request per partner per batch and one pending record for the joiner.
+Offsets are committed only once every candidate up to them is in an emitted batch or
+decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+
+from schemas import (
+    BankBundle,
+    CandidateEvent,
+    Decision,
+    FragmentRequest,
+    PendingBatch,
+    PendingCandidate,
+    ReasonCode,
+)
+from services.intake.ledger import Ledger
+from services.intake.settings import IntakeSettings
+from services.kernel.config import KafkaSettings
+from services.kernel.crypto.tokens import Tokenizer
+from services.kernel.ids import decision_id_for, new_batch_id
+from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.dlq import DeadLetters
+from services.kernel.kafka.topics import (
+    CANDIDATES,
+    DECISIONS,
+    INTAKE_CUSTOMERS,
+    PENDING,
+    ROLLOUT_BANK,
+    requests_topic,
+)
+from services.kernel.lifecycle import run_until_stopped
+from services.kernel.metrics import DECISIONS as DECISION_COUNT
+from services.kernel.metrics import MESSAGES_IN, start_http
+from services.kernel.model.rollout import BundleWatcher
+
+log = logging.getLogger(__name__)
+SERVICE = "intake"
+
+
+@dataclass
+class OpenBatch:
+    bundle: BankBundle
+    started: float = field(default_factory=time.monotonic)
+    candidates: list[PendingCandidate] = field(default_factory=list)
+    tokens: dict[str, list[str]] = field(default_factory=dict)
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: IntakeService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.service.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.service.restore(assigned)
+
+
+class IntakeService:
+    def __init__(self, settings: IntakeSettings, kafka: KafkaSettings) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.tokenizers: dict[str, Tokenizer] = {}
+        self.watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=self._load_tokens)
+        self.ledger = Ledger(settings.recent_events)
+        self.open: OpenBatch | None = None
+        self.positions: dict[TopicPartition, int] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.dlq: DeadLetters | None = None
+
+    def _load_tokens(self, bundle: BankBundle) -> None:
+        """Refuse a bundle naming a partner we hold no token key for."""
+        for card in bundle.partners:
+            if card.partner not in self.tokenizers:
+                path = self.settings.token_keys_dir / f"{card.partner}.key"
+                self.tokenizers[card.partner] = Tokenizer.from_file(path)
+
+    def ready(self) -> bool:
+        """A model is rolled out and this instance owns candidate partitions."""
+        return self.watcher.latest is not None and bool(
+            self.consumer is not None and self.consumer.assignment()
+        )
+
+    async def run(self) -> None:
+        self.producer = make_producer(self.kafka)
+        await self.producer.start()
+        self.dlq = DeadLetters(self.producer, SERVICE)
+        http = await start_http(self.settings.metrics_port, self.ready)
+        try:
+            await run_until_stopped(self.watcher.run(), self.consume())
+        finally:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            await self.producer.stop()
+            if http is not None:
+                await http.cleanup()
+
+    async def consume(self) -> None:
+        # No candidate is read before a model is rolled out: a candidate we cannot batch
+        # would otherwise have to be suppressed for no reason of its own.
+        await self.watcher.first.wait()
+        consumer = make_consumer(self.kafka, group_id=self.settings.group_id)
+        consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
+        await consumer.start()
+        self.consumer = consumer
+        log.info("intake consuming %s", CANDIDATES)
+        while True:
+            timeout = 500.0
+            if self.open is not None:
+                age_ms = (time.monotonic() - self.open.started) * 1000
+                timeout = max(1.0, self.settings.linger_ms - age_ms)
+            batches = await consumer.getmany(
+                timeout_ms=int(timeout), max_records=self.settings.max_poll_records
+            )
+            for tp, records in batches.items():
+                for record in records:
+                    await self.process(tp, record)
+                    self.positions[tp] = record.offset + 1
+                MESSAGES_IN.labels(service=SERVICE, topic=CANDIDATES).inc(len(records))
+            if self.open is not None and (
+                (time.monotonic() - self.open.started) * 1000 >= self.settings.linger_ms
+            ):
+                await self.emit()
+            if batches or self.ledger.dirty:
+                await self.checkpoint()
+
+    async def process(self, tp: TopicPartition, record: object) -> None:
+        assert self.dlq is not None
+        value: bytes | None = getattr(record, "value", None)
+        try:
+            event = CandidateEvent.model_validate_json(value or b"")
+        except ValidationError as exc:
+            await self.dlq.send(record, "invalid-schema", exc)  # type: ignore[arg-type]
+            return
+        if self.ledger.seen(tp.partition, event.customer_id, event.event_id):
+            log.debug("duplicate event %s ignored", event.event_id)
+            return
+        bundle = self.watcher.latest
+        assert bundle is not None
+        policy = bundle.policy
+        if not event.consent_marketing:
+            await self.decide(event, ReasonCode.NO_CONSENT)
+            return
+        if policy.campaign(event.campaign_id) is None:
+            await self.decide(event, ReasonCode.UNKNOWN_CAMPAIGN)
+            return
+        at = event.occurred_at.timestamp()
+        if not self.ledger.admit(tp.partition, event.customer_id, at, policy.frequency_cap):
+            await self.decide(event, ReasonCode.FREQUENCY_CAP)
+            return
+        await self.add(tp, record, event, bundle)
+
+    async def add(
+        self, tp: TopicPartition, record: object, event: CandidateEvent, bundle: BankBundle
+    ) -> None:
+        if self.open is not None and self.open.bundle.model_version != bundle.model_version:
+            await self.emit()  # a rollout closes the batch: one model version per batch
+        if self.open is None:
+            self.open = OpenBatch(bundle, tokens={c.partner: [] for c in bundle.partners})
+        batch = self.open
+        batch.first_offsets.setdefault(tp, getattr(record, "offset", 0))
+        batch.candidates.append(
+            PendingCandidate.model_construct(
+                event_id=event.event_id,
+                customer_id=event.customer_id,
+                campaign_id=event.campaign_id,
+                occurred_at=event.occurred_at,
+                features=event.features,
+            )
+        )
+        for partner, tokens in batch.tokens.items():
+            tokens.append(self.tokenizers[partner].token(event.customer_id))
+        if len(batch.candidates) >= min(bundle.packing.slots, self.settings.max_batch):
+            await self.emit()
+
+    async def emit(self) -> None:
+        batch, self.open = self.open, None
+        if batch is None or not batch.candidates:
+            return
+        assert self.producer is not None
+        batch_id = new_batch_id()
+        created = datetime.now(UTC)
+        deadline = created + timedelta(milliseconds=self.settings.deadline_ms)
+        version = batch.bundle.model_version
+        key = batch_id.encode()
+        pending = PendingBatch.model_construct(
+            batch_id=batch_id,
+            model_version=version,
+            created_at=created,
+            deadline_at=deadline,
+            partners=list(batch.tokens),
+            candidates=batch.candidates,
+        )
+        await self.producer.send(PENDING, key=key, value=pending.model_dump_json().encode())
+        for partner, tokens in batch.tokens.items():
+            request = FragmentRequest.model_construct(
+                batch_id=batch_id,
+                partner=partner,
+                model_version=version,
+                created_at=created,
+                deadline_at=deadline,
+                tokens=tokens,
+                attempt=1,
+            )
+            await self.producer.send(
+                requests_topic(partner), key=key, value=request.model_dump_json().encode()
+            )
+
+    async def decide(self, event: CandidateEvent, reason: ReasonCode) -> None:
+        assert self.producer is not None
+        decision = Decision(
+            decision_id=decision_id_for(event.event_id),
+            event_id=event.event_id,
+            customer_id=event.customer_id,
+            campaign_id=event.campaign_id,
+            outcome="suppressed",
+            reasons=[reason],
+            occurred_at=event.occurred_at,
+            decided_at=datetime.now(UTC),
+            decided_by="intake",
+        )
+        DECISION_COUNT.labels(outcome="suppressed", reason=reason.value).inc()
+        await self.producer.send(
+            DECISIONS, key=event.event_id.encode(), value=decision.model_dump_json().encode()
+        )
+
+    async def checkpoint(self) -> None:
+        """Persist customer state, wait for every send, then commit what is safe."""
+        assert self.producer is not None and self.consumer is not None
+        for partition, customer_id, state in self.ledger.take_dirty():
+            await self.producer.send(
+                INTAKE_CUSTOMERS, key=customer_id.encode(), value=state, partition=partition
+            )
+        await self.producer.flush()
+        offsets = {}
+        floors = self.open.first_offsets if self.open is not None else {}
+        for tp, position in self.positions.items():
+            offsets[tp] = min(position, floors.get(tp, position))
+        if offsets:
+            await self.consumer.commit(offsets)
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.consumer is not None and self.producer is not None:
+            await self.emit()
+            await self.checkpoint()
+        for tp in revoked:
+            self.ledger.drop(tp.partition)
+            self.positions.pop(tp, None)
+
+    async def restore(self, assigned: list[TopicPartition]) -> None:
+        """Rebuild the ledger for newly owned partitions from the changelog."""
+        partitions = [tp.partition for tp in assigned if tp.topic == CANDIDATES]
+        if not partitions:
+            return
+        reader = make_consumer(self.kafka, group_id=None)
+        await reader.start()
+        try:
+            tps = [TopicPartition(INTAKE_CUSTOMERS, p) for p in partitions]
+            reader.assign(tps)
+            ends = await reader.end_offsets(tps)
+            await reader.seek_to_beginning(*tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            restored = 0
+            while remaining:
+                batches = await reader.getmany(*remaining, timeout_ms=500)
+                for tp, records in batches.items():
+                    for record in records:
+                        self.ledger.restore(tp.partition, record.key.decode(), record.value)
+                        restored += 1
+                for tp in list(remaining):
+                    if await reader.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+            log.info("restored %d customer states for partitions %s", restored, partitions)
+        finally:
+            await reader.stop()

@@ -1,0 +1,25 @@
+"""Intake settings (env prefix ``INTAKE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IntakeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore")
+
+    token_keys_dir: Path = Field(
+        default=Path("keys/tokens"), description="Directory of <partner>.key token keys."
+    )
+    linger_ms: float = Field(default=20.0, gt=0, description="Longest a batch waits to fill.")
+    max_batch: int = Field(default=512, ge=1, description="Cap below the model's slot count.")
+    deadline_ms: float = Field(default=3000.0, gt=0, description="Partner answer deadline.")
+    group_id: str = "fedscreen-intake"
+    max_poll_records: int = Field(default=2000, ge=1)
+    recent_events: int = Field(
+        default=32, ge=1, description="Event ids remembered per customer for de-duplication."
+    )
+    metrics_port: int = 0

@@ -1,0 +1,130 @@
+"""Model bundles travel as versioned events on compacted topics.
+
+Every instance of a service must see every bundle (not a share of partitions), so the
+watcher reads its topic from the beginning with no consumer group and keeps the
+bundles it has seen by version; services hot-swap to the newest and keep older ones
+for batches still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from aiokafka import TopicPartition
+from pydantic import ValidationError
+
+from schemas import BankBundle, PartnerBundle
+from services.kernel.config import KafkaSettings
+from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
+from services.kernel.kafka.clients import make_consumer, make_producer
+
+log = logging.getLogger(__name__)
+
+BundleT = TypeVar("BundleT", BankBundle, PartnerBundle)
+
+
+async def publish_bundle(
+    settings: KafkaSettings, topic: str, key: str, bundle: BankBundle | PartnerBundle
+) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await send_large(
+            producer,
+            topic,
+            key.encode(),
+            bundle.model_dump_json().encode(),
+            limit=settings.max_message_bytes - 4096,
+        )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class BundleWatcher(Generic[BundleT]):
+    """Follows a rollout topic; ``latest`` is the newest bundle, ``get`` finds any version."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        model: type[BundleT],
+        *,
+        on_bundle: Callable[[BundleT], None] | None = None,
+        keep: int = 4,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.model: type[BundleT] = model
+        self.on_bundle: Callable[[BundleT], None] | None = on_bundle
+        self.keep = keep
+        self.bundles: dict[str, BundleT] = {}
+        self.latest: BundleT | None = None
+        self.first = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, version: str) -> BundleT | None:
+        return self.bundles.get(version)
+
+    def accept(self, bundle: BundleT) -> None:
+        if bundle.model_version in self.bundles:
+            return
+        if self.on_bundle is not None:
+            self.on_bundle(bundle)  # may raise: a bundle that cannot be loaded is not adopted
+        self.bundles[bundle.model_version] = bundle
+        if self.latest is None or bundle.created_at >= self.latest.created_at:
+            self.latest = bundle
+        for version in sorted(self.bundles, key=lambda v: self.bundles[v].created_at)[: -self.keep]:
+            del self.bundles[version]
+        log.info("model bundle %s adopted from %s", bundle.model_version, self.topic)
+        self.first.set()
+
+    async def run(self) -> None:
+        consumer = make_consumer(self.settings, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self.topic)
+            while not partitions:
+                await asyncio.sleep(0.2)
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(self.topic)
+            consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
+            await consumer.seek_to_beginning()
+            reassembler = Reassembler()
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        self._handle(reassembler, record.partition, record.value, record.headers)
+        finally:
+            await consumer.stop()
+
+    def _handle(
+        self,
+        reassembler: Reassembler,
+        partition: int,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        try:
+            whole = reassembler.feed(partition, value, headers)
+            if whole is None:
+                return
+            self.accept(self.model.model_validate_json(whole))
+        except (ChunkError, ValidationError, ValueError) as exc:
+            log.error("ignoring unusable bundle on %s: %s", self.topic, exc)
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name=f"watch:{self.topic}")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

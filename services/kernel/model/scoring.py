@@ -1,0 +1,51 @@
+"""The bank's scorer: LightGBM on bank features plus the decrypted partner score.
+
+``logit = f_bank(x_bank) + s`` (backfitting) or ``logit = f(x_bank, s)`` when the
+booster was trained stacked; the bank-only fallback booster scores degraded batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import lightgbm as lgb
+import numpy as np
+
+from schemas import BankBundle
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
+
+
+class BankScorer:
+    def __init__(self, bundle: BankBundle) -> None:
+        self.bundle = bundle
+        self.features = list(bundle.bank_features)
+        self.booster = lgb.Booster(model_str=bundle.booster)
+        self.fallback = lgb.Booster(model_str=bundle.fallback_booster)
+        self.features_per_partner = {
+            card.partner: len(card.bins_per_feature) for card in bundle.partners
+        }
+
+    def matrix(self, rows: Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        x = np.full((len(rows), len(self.features)), np.nan, dtype=np.float64)
+        for i, row in enumerate(rows):
+            for j, name in enumerate(self.features):
+                value = row.get(name)
+                if value is not None:
+                    x[i, j] = value
+        return x
+
+    def score(self, x_bank: np.ndarray, partner_score: np.ndarray) -> np.ndarray:
+        """Probability of default from bank features and the aggregate partner score."""
+        if self.bundle.stacked:
+            raw = self.booster.predict(np.column_stack([x_bank, partner_score]), raw_score=True)
+        else:
+            raw = self.booster.predict(x_bank, raw_score=True) + partner_score
+        return np.asarray(sigmoid(np.asarray(raw, dtype=np.float64)))
+
+    def score_fallback(self, x_bank: np.ndarray) -> np.ndarray:
+        raw = self.fallback.predict(x_bank, raw_score=True)
+        return np.asarray(sigmoid(np.asarray(raw, dtype=np.float64)))

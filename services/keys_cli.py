@@ -1,0 +1,44 @@
+"""``fedscreen keys ...``: generate the keys each party needs (never committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    keys = typer.Typer(help="Generate keys: Paillier (bank), signing (partner), token (shared).")
+    app.add_typer(keys, name="keys")
+
+    @keys.command("paillier")
+    def paillier(
+        out_dir: Annotated[Path, typer.Option(help="Directory for <key_id>.json (mode 0600).")],
+        bits: Annotated[int, typer.Option(min=2048, help="Modulus size.")] = 2048,
+    ) -> None:
+        """The bank's Paillier key pair for a model version."""
+        from services.kernel.crypto.paillier import generate_keypair, save_private_key
+
+        key = generate_keypair(bits)
+        save_private_key(key, out_dir / f"{key.key_id}.json")
+        typer.echo(key.key_id)
+
+    @keys.command("signing")
+    def signing(out: Annotated[Path, typer.Option(help="PEM file for the private key.")]) -> None:
+        """A partner's Ed25519 fragment-signing key; prints the public key to register."""
+        from services.kernel.crypto.signing import new_signing_key, public_key_b64, save_signing_key
+
+        key = new_signing_key()
+        save_signing_key(key, out)
+        typer.echo(public_key_b64(key))
+
+    @keys.command("token")
+    def token(out: Annotated[Path, typer.Option(help="File for the shared token key.")]) -> None:
+        """A bank-partner token key (keyed-HMAC pseudonyms)."""
+        from services.kernel.crypto.tokens import new_token_key
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(new_token_key() + "\n")
+        out.chmod(0o600)
+        typer.echo(f"wrote {out}")

@@ -1,0 +1,163 @@
+"""The partner process: fragment serving, the training worker and model rollouts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import ValidationError
+
+from schemas import FragmentRequest, PartnerBundle, TrainError
+from schemas.training import TO_PARTNER
+from services.kernel.config import KafkaSettings
+from services.kernel.crypto.signing import load_signing_key
+from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
+from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.dlq import DeadLetters
+from services.kernel.kafka.topics import (
+    FRAGMENTS,
+    TRAINING_TO_BANK,
+    requests_topic,
+    rollout_topic,
+    training_topic,
+)
+from services.kernel.lifecycle import run_until_stopped
+from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, start_http
+from services.kernel.model.rollout import BundleWatcher
+from services.partner.serving import FragmentServer, ModelCache, RequestError
+from services.partner.settings import PartnerSettings
+from services.partner.store import FeatureStore
+from services.partner.training import TrainingProtocolError, TrainingWorker
+
+log = logging.getLogger(__name__)
+
+
+class PartnerService:
+    def __init__(self, settings: PartnerSettings, kafka: KafkaSettings) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.name = settings.name
+        self.store = FeatureStore.open_existing(settings.db)
+        self.cache = ModelCache(
+            self.store, partner=self.name, allow_plaintext=settings.allow_plaintext
+        )
+        self.server = FragmentServer(
+            self.name, self.store, self.cache, load_signing_key(settings.signing_key_file)
+        )
+        self.trainer = TrainingWorker(self.name, self.store, settings.max_bins)
+        self.watcher = BundleWatcher(
+            kafka, rollout_topic(self.name), PartnerBundle, on_bundle=self.cache.offer
+        )
+        self.service_name = f"partner-{self.name}"
+        self.requests: AIOKafkaConsumer | None = None
+
+    def ready(self) -> bool:
+        """A model is loaded and this instance owns request partitions."""
+        return bool(self.cache.models) and bool(self.requests and self.requests.assignment())
+
+    async def run(self) -> None:
+        producer = make_producer(self.kafka)
+        await producer.start()
+        dlq = DeadLetters(producer, self.service_name)
+        requests = make_consumer(
+            self.kafka, requests_topic(self.name), group_id=f"fedscreen-partner-{self.name}"
+        )
+        training = make_consumer(
+            self.kafka,
+            training_topic(self.name),
+            group_id=f"fedscreen-partner-{self.name}-training",
+        )
+        await requests.start()
+        await training.start()
+        self.requests = requests
+        http = await start_http(self.settings.metrics_port, self.ready)
+        log.info("partner %s serving %s", self.name, requests_topic(self.name))
+        try:
+            await run_until_stopped(
+                self.watcher.run(),
+                self.serve(requests, producer, dlq),
+                self.train(training, producer, dlq),
+            )
+        finally:
+            await requests.stop()
+            await training.stop()
+            await producer.stop()
+            if http is not None:
+                await http.cleanup()
+            self.store.close()
+
+    async def serve(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, dlq: DeadLetters
+    ) -> None:
+        topic = requests_topic(self.name)
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=64)
+            for records in batches.values():
+                for record in records:
+                    MESSAGES_IN.labels(service=self.service_name, topic=topic).inc()
+                    await self._answer(record, producer, dlq)
+            if batches:
+                await producer.flush()
+                await consumer.commit()
+
+    async def _answer(self, record: object, producer: AIOKafkaProducer, dlq: DeadLetters) -> None:
+        value = getattr(record, "value", None)
+        try:
+            request = FragmentRequest.model_validate_json(value or b"")
+        except ValidationError as exc:
+            await dlq.send(record, "invalid-schema", exc)  # type: ignore[arg-type]
+            return
+        remaining = (request.deadline_at - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
+            # The joiner has already decided this batch without us; answering is wasted work.
+            log.info("skipping batch %s: deadline passed", request.batch_id)
+            return
+        try:
+            fragment = await self.server.answer(
+                request, min(remaining, self.settings.bundle_wait_s)
+            )
+        except RequestError as exc:
+            await dlq.send(record, exc.reason, exc)  # type: ignore[arg-type]
+            return
+        await producer.send(
+            FRAGMENTS, key=request.batch_id.encode(), value=fragment.model_dump_json().encode()
+        )
+        MESSAGES_OUT.labels(service=self.service_name, topic=FRAGMENTS).inc()
+
+    async def train(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, dlq: DeadLetters
+    ) -> None:
+        reassembler = Reassembler()
+        limit = self.kafka.max_message_bytes - 4096
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        whole = reassembler.feed(record.partition, record.value, record.headers)
+                        if whole is None:
+                            continue
+                        message = TO_PARTNER.validate_json(whole)
+                    except (ChunkError, ValidationError) as exc:
+                        await dlq.send(record, "invalid-schema", exc)
+                        continue
+                    try:
+                        reply = await asyncio.to_thread(self.trainer.handle, message)
+                    except (TrainingProtocolError, ValueError) as exc:
+                        log.error("training message rejected: %s", exc)
+                        reply = TrainError(
+                            session_id=message.session_id, partner=self.name, error=str(exc)
+                        )
+                    if reply is not None:
+                        await send_large(
+                            producer,
+                            TRAINING_TO_BANK,
+                            reply.session_id.encode(),
+                            reply.model_dump_json().encode(),
+                            limit=limit,
+                        )
+                        await producer.flush()
+            if batches:
+                await consumer.commit()

@@ -1,0 +1,189 @@
+"""The partner's feature store: a real SQLite database keyed by pseudonymous token.
+
+Raw customer ids never enter it: ``load_csv`` tokenises them with the partner's token
+key on the way in. Each feature is a REAL column; the blacklist flag is a column too.
+Bin edges fitted during training are kept here (``binnings``), so they survive
+restarts and never travel.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from services.kernel.crypto.tokens import Tokenizer
+from services.partner.binning import Binning
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
+_LOOKUP_CHUNK = 900  # below SQLite's bound-parameter limit on every build
+
+
+class StoreError(ValueError):
+    """The store or its input is unusable; the message says why in one line."""
+
+
+def _quote(name: str) -> str:
+    if not _NAME.match(name):
+        raise StoreError(f"feature name {name!r} is not a plain identifier")
+    return f'"{name}"'
+
+
+def _parse_float(text: str) -> float | None:
+    text = text.strip()
+    if text == "" or text.lower() in {"na", "nan", "null", "none"}:
+        return None
+    value = float(text)
+    return None if math.isnan(value) else value
+
+
+class FeatureStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS binnings (
+                binning_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, spec TEXT NOT NULL
+            );
+            """
+        )
+        self._features = self._read_features()
+
+    @classmethod
+    def open_existing(cls, path: Path) -> FeatureStore:
+        if not path.is_file():
+            raise StoreError(f"feature store {path} does not exist (load it with `partner load`)")
+        store = cls(path)
+        if not store.features:
+            raise StoreError(f"feature store {path} has no features loaded")
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _read_features(self) -> list[str]:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'features'").fetchone()
+        return row[0].split(",") if row and row[0] else []
+
+    @property
+    def features(self) -> list[str]:
+        return list(self._features)
+
+    def count(self) -> int:
+        if not self._features:
+            return 0
+        return int(self.db.execute("SELECT COUNT(*) FROM customers").fetchone()[0])
+
+    # -- loading ------------------------------------------------------------
+    def load_csv(
+        self,
+        csv_path: Path,
+        *,
+        id_column: str,
+        features: Sequence[str],
+        tokenizer: Tokenizer,
+        blacklist_column: str | None = None,
+    ) -> int:
+        """Replace the store's contents with the CSV's rows, tokenised. Returns the row count."""
+        if not csv_path.is_file():
+            raise StoreError(f"CSV file {csv_path} does not exist")
+        if not features:
+            raise StoreError("no feature columns given")
+        columns = [_quote(f) for f in features]
+        with csv_path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            wanted = [id_column, *features, *([blacklist_column] if blacklist_column else [])]
+            missing = [c for c in wanted if c not in header]
+            if missing:
+                raise StoreError(f"{csv_path} has no column(s) {', '.join(missing)}")
+            with self.db:
+                self.db.execute("DROP TABLE IF EXISTS customers")
+                self.db.execute(
+                    "CREATE TABLE customers (token TEXT PRIMARY KEY, "
+                    "blacklisted INTEGER NOT NULL DEFAULT 0, "
+                    + ", ".join(f"{c} REAL" for c in columns)
+                    + ") WITHOUT ROWID"
+                )
+                placeholders = ", ".join("?" for _ in range(len(features) + 2))
+                insert = f"INSERT OR REPLACE INTO customers VALUES ({placeholders})"
+                rows = self._rows(
+                    reader, id_column, features, tokenizer, blacklist_column, csv_path
+                )
+                self.db.executemany(insert, rows)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('features', ?)", (",".join(features),)
+                )
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('loaded_at', ?)",
+                    (datetime.now(UTC).isoformat(),),
+                )
+        self._features = list(features)
+        return self.count()
+
+    @staticmethod
+    def _rows(
+        reader: csv.DictReader[str],
+        id_column: str,
+        features: Sequence[str],
+        tokenizer: Tokenizer,
+        blacklist_column: str | None,
+        csv_path: Path,
+    ) -> Iterator[tuple[object, ...]]:
+        for line, row in enumerate(reader, start=2):
+            try:
+                values = [_parse_float(row[f]) for f in features]
+                flag = int(float(row[blacklist_column] or 0)) if blacklist_column else 0
+            except ValueError as exc:
+                raise StoreError(f"{csv_path}:{line}: {exc}") from exc
+            customer_id = row[id_column].strip()
+            if not customer_id:
+                raise StoreError(f"{csv_path}:{line}: empty {id_column}")
+            yield (tokenizer.token(customer_id), 1 if flag else 0, *values)
+
+    # -- lookups --------------------------------------------------------------
+    def lookup(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Feature matrix (n, J) with NaN for unknown tokens or missing values, and the
+        blacklist flags (n,), both in the order of ``tokens``."""
+        index = {token: i for i, token in enumerate(tokens)}
+        values = np.full((len(tokens), len(self._features)), np.nan, dtype=np.float64)
+        flags = np.zeros(len(tokens), dtype=bool)
+        columns = ", ".join(_quote(f) for f in self._features)
+        unique = list(index)
+        for start in range(0, len(unique), _LOOKUP_CHUNK):
+            chunk = unique[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT token, blacklisted, {columns} FROM customers WHERE token IN ({marks})"
+            for token, blacklisted, *row in self.db.execute(query, chunk):
+                i = index[token]
+                values[i] = [np.nan if v is None else v for v in row]
+                flags[i] = bool(blacklisted)
+        if len(index) != len(tokens):  # repeated tokens: copy the first occurrence
+            for i, token in enumerate(tokens):
+                first = index[token]
+                values[i], flags[i] = values[first], flags[first]
+        return values, flags
+
+    # -- binnings -------------------------------------------------------------
+    def save_binning(self, binning_id: str, binning: Binning) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO binnings VALUES (?, ?, ?)",
+                (binning_id, datetime.now(UTC).isoformat(), binning.to_json()),
+            )
+
+    def binning(self, binning_id: str) -> Binning | None:
+        row = self.db.execute(
+            "SELECT spec FROM binnings WHERE binning_id = ?", (binning_id,)
+        ).fetchone()
+        return Binning.from_json(row[0]) if row else None

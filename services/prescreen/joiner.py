@@ -1,0 +1,362 @@
+"""Join a batch's pending record with its partners' fragments and decide it.
+
+State lives in faust tables keyed by batch id (``batches``, ``decided``, ``quota``);
+this class holds the logic and is given the tables and a send function, so it runs
+the same inside the faust agent and in unit tests. A batch is decided exactly once:
+when every expected partner answered, or when its deadline tick arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from schemas import (
+    BankBundle,
+    CampaignPolicy,
+    DeadlineTick,
+    Decision,
+    EncryptedFragment,
+    PendingBatch,
+    Release,
+)
+from services.kernel.crypto.codec import b64_to_int
+from services.kernel.crypto.packing import PackingOverflowError, combine_plain, unpack
+from services.kernel.crypto.paillier import CiphertextError, PrivateKey
+from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError
+from services.kernel.ids import decision_id_for
+from services.kernel.kafka.topics import DEADLINES, DECISIONS, FRAGMENTS, PENDING, RELEASES
+from services.kernel.metrics import CRYPTO_SECONDS, PARTNER_TIMEOUTS
+from services.kernel.metrics import DECISIONS as DECISION_COUNT
+from services.kernel.model.scoring import BankScorer
+from services.prescreen.policy import Screening, decide, quota_share
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, bytes, bytes], Awaitable[Any]]
+DeadLetter = Callable[[str, str], Awaitable[None]]
+
+
+class RejectedInputError(ValueError):
+    """An input the joiner will not use; ``reason`` is the DLQ reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    partner_score: np.ndarray | None
+    hits: np.ndarray
+    missing: list[str]
+
+
+class Joiner:
+    def __init__(
+        self,
+        *,
+        batches: MutableMapping[str, Any],
+        decided: MutableMapping[str, Any],
+        quota: MutableMapping[str, Any],
+        send: Send,
+        private_keys: dict[str, PrivateKey],
+        registry: PartnerKeyRegistry,
+        bundle_for: Callable[[str], tuple[BankBundle, BankScorer] | None],
+        partitions: int,
+        allow_plaintext: bool = False,
+        orphan_fragment_s: float = 60.0,
+        decided_retention_s: float = 3600.0,
+    ) -> None:
+        self.batches = batches
+        self.decided = decided
+        self.quota = quota
+        self.send = send
+        self.private_keys = private_keys
+        self.registry = registry
+        self.bundle_for = bundle_for
+        self.partitions = partitions
+        self.allow_plaintext = allow_plaintext
+        self.orphan_fragment_s = orphan_fragment_s
+        self.decided_retention_s = decided_retention_s
+        self._events_since_sweep = 0
+
+    # -- inputs -------------------------------------------------------------
+    async def handle(self, topic: str, partition: int, value: bytes | None) -> None:
+        """Raises :class:`RejectedInputError` for input that belongs in the DLQ."""
+        if topic == PENDING:
+            await self.on_pending(partition, self._parse(PendingBatch, value))
+        elif topic == FRAGMENTS:
+            await self.on_fragment(partition, self._parse(EncryptedFragment, value))
+        elif topic == DEADLINES:
+            await self.on_deadline(self._parse(DeadlineTick, value))
+        else:  # pragma: no cover - the agent subscribes to exactly these topics
+            raise RejectedInputError("unknown-topic", topic)
+        self._events_since_sweep += 1
+        if self._events_since_sweep >= 500:
+            self._events_since_sweep = 0
+            self.sweep(partition)
+
+    @staticmethod
+    def _parse(model: type[Any], value: bytes | None) -> Any:
+        try:
+            return model.model_validate_json(value or b"")
+        except ValidationError as exc:
+            raise RejectedInputError("invalid-schema", str(exc)) from exc
+
+    async def on_pending(self, partition: int, pending: PendingBatch) -> None:
+        if pending.batch_id in self.decided:
+            return  # redelivered after its decision
+        state = self.batches.get(pending.batch_id) or self._new_state(partition)
+        if state.get("p") is not None:
+            return  # duplicate pending record
+        state["p"] = pending.model_dump_json()
+        state["d"] = pending.deadline_at.timestamp()
+        self.batches[pending.batch_id] = state
+        await self._maybe_decide(pending.batch_id, state)
+
+    async def on_fragment(self, partition: int, fragment: EncryptedFragment) -> None:
+        if fragment.batch_id in self.decided:
+            log.info(
+                "late fragment from %s for decided batch %s", fragment.partner, fragment.batch_id
+            )
+            return
+        self._check_fragment(fragment)
+        state = self.batches.get(fragment.batch_id) or self._new_state(partition)
+        fragments = dict(state["f"])
+        if fragment.partner in fragments:
+            return  # duplicate delivery
+        fragments[fragment.partner] = fragment.model_dump_json()
+        state["f"] = fragments
+        self.batches[fragment.batch_id] = state
+        await self._maybe_decide(fragment.batch_id, state)
+
+    async def on_deadline(self, tick: DeadlineTick) -> None:
+        state = self.batches.get(tick.batch_id)
+        if state is None or tick.batch_id in self.decided:
+            return
+        if state.get("p") is None:
+            log.warning(
+                "dropping fragments of batch %s: its pending record never came", tick.batch_id
+            )
+            del self.batches[tick.batch_id]
+            return
+        await self._decide(tick.batch_id, state)
+
+    def _check_fragment(self, fragment: EncryptedFragment) -> None:
+        try:
+            self.registry.verify(fragment)
+        except SignatureError as exc:
+            raise RejectedInputError("bad-signature", str(exc)) from exc
+        if fragment.mode == "plaintext":
+            if not self.allow_plaintext:
+                raise RejectedInputError(
+                    "plaintext-refused", "plaintext fragments are benchmark-only"
+                )
+            return
+        key = self.private_keys.get(fragment.key_id)
+        if key is None:
+            raise RejectedInputError("unknown-key", f"no private key {fragment.key_id}")
+        try:
+            key.public.validate(b64_to_int(fragment.ciphertext or ""))
+        except (CiphertextError, ValueError) as exc:
+            raise RejectedInputError("invalid-ciphertext", str(exc)) from exc
+
+    @staticmethod
+    def _new_state(partition: int) -> dict[str, Any]:
+        return {"p": None, "f": {}, "d": None, "part": partition, "seen": time.time()}
+
+    # -- deciding -------------------------------------------------------------
+    async def _maybe_decide(self, batch_id: str, state: dict[str, Any]) -> None:
+        if state.get("p") is None:
+            return
+        pending = PendingBatch.model_validate_json(state["p"])
+        if set(pending.partners) <= set(state["f"]):
+            await self._decide(batch_id, state, pending=pending)
+
+    async def _decide(
+        self,
+        batch_id: str,
+        state: dict[str, Any],
+        pending: PendingBatch | None = None,
+    ) -> None:
+        pending = pending or PendingBatch.model_validate_json(state["p"])
+        fragments = {
+            name: EncryptedFragment.model_validate_json(text) for name, text in state["f"].items()
+        }
+        now = datetime.now(UTC)
+        loaded = self.bundle_for(pending.model_version)
+        missing: list[str] = []
+        if loaded is None:
+            log.error("batch %s: model %s not available", batch_id, pending.model_version)
+            screenings = [Screening(pd=None, blacklisted=False)] * len(pending.candidates)
+            bundle = None
+        else:
+            bundle, scorer = loaded
+            screenings, missing = self._screen(pending, fragments, bundle, scorer)
+        await self._emit(pending, screenings, missing, bundle, now, state["part"])
+        del self.batches[batch_id]
+        self.decided[batch_id] = [now.timestamp(), state["part"]]
+
+    def _screen(
+        self,
+        pending: PendingBatch,
+        fragments: dict[str, EncryptedFragment],
+        bundle: BankBundle,
+        scorer: BankScorer,
+    ) -> tuple[list[Screening], list[str]]:
+        n = len(pending.candidates)
+        usable = {
+            name: f
+            for name, f in fragments.items()
+            if name in pending.partners
+            and f.model_version == pending.model_version
+            and f.slot_count == n
+            and (f.mode == "plaintext" or f.key_id == bundle.key_id)
+        }
+        missing = [p for p in pending.partners if p not in usable]
+        for partner in missing:
+            PARTNER_TIMEOUTS.labels(partner=partner).inc()
+        joined = self._join(pending, usable, bundle, scorer) if usable else None
+        hits = joined.hits if joined is not None else np.zeros(n, dtype=np.int64)
+        x_bank = scorer.matrix([c.features for c in pending.candidates])
+        if not missing and joined is not None and joined.partner_score is not None:
+            pds = scorer.score(x_bank, joined.partner_score)
+            return [Screening(float(pd), bool(h)) for pd, h in zip(pds, hits, strict=True)], []
+        missing = missing or [p for p in pending.partners]  # undecodable fragments
+        if bundle.policy.deadline_outcome == "fallback":
+            pds = scorer.score_fallback(x_bank)
+            screenings = [
+                Screening(float(pd), bool(h), degraded=True, partner_unavailable=True)
+                for pd, h in zip(pds, hits, strict=True)
+            ]
+        else:
+            screenings = [Screening(None, bool(h), partner_unavailable=True) for h in hits]
+        return screenings, missing
+
+    def _join(
+        self,
+        pending: PendingBatch,
+        fragments: dict[str, EncryptedFragment],
+        bundle: BankBundle,
+        scorer: BankScorer,
+    ) -> Joined | None:
+        n = len(pending.candidates)
+        features = {p: scorer.features_per_partner[p] for p in fragments}
+        started = time.perf_counter()
+        try:
+            if all(f.mode == "plaintext" for f in fragments.values()):
+                plaintext = combine_plain(
+                    bundle.packing, [f.plain_slots or [] for f in fragments.values()]
+                )
+            else:
+                key = self.private_keys[bundle.key_id]
+                nsquare = key.public.nsquare
+                product = 1
+                for fragment in fragments.values():
+                    product = product * b64_to_int(fragment.ciphertext or "") % nsquare
+                plaintext = int(key.decrypt(product))
+            slots = unpack(bundle.packing, plaintext, n, features)
+        except (PackingOverflowError, KeyError) as exc:
+            log.error(
+                "batch %s: fragments do not decode (%s); treating partners as missing",
+                pending.batch_id,
+                exc,
+            )
+            return None
+        finally:
+            CRYPTO_SECONDS.labels(service="prescreen", operation="join").observe(
+                time.perf_counter() - started
+            )
+        hits = np.array([s.blacklist_hits for s in slots], dtype=np.int64)
+        complete = set(fragments) == set(pending.partners)
+        score = np.array([s.partner_score for s in slots]) if complete else None
+        return Joined(score, hits, [p for p in pending.partners if p not in fragments])
+
+    async def _emit(
+        self,
+        pending: PendingBatch,
+        screenings: list[Screening],
+        missing: list[str],
+        bundle: BankBundle | None,
+        now: datetime,
+        partition: int,
+    ) -> None:
+        for candidate, screening in zip(pending.candidates, screenings, strict=True):
+            campaign = bundle.policy.campaign(candidate.campaign_id) if bundle else None
+            verdict = decide(campaign, screening, lambda c: self._take_quota(c, partition), now)
+            reasons = verdict.reasons
+            decision_id = decision_id_for(candidate.event_id)
+            decision = Decision.model_construct(
+                decision_id=decision_id,
+                event_id=candidate.event_id,
+                customer_id=candidate.customer_id,
+                campaign_id=candidate.campaign_id,
+                outcome=verdict.outcome,
+                reasons=list(reasons),
+                pd=screening.pd,
+                score_band=verdict.score_band,
+                batch_id=pending.batch_id,
+                model_version=pending.model_version,
+                degraded=screening.degraded,
+                missing_partners=missing if screening.partner_unavailable else [],
+                occurred_at=candidate.occurred_at,
+                decided_at=now,
+                decided_by="prescreen",
+            )
+            DECISION_COUNT.labels(outcome=verdict.outcome, reason=reasons[0].value).inc()
+            await self.send(
+                DECISIONS, candidate.event_id.encode(), decision.model_dump_json().encode()
+            )
+            if verdict.outcome == "released":
+                assert verdict.score_band is not None and verdict.expires_at is not None
+                release = Release.model_construct(
+                    decision_id=decision_id,
+                    campaign_id=candidate.campaign_id,
+                    candidate_ref=candidate.event_id,
+                    score_band=verdict.score_band,
+                    released_at=now,
+                    expires_at=verdict.expires_at,
+                )
+                await self.send(RELEASES, decision_id.encode(), release.model_dump_json().encode())
+
+    def _take_quota(self, campaign: CampaignPolicy, partition: int) -> bool:
+        if campaign.quota is None:
+            return True
+        key = f"{campaign.campaign_id}@{partition}"
+        used = int(self.quota.get(key) or 0)
+        if used >= quota_share(campaign.quota, self.partitions, partition):
+            return False
+        self.quota[key] = used + 1
+        return True
+
+    # -- housekeeping -----------------------------------------------------------
+    def expired(self, now: float) -> list[str]:
+        """Batches whose deadline passed (or orphan fragments that aged out)."""
+        due = []
+        for batch_id, state in list(self.batches.items()):
+            if state.get("d") is not None:
+                if now >= state["d"]:
+                    due.append(batch_id)
+            elif now - state.get("seen", now) >= self.orphan_fragment_s:
+                due.append(batch_id)
+        return due
+
+    def sweep(self, partition: int) -> None:
+        """Forget decided batch ids of this partition past retention (only keys of the
+        current event's partition: a table write lands in that partition's changelog)."""
+        cutoff = time.time() - self.decided_retention_s
+        for batch_id, (decided_at, part) in list(self.decided.items()):
+            if part == partition and decided_at < cutoff:
+                del self.decided[batch_id]
+
+
+def deadline_tick(batch_id: str) -> bytes:
+    return DeadlineTick(batch_id=batch_id, fired_at=datetime.now(UTC)).model_dump_json().encode()

@@ -1,0 +1,32 @@
+"""Prescreen settings (env prefix ``PRESCREEN_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PrescreenSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRESCREEN_", extra="ignore")
+
+    app_id: str = "fedscreen-prescreen"
+    private_keys_dir: Path = Field(
+        default=Path("keys/paillier"), description="Paillier private keys (<key_id>.json)."
+    )
+    partner_keys: str = Field(
+        default="", description="Registered fragment-signing keys: name=base64url,..."
+    )
+    allow_plaintext: bool = Field(
+        default=False, description="Benchmark only: accept plaintext-mode fragments."
+    )
+    deadline_check_s: float = Field(default=0.05, gt=0, description="Deadline timer period.")
+    orphan_fragment_s: float = Field(
+        default=60.0, gt=0, description="Drop fragments whose batch never arrives after this."
+    )
+    decided_retention_s: float = Field(
+        default=3600.0, gt=0, description="How long a decided batch id is remembered."
+    )
+    data_dir: Path = Field(default=Path(".fedscreen/prescreen"), description="faust data dir.")
+    metrics_port: int = 0

@@ -1,0 +1,2 @@
+"""Federated training, bank side: the coordinator that runs DESIGN.md section 3's
+protocol with every partner over Kafka and builds the model bundles."""

@@ -1,0 +1,136 @@
+"""The bank's side of the training conversation: send to each partner's training
+topic, collect every partner's reply for a step, fail loudly on errors or timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from schemas import TrainError, TrainHistograms, TrainReady, TrainScores
+from schemas.training import TO_BANK, ToBank, ToPartner
+from services.kernel.config import KafkaSettings
+from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
+from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.topics import TRAINING_TO_BANK, training_topic
+
+log = logging.getLogger(__name__)
+
+ReplyT = TypeVar("ReplyT", TrainReady, TrainScores, TrainHistograms)
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class Coordinator:
+    def __init__(
+        self, kafka: KafkaSettings, session_id: str, partners: list[str], timeout_s: float
+    ) -> None:
+        self.kafka = kafka
+        self.session_id = session_id
+        self.partners = partners
+        self.timeout_s = timeout_s
+        self.bytes_sent: dict[str, int] = dict.fromkeys(partners, 0)
+        self.bytes_received: dict[str, int] = dict.fromkeys(partners, 0)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reassembler = Reassembler()
+        self._inbox: list[ToBank] = []
+
+    async def __aenter__(self) -> Coordinator:
+        self._producer = make_producer(self.kafka)
+        await self._producer.start()
+        # Replies are read with no consumer group from the current end of the topic,
+        # so nothing sent after this point can be missed.
+        consumer = make_consumer(self.kafka, group_id=None)
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(TRAINING_TO_BANK) or set()
+        if not partitions:
+            await consumer.stop()
+            raise TrainingError(f"topic {TRAINING_TO_BANK} does not exist")
+        tps = [TopicPartition(TRAINING_TO_BANK, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        self._consumer = consumer
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(self, partner: str, message: ToPartner) -> None:
+        assert self._producer is not None
+        payload = message.model_dump_json().encode()
+        self.bytes_sent[partner] += len(payload)
+        await send_large(
+            self._producer,
+            training_topic(partner),
+            self.session_id.encode(),
+            payload,
+            limit=self.kafka.max_message_bytes - 4096,
+        )
+        await self._producer.flush()
+
+    async def send_all(self, messages: Mapping[str, ToPartner]) -> None:
+        for partner, message in messages.items():
+            await self.send(partner, message)
+
+    async def collect(self, kind: type[ReplyT], round_: int | None = None) -> dict[str, ReplyT]:
+        """One reply of ``kind`` from every partner (for ``round_`` where it has one)."""
+        replies: dict[str, ReplyT] = {}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while len(replies) < len(self.partners):
+                    for message in self._take_inbox():
+                        if isinstance(message, TrainError):
+                            raise TrainingError(f"partner {message.partner}: {message.error}")
+                        if not isinstance(message, kind):
+                            continue
+                        if round_ is not None and getattr(message, "round", None) != round_:
+                            continue
+                        replies[message.partner] = message
+                    if len(replies) < len(self.partners):
+                        await self._poll()
+        except TimeoutError as exc:
+            waiting = sorted(set(self.partners) - set(replies))
+            raise TrainingError(
+                f"no {kind.__name__} from {', '.join(waiting)} within {self.timeout_s:.0f}s"
+            ) from exc
+        return replies
+
+    def _take_inbox(self) -> list[ToBank]:
+        inbox, self._inbox = self._inbox, []
+        return inbox
+
+    async def _poll(self) -> None:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            for record in records:
+                try:
+                    whole = self._reassembler.feed(record.partition, record.value, record.headers)
+                    if whole is None:
+                        continue
+                    message = TO_BANK.validate_json(whole)
+                except (ChunkError, ValidationError) as exc:
+                    log.error("unreadable training reply: %s", exc)
+                    continue
+                if message.session_id != self.session_id or message.partner not in self.partners:
+                    continue
+                self.bytes_received[message.partner] += len(whole)
+                self._inbox.append(message)
