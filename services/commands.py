@@ -11,8 +11,14 @@ def register(app: typer.Typer) -> None:
     from services.intake import cli as intake_cli
     from services.partner import cli as partner_cli
     from services.prescreen import cli as prescreen_cli
+    from services.receiver import cli as receiver_cli
+    from services.training import cli as training_cli
+    from services.webhooks import cli as webhooks_cli
 
     keys_cli.register(app)
     intake_cli.register(app)
     partner_cli.register(app)
     prescreen_cli.register(app)
+    training_cli.register(app)
+    webhooks_cli.register(app)
+    receiver_cli.register(app)

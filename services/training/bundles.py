@@ -1,0 +1,62 @@
+"""Turn a trained model into the bank bundle and one bundle per partner."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
+from services.kernel.crypto.codec import int_to_b64
+from services.kernel.crypto.packing import check_capacity, encode_weight
+from services.kernel.crypto.paillier import PrivateKey
+from services.training.trainer import Trained
+
+
+def build_bundles(
+    trained: Trained,
+    key: PrivateKey,
+    *,
+    model_version: str,
+    session_id: str,
+    bank_features: list[str],
+    policy: PolicyConfig,
+) -> tuple[BankBundle, dict[str, PartnerBundle]]:
+    packing = trained.packing
+    partners = list(trained.weights)
+    check_capacity(packing, [len(trained.bins_per_feature[k]) for k in partners], key.public.bits)
+    now = datetime.now(UTC)
+    bank = BankBundle(
+        model_version=model_version,
+        created_at=now,
+        key_id=key.key_id,
+        public_key_n=key.public.to_b64(),
+        packing=packing,
+        bank_features=bank_features,
+        partners=[
+            PartnerScorecard(
+                partner=k, bins_per_feature=trained.bins_per_feature[k], weights=trained.weights[k]
+            )
+            for k in partners
+        ],
+        booster=trained.booster.model_to_string(),
+        stacked=False,
+        fallback_booster=trained.fallback.model_to_string(),
+        policy=policy,
+        metrics=trained.metrics,
+    )
+    bundles = {}
+    for k in partners:
+        rows = trained.weights[k]
+        ciphertexts = iter(
+            key.encrypt_many([encode_weight(packing, w) for row in rows for w in row])
+        )
+        bundles[k] = PartnerBundle(
+            model_version=model_version,
+            created_at=now,
+            partner=k,
+            binning_id=session_id,
+            key_id=key.key_id,
+            public_key_n=key.public.to_b64(),
+            packing=packing,
+            tables=[[int_to_b64(next(ciphertexts)) for _ in row] for row in rows],
+        )
+    return bank, bundles

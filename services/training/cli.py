@@ -1,0 +1,82 @@
+"""``fedscreen train``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.kernel.errors import CliError
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        data: Annotated[Path, typer.Option(help="The bank's training CSV (ids, features, label).")],
+        bank_features: Annotated[str, typer.Option(help="Comma-separated bank feature columns.")],
+        partner: Annotated[list[str], typer.Option("--partner", help="A partner taking part.")],
+        id_column: Annotated[str, typer.Option()] = "ID",
+        label_column: Annotated[str, typer.Option()] = "default.payment.next.month",
+        eval_data: Annotated[
+            Path | None, typer.Option(help="Held-out rows: scored through the protocol, never fit.")
+        ] = None,
+        policy: Annotated[Path, typer.Option(help="Policy TOML embedded in the bundle.")] = Path(
+            "deploy/policy.toml"
+        ),
+        token_keys_dir: Annotated[Path, typer.Option()] = Path("keys/tokens"),
+        paillier_dir: Annotated[Path, typer.Option(help="Where the new key is written.")] = Path(
+            "keys/paillier"
+        ),
+        out: Annotated[Path, typer.Option(help="Bundles and report go to OUT/<version>/.")] = Path(
+            "models"
+        ),
+        rounds: Annotated[int, typer.Option(min=1, max=200)] = 12,
+        key_bits: Annotated[int, typer.Option(min=2048)] = 2048,
+        model_version: Annotated[str | None, typer.Option()] = None,
+        rollout: Annotated[bool, typer.Option(help="Publish the bundles over Kafka.")] = True,
+    ) -> None:
+        """Federated training with the partners over Kafka (KAFKA_* settings)."""
+        from rich.progress import Progress
+
+        from services.kernel.config import KafkaSettings
+        from services.kernel.lifecycle import configure_logging
+        from services.training.policy_file import load_policy
+        from services.training.run import DataError, TrainJob, read_bank_csv, run_training
+        from services.training.trainer import TrainParams
+
+        configure_logging("WARNING")
+        features = _names(bank_features)
+        try:
+            job = TrainJob(
+                train=read_bank_csv(data, id_column, features, label_column),
+                test=read_bank_csv(eval_data, id_column, features, label_column)
+                if eval_data
+                else None,
+                bank_features=features,
+                partners=partner,
+                token_keys_dir=token_keys_dir,
+                paillier_dir=paillier_dir,
+                policy=load_policy(policy),
+                out_dir=out,
+                params=TrainParams(rounds=rounds),
+                key_bits=key_bits,
+                model_version=model_version,
+                rollout=rollout,
+            )
+        except (DataError, ValueError) as exc:
+            raise CliError(str(exc)) from exc
+        with Progress() as bar:
+            task = bar.add_task("federated training", total=1.0)
+
+            def progress(stage: str, fraction: float) -> None:
+                bar.update(task, completed=fraction, description=stage)
+
+            result = asyncio.run(run_training(job, KafkaSettings(), progress))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.trained.metrics.items())
+        typer.echo(f"model {result.model_version} in {result.seconds:.0f}s: {metrics}")

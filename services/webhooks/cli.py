@@ -1,0 +1,67 @@
+"""``fedscreen webhooks run``: the webhooks service in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from services.kernel.errors import CliError
+
+if TYPE_CHECKING:
+    from services.kernel.config import KafkaSettings
+    from services.webhooks.settings import WebhooksSettings
+    from services.webhooks.subscriptions import Subscriptions
+
+
+def register(app: typer.Typer) -> None:
+    webhooks_app = typer.Typer(
+        help="Deliver releases to campaign tools as signed webhooks.", no_args_is_help=True
+    )
+
+    @webhooks_app.command("run")
+    def run(
+        subscriptions: Annotated[
+            Path | None,
+            typer.Option(
+                "--subscriptions",
+                help="Subscriptions JSON file (default: $WEBHOOKS_SUBSCRIPTIONS_FILE).",
+            ),
+        ] = None,
+    ) -> None:
+        """Consume campaign.released.v1 and deliver each release to its subscribers.
+
+        Configured by WEBHOOKS_* (this service) and KAFKA_* (the brokers) variables.
+        """
+        from services.kernel.config import KafkaSettings
+        from services.webhooks.settings import WebhooksSettings, load_settings
+        from services.webhooks.subscriptions import load_subscriptions
+
+        settings = load_settings(WebhooksSettings, subscriptions_file=subscriptions)
+        kafka = load_settings(KafkaSettings)
+        loaded = load_subscriptions(settings.subscriptions_file)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        try:
+            asyncio.run(run_until_signalled(kafka, settings, loaded))
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from exc
+
+    app.add_typer(webhooks_app, name="webhooks")
+
+
+async def run_until_signalled(
+    kafka: KafkaSettings, settings: WebhooksSettings, subscriptions: Subscriptions
+) -> None:
+    from services.webhooks.service import WebhookService
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await WebhookService(kafka, settings, subscriptions).run(stop)

@@ -1,0 +1,140 @@
+"""One release to one endpoint over HTTP: signed attempts, retries with backoff, a verdict.
+
+Concurrency is bounded per attempt, not per delivery: a delivery sleeping between
+retries does not hold one of the HTTP slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+
+from services.kernel.metrics import WEBHOOK_ATTEMPTS
+from services.webhooks.retry import (
+    RETRY_AFTER_STATUSES,
+    is_retryable,
+    parse_retry_after,
+    retry_delay_s,
+)
+from services.webhooks.settings import WebhooksSettings
+from services.webhooks.signing import signed_headers
+from services.webhooks.subscriptions import Endpoint
+
+log = logging.getLogger(__name__)
+
+AttemptResult = Literal["delivered", "rejected", "retryable", "error"]
+"""The ``result`` label of ``fedscreen_webhook_attempts_total``: 2xx, a non-retryable
+status, a retryable status (408, 429, 5xx), a connection error or timeout."""
+
+FailureReason = Literal["webhook-delivery-failed", "webhook-rejected"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    result: AttemptResult
+    status: int | None
+    retry_after_s: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    endpoint: Endpoint
+    attempts: int
+    last: Attempt
+
+    @property
+    def delivered(self) -> bool:
+        return self.last.result == "delivered"
+
+    @property
+    def reason(self) -> FailureReason:
+        return "webhook-rejected" if self.last.result == "rejected" else "webhook-delivery-failed"
+
+    def describe(self) -> str:
+        status = self.last.status if self.last.status is not None else "none"
+        detail = f" ({self.last.error})" if self.last.error else ""
+        return (
+            f"endpoint {self.endpoint.name} ({self.endpoint.url}): status {status} "
+            f"after {self.attempts} attempt(s){detail}"
+        )
+
+
+class Deliverer:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: WebhooksSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self.rng = rng or random.Random()
+
+    async def deliver(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Outcome:
+        attempt_no = 0
+        while True:
+            attempt_no += 1
+            attempt = await self.attempt(endpoint, msg_id, body)
+            WEBHOOK_ATTEMPTS.labels(result=attempt.result).inc()
+            final = attempt.result in ("delivered", "rejected")
+            if final or attempt_no >= self.settings.max_attempts:
+                return Outcome(endpoint, attempt_no, attempt)
+            delay = retry_delay_s(
+                attempt_no,
+                attempt.retry_after_s,
+                initial_s=self.settings.initial_backoff_s,
+                max_s=self.settings.max_backoff_s,
+                max_retry_after_s=self.settings.max_retry_after_s,
+                rng=self.rng,
+            )
+            log.info(
+                "webhook %s to %s: attempt %d %s (status %s), retrying in %.2fs",
+                msg_id,
+                endpoint.name,
+                attempt_no,
+                attempt.result,
+                attempt.status,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def attempt(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Attempt:
+        headers = {
+            "content-type": "application/json",
+            **signed_headers(endpoint.key, msg_id, int(time.time()), body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+        async with self.slots:
+            try:
+                async with self.session.post(
+                    str(endpoint.url),
+                    data=body,
+                    headers=headers,
+                    timeout=timeout,
+                    # A redirect is an answer we do not act on: a 3xx is not delivered.
+                    allow_redirects=False,
+                ) as response:
+                    # Read the (ignored) body so the connection goes back to the pool.
+                    await response.read()
+                    return classify(response.status, response.headers.get("Retry-After"))
+            except TimeoutError:
+                return Attempt("error", None, error="timeout")
+            except aiohttp.ClientError as exc:
+                return Attempt("error", None, error=f"{type(exc).__name__}: {exc}")
+
+
+def classify(status: int, retry_after: str | None) -> Attempt:
+    if 200 <= status <= 299:
+        return Attempt("delivered", status)
+    if is_retryable(status):
+        wait = parse_retry_after(retry_after) if status in RETRY_AFTER_STATUSES else None
+        return Attempt("retryable", status, retry_after_s=wait)
+    return Attempt("rejected", status)

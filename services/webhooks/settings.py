@@ -1,0 +1,68 @@
+"""The webhooks service's own settings (env prefix ``WEBHOOKS_``).
+
+Kafka connection settings are not embedded here: they are read separately as
+:class:`~services.kernel.config.KafkaSettings` (env prefix ``KAFKA_``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.errors import CliError
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class WebhooksSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WEBHOOKS_", extra="ignore")
+
+    subscriptions_file: Path = Field(
+        default=Path("subscriptions.json"),
+        description="JSON file listing the endpoints and the campaigns each subscribes to.",
+    )
+    group_id: str = Field(default="fedscreen-webhooks", min_length=1)
+    concurrency: int = Field(default=64, ge=1, description="HTTP requests in flight at most.")
+    max_pending: int = Field(
+        default=1000,
+        ge=1,
+        description="Releases fetched but not finished before fetching pauses (backpressure).",
+    )
+    request_timeout_s: float = Field(default=10.0, gt=0, description="Per attempt.")
+    max_attempts: int = Field(default=6, ge=1)
+    initial_backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=30.0, ge=0)
+    max_retry_after_s: float = Field(
+        default=60.0, ge=0, description="A receiver's Retry-After is honoured up to this."
+    )
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    shutdown_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight deliveries may finish before they are "
+        "abandoned (uncommitted, so redelivered after the restart).",
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics.")
+
+    @model_validator(mode="after")
+    def _backoff_bounds(self) -> WebhooksSettings:
+        if self.initial_backoff_s > self.max_backoff_s:
+            raise ValueError("initial_backoff_s must not exceed max_backoff_s")
+        return self
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Settings from the environment plus explicit (non-None) overrides; an invalid value
+    becomes a one-line error naming its environment variable."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    try:
+        return cls(**{name: value for name, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{prefix}{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise CliError(f"invalid configuration: {problems}") from exc

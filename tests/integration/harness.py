@@ -1,0 +1,161 @@
+"""Helpers for integration tests that run the serving pipeline as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from aiokafka import TopicPartition
+
+from schemas import BankBundle, CandidateEvent, Decision, DlqEnvelope, PartnerBundle, PolicyConfig
+from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
+from services.bench.pipeline import Pipeline, PipelineOptions
+from services.demo import dataset as ds
+from services.kernel.config import KafkaSettings
+from services.kernel.kafka.broker import EmbeddedBroker
+from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics, dlq_topic
+
+PARTNERS = list(ds.REFERENCE_PARTNERS)
+POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "policy.toml"
+
+
+@dataclass
+class Running:
+    broker: EmbeddedBroker
+    pipeline: Pipeline
+    table: ds.Table
+    bank: BankData
+    partners: list[PartnerData]
+    bank_bundle: BankBundle
+    partner_bundles: dict[str, PartnerBundle]
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return self.broker.settings()
+
+    def candidate(
+        self, i: int, *, event_id: str, campaign: str = "card-upgrade", consent: bool = True
+    ) -> CandidateEvent:
+        return CandidateEvent(
+            event_id=event_id,
+            customer_id=self.bank.ids[i],
+            campaign_id=campaign,
+            consent_marketing=consent,
+            occurred_at=datetime.now(UTC),
+            features=dict(zip(self.bank.features, map(float, self.bank.values[i]), strict=True)),
+        )
+
+
+async def start_pipeline(
+    root: Path, rows: int, policy: PolicyConfig, options: PipelineOptions | None = None
+) -> Running:
+    table = ds.load().take(np.arange(rows))
+    bank = BankData(
+        table.ids, ds.BANK_FEATURES, table.select(ds.BANK_FEATURES), table.column(ds.LABEL)
+    )
+    partners = [
+        PartnerData(name, cols, table.select(cols), ds.blacklist(table, name))
+        for name, cols in ds.REFERENCE_PARTNERS.items()
+    ]
+    deployment = Deployment.at(root)
+    bank_bundle, partner_bundles, _ = build_quick_model(
+        deployment, bank, partners, policy, model_version="m-test"
+    )
+    broker = EmbeddedBroker(partitions=4, topics=all_topics(PARTNERS), log_path=root / "broker.log")
+    await broker.start()
+    pipeline = Pipeline(broker, deployment, PARTNERS, options)
+    try:
+        await pipeline.start(bank_bundle, partner_bundles)
+    except BaseException:
+        pipeline.stop()
+        broker.stop()
+        raise
+    return Running(broker, pipeline, table, bank, partners, bank_bundle, partner_bundles)
+
+
+def stop_pipeline(running: Running) -> None:
+    running.pipeline.stop()
+    running.broker.stop()
+
+
+async def produce(
+    settings: KafkaSettings, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
+) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(topic, key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def send_candidates(settings: KafkaSettings, events: Sequence[CandidateEvent]) -> None:
+    await produce(
+        settings,
+        CANDIDATES,
+        [(e.customer_id.encode(), e.model_dump_json().encode()) for e in events],
+    )
+
+
+async def read_all(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:
+    """Every value on a topic, read from the beginning until it stays quiet."""
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        values: list[bytes] = []
+        ends = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                values.extend(r.value for r in records if r.value is not None)
+            if batch:
+                quiet_since = loop.time()
+            caught_up = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+            if caught_up and loop.time() - quiet_since >= idle_s:
+                return values
+            if caught_up:
+                ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_decisions(
+    settings: KafkaSettings, event_ids: Iterable[str], timeout_s: float = 60.0
+) -> dict[str, list[Decision]]:
+    """Decisions for the given events, waiting until each has one; extras are kept so
+    callers can assert there were no duplicates."""
+    wanted = set(event_ids)
+    found: dict[str, list[Decision]] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = {}
+        for value in await read_all(settings, DECISIONS, idle_s=0.5):
+            decision = Decision.model_validate_json(value)
+            if decision.event_id in wanted:
+                found.setdefault(decision.event_id, []).append(decision)
+        if set(found) >= wanted or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
+async def dead_letters(settings: KafkaSettings, topic: str) -> list[DlqEnvelope]:
+    return [DlqEnvelope.model_validate_json(v) for v in await read_all(settings, dlq_topic(topic))]
+
+
+def original_value(envelope: DlqEnvelope) -> bytes | None:
+    return None if envelope.value_b64 is None else base64.b64decode(envelope.value_b64)

@@ -1,0 +1,303 @@
+"""intake → partners → prescreen → decisions and releases, as real processes on the
+embedded broker, with real Paillier keys."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas import Decision, EncryptedFragment, FragmentRequest, ReasonCode, Release
+from services.kernel.crypto.signing import new_signing_key, sign
+from services.kernel.kafka.topics import (
+    CANDIDATES,
+    FRAGMENTS,
+    PENDING,
+    RELEASES,
+    requests_topic,
+)
+from services.kernel.model.scoring import BankScorer, sigmoid
+from services.partner.store import FeatureStore
+from services.training.policy_file import load_policy
+from tests.integration.harness import (
+    PARTNERS,
+    POLICY_FILE,
+    Running,
+    dead_letters,
+    original_value,
+    produce,
+    read_all,
+    send_candidates,
+    start_pipeline,
+    stop_pipeline,
+    wait_for_decisions,
+)
+
+ROWS = 400
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    policy = load_policy(POLICY_FILE)
+    # Large quotas and no frequency cap here: these tests are about the data path.
+    policy = policy.model_copy(
+        update={
+            "campaigns": [c.model_copy(update={"quota": None}) for c in policy.campaigns],
+            "frequency_cap": policy.frequency_cap.model_copy(update={"max_screenings": 1000}),
+        }
+    )
+    running = await start_pipeline(tmp_path_factory.mktemp("pipeline"), ROWS, policy)
+    try:
+        yield running
+    finally:
+        stop_pipeline(running)
+
+
+def expected_partner_scores(running: Running) -> tuple[np.ndarray, np.ndarray]:
+    """Plaintext recomputation from the harness's view of every party (never a service's)."""
+    total = np.zeros(ROWS)
+    hits = np.zeros(ROWS, dtype=bool)
+    cards = {c.partner: c for c in running.bank_bundle.partners}
+    for data in running.partners:
+        store = FeatureStore(running.pipeline.deployment.partner_dbs[data.name])
+        binning = store.binning("m-test")
+        store.close()
+        assert binning is not None
+        bins = binning.transform(data.values)
+        weights = cards[data.name].weights
+        total += [sum(weights[j][b] for j, b in enumerate(row)) for row in bins.tolist()]
+        hits |= data.blacklisted
+    return total, hits
+
+
+async def test_every_candidate_gets_one_correct_decision(running: Running) -> None:
+    consent = [i % 7 != 0 for i in range(ROWS)]
+    campaigns = ["card-upgrade" if i % 3 else "personal-loan" for i in range(ROWS)]
+    events = [
+        running.candidate(i, event_id=f"e2e-{i}", campaign=campaigns[i], consent=consent[i])
+        for i in range(ROWS)
+    ]
+    await send_candidates(running.settings, events)
+    decisions = await wait_for_decisions(running.settings, [e.event_id for e in events])
+
+    assert len(decisions) == ROWS
+    assert all(len(d) == 1 for d in decisions.values()), "a candidate got two decisions"
+
+    scorer = BankScorer(running.bank_bundle)
+    partner_score, blacklisted = expected_partner_scores(running)
+    expected_pd = sigmoid(
+        np.asarray(scorer.booster.predict(running.bank.values, raw_score=True)) + partner_score
+    )
+    policy = running.bank_bundle.policy
+    released = set()
+    for i, event in enumerate(events):
+        decision = decisions[event.event_id][0]
+        if not consent[i]:
+            assert decision.reasons == [ReasonCode.NO_CONSENT]
+            assert decision.decided_by == "intake"
+            assert decision.pd is None  # never scored, never sent to a partner
+            continue
+        assert decision.decided_by == "prescreen"
+        # decrypted, unpacked and scored == the plaintext model on the same inputs
+        assert decision.pd == pytest.approx(expected_pd[i], abs=2e-3)
+        campaign = policy.campaign(campaigns[i])
+        assert campaign is not None
+        if blacklisted[i]:
+            assert decision.reasons[0] == ReasonCode.BLACKLISTED
+        elif expected_pd[i] > campaign.max_pd + 2e-3:
+            assert decision.reasons[0] == ReasonCode.RISK_TOO_HIGH
+        elif expected_pd[i] < campaign.max_pd - 2e-3:
+            assert decision.outcome == "released"
+            assert decision.reasons == [ReasonCode.ELIGIBLE]
+            assert decision.score_band is not None
+        if decision.outcome == "released":
+            released.add(decision.decision_id)
+
+    assert any(blacklisted[i] and consent[i] for i in range(ROWS)), "fixture has no blacklist hit"
+    assert released, "nothing was released"
+    releases = [Release.model_validate_json(v) for v in await read_all(running.settings, RELEASES)]
+    mine = {r.decision_id: r for r in releases if r.candidate_ref.startswith("e2e-")}
+    assert set(mine) == released
+    # campaign tools learn the reference, campaign, band and expiry: no score, no customer id
+    for release in mine.values():
+        body = json.loads(release.model_dump_json())
+        assert set(body) == {
+            "decision_id",
+            "campaign_id",
+            "candidate_ref",
+            "score_band",
+            "released_at",
+            "expires_at",
+        }
+
+
+async def test_a_duplicate_event_is_decided_once(running: Running) -> None:
+    event = running.candidate(3, event_id="dup-1")
+    await send_candidates(running.settings, [event, event])
+    later = running.candidate(4, event_id="dup-2")
+    await send_candidates(running.settings, [later, event])
+    decisions = await wait_for_decisions(running.settings, ["dup-1", "dup-2"])
+    assert len(decisions["dup-1"]) == 1
+    assert len(decisions["dup-2"]) == 1
+
+
+async def test_an_independent_client_can_publish_candidates(running: Running) -> None:
+    """Bank systems are not Python services: confluent-kafka (librdkafka) produces here."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    producer = confluent_kafka.Producer({"bootstrap.servers": running.broker.bootstrap_servers})
+    ids = [f"librdkafka-{i}" for i in range(5)]
+    for i, event_id in enumerate(ids):
+        event = running.candidate(10 + i, event_id=event_id)
+        body = {
+            "event_id": event.event_id,
+            "customer_id": event.customer_id,
+            "campaign_id": "card-upgrade",
+            "consent_marketing": True,
+            "occurred_at": "2026-11-25T09:00:00+01:00",
+            "features": event.features,
+        }
+        producer.produce(CANDIDATES, key=event.customer_id, value=json.dumps(body))
+    assert producer.flush(10) == 0
+    decisions = await wait_for_decisions(running.settings, ids)
+    assert set(decisions) == set(ids)
+    assert all(d[0].decided_by == "prescreen" for d in decisions.values())
+
+
+GARBAGE = st.one_of(
+    st.binary(min_size=0, max_size=200),
+    st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=10), max_size=5).map(
+        lambda d: json.dumps(d).encode()
+    ),
+    st.sampled_from(
+        [
+            b"{",
+            b"null",
+            b"[]",
+            b'{"event_id": "x", "customer_id": 1}',
+            b'{"batch_id": "b", "partner": "payments", "tokens": []}',
+        ]
+    ),
+)
+
+
+@settings(
+    max_examples=2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(garbage=st.lists(GARBAGE, min_size=3, max_size=6, unique=True), salt=st.uuids())
+async def test_garbage_on_every_input_topic_goes_to_the_dlq(
+    running: Running, garbage: list[bytes], salt: object
+) -> None:
+    tag = str(salt)[:8]
+    # Valid candidates before and after the garbage must all be decided.
+    before = [running.candidate(20 + i, event_id=f"g-{tag}-a{i}") for i in range(3)]
+    after = [running.candidate(30 + i, event_id=f"g-{tag}-b{i}") for i in range(3)]
+    await send_candidates(running.settings, before)
+    marked = [g + f"#{tag}".encode() if g else f"#{tag}".encode() for g in garbage]
+    topics = [CANDIDATES, PENDING, FRAGMENTS, *(requests_topic(p) for p in PARTNERS)]
+    for topic in topics:
+        await produce(running.settings, topic, [(b"junk", g) for g in marked])
+    await send_candidates(running.settings, after)
+
+    decisions = await wait_for_decisions(running.settings, [e.event_id for e in before + after])
+    assert len(decisions) == 6 and all(len(d) == 1 for d in decisions.values())
+    for topic in topics:
+        envelopes = [e for e in await dead_letters(running.settings, topic) if e.value_b64]
+        dead = {original_value(e) for e in envelopes}
+        assert set(marked) <= dead, f"garbage on {topic} was not dead-lettered"
+        assert all(e.reason == "invalid-schema" for e in envelopes if original_value(e) in marked)
+
+
+async def test_forged_fragments_are_rejected_with_a_reason(running: Running) -> None:
+    key = running.pipeline.deployment.paillier_dir
+    assert any(key.glob("*.json"))
+    forged = EncryptedFragment(
+        batch_id="b-forged",
+        partner="payments",
+        model_version="m-test",
+        key_id=running.bank_bundle.key_id,
+        slot_count=1,
+        ciphertext="AQ",
+        signed_at=datetime.now(UTC),
+        signature="",
+    )
+    forged = forged.model_copy(
+        update={"signature": sign(new_signing_key(), forged.signing_bytes())}
+    )
+    await produce(running.settings, FRAGMENTS, [(b"b-forged", forged.model_dump_json().encode())])
+    reasons: set[str] = set()
+    for _ in range(20):
+        reasons = {
+            e.reason
+            for e in await dead_letters(running.settings, FRAGMENTS)
+            if original_value(e) == forged.model_dump_json().encode()
+        }
+        if reasons:
+            break
+    assert reasons == {"bad-signature"}
+
+
+async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running: Running) -> None:
+    """Record everything a partner can read and look for anything the bank must keep."""
+    events = [running.candidate(60 + i, event_id=f"privacy-{i}") for i in range(5)]
+    await send_candidates(running.settings, events)
+    await wait_for_decisions(running.settings, [e.event_id for e in events])
+    readable = []
+    for partner in PARTNERS:
+        readable += await read_all(running.settings, requests_topic(partner))
+        readable += await read_all(running.settings, f"model.rollouts.{partner}.v1")
+    assert readable
+    text = b"\n".join(readable).decode(errors="replace")
+    for i, customer in enumerate(running.bank.ids[:ROWS]):
+        assert f'"{customer}"' not in text  # customer ids
+        assert f'"e2e-{i}"' not in text  # event ids
+    for feature in running.bank.features:
+        assert f'"{feature}"' not in text  # as a JSON key or value (base64 may contain it)
+    for card in running.bank_bundle.partners:
+        for row in card.weights:
+            for weight in row:
+                if abs(weight) > 1e-6:
+                    assert repr(weight) not in text  # plaintext weights
+    for key in ("pd", "score", "label", "reasons", "booster", "outcome"):
+        assert f'"{key}"' not in text
+    requests = []
+    for value in readable:
+        try:
+            requests.append(FragmentRequest.model_validate_json(value))
+        except ValidationError:
+            continue  # garbage injected by the DLQ test: the partner dead-letters it
+    assert requests
+    for request in requests:
+        assert set(json.loads(request.model_dump_json())) == {
+            "batch_id",
+            "partner",
+            "model_version",
+            "created_at",
+            "deadline_at",
+            "tokens",
+            "attempt",
+        }
+
+
+async def test_a_partner_that_misses_the_deadline_yields_partner_unavailable(
+    running: Running,
+) -> None:
+    """Last in the module: it stops a partner for good."""
+    running.pipeline.fleet["partner-payments"].kill()
+    event = running.candidate(50, event_id="deadline-1")
+    await send_candidates(running.settings, [event])
+    decisions = await wait_for_decisions(running.settings, ["deadline-1"], timeout_s=30)
+    decision: Decision = decisions["deadline-1"][0]
+    assert decision.outcome == "suppressed"
+    assert decision.reasons == [ReasonCode.PARTNER_UNAVAILABLE]
+    assert decision.missing_partners == ["payments"]
+    assert (decision.decided_at - decision.occurred_at).total_seconds() >= 2.5
