@@ -8,6 +8,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Each service module adds its own commands; imports stay light until a command runs."""
     from services import keys_cli
+    from services.demo import cli as demo_cli
     from services.intake import cli as intake_cli
     from services.partner import cli as partner_cli
     from services.prescreen import cli as prescreen_cli
@@ -16,6 +17,7 @@ def register(app: typer.Typer) -> None:
     from services.webhooks import cli as webhooks_cli
 
     keys_cli.register(app)
+    demo_cli.register(app)
     intake_cli.register(app)
     partner_cli.register(app)
     prescreen_cli.register(app)

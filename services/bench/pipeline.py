@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+
 from schemas import BankBundle, PartnerBundle
 from services.bench.fixtures import Deployment
 from services.kernel.kafka.broker import EmbeddedBroker, free_port
@@ -124,13 +126,50 @@ class Pipeline:
         self._service(
             "webhooks", ["webhooks", "run"], {"WEBHOOKS_SUBSCRIPTIONS_FILE": str(subscriptions)}
         )
+        receiver = ServiceProcess(
+            name="receiver",
+            args=["receiver", "run"],
+            env={
+                "RECEIVER_PORT": str(o.receiver_port),
+                "RECEIVER_SECRET": o.webhook_secret,
+                "RECEIVER_OUT": str(self.deliveries_path),
+                **self.options.extra_env.get("receiver", {}),
+            },
+            log_path=self.logs / "receiver.log",
+            metrics_port=o.receiver_port,
+            ready_path="/stats",
+        )
+        self.deliveries_path.parent.mkdir(parents=True, exist_ok=True)
+        self.fleet.add(receiver)
 
-    async def start(self, bank: BankBundle, partners: dict[str, PartnerBundle]) -> None:
-        """Roll the model out first (services wait for it to become ready), then start."""
-        await self.publish(bank, partners)
+    async def start(
+        self, bank: BankBundle | None = None, partners: dict[str, PartnerBundle] | None = None
+    ) -> None:
+        """Roll the model out first when given one (services become ready only once they
+        have a model), then start every process and wait until each is ready."""
+        if bank is not None:
+            await self.publish(bank, partners or {})
         if not self.fleet.services:
             self.build()
         await self.fleet.start()
+
+    async def start_partners(self, timeout_s: float = 60.0) -> None:
+        """Start only the partner processes (they take part in training before any model
+        exists, so they are waited for as alive, not ready)."""
+        if not self.fleet.services:
+            self.build()
+        partners = [s for name, s in self.fleet.services.items() if name.startswith("partner-")]
+        for service in partners:
+            service.start()
+        await asyncio.gather(*(s.wait_alive(timeout_s) for s in partners))
+
+    async def receiver_stats(self) -> dict[str, int]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.options.receiver_port}/stats") as response,
+        ):
+            stats: dict[str, int] = await response.json()
+            return stats
 
     async def publish(self, bank: BankBundle, partners: dict[str, PartnerBundle]) -> None:
         settings = self.broker.settings()

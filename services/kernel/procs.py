@@ -29,6 +29,7 @@ class ServiceProcess:
     env: Mapping[str, str]
     log_path: Path
     metrics_port: int = field(default_factory=free_port)
+    ready_path: str = "/readyz"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -48,8 +49,12 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
+    async def wait_alive(self, timeout_s: float = 60.0) -> None:
+        """Until the process answers /healthz (up, though perhaps without a model yet)."""
+        await self.wait_ready(timeout_s, path="/healthz")
+
+    async def wait_ready(self, timeout_s: float = 60.0, path: str | None = None) -> None:
+        url = f"http://127.0.0.1:{self.metrics_port}{path or self.ready_path}"
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while time.monotonic() < deadline:
@@ -105,8 +110,10 @@ class Fleet:
         return service
 
     async def start(self, timeout_s: float = 90.0) -> None:
+        """Start every service not yet started; wait until all are ready."""
         for service in self.services.values():
-            service.start()
+            if service.process is None:
+                service.start()
         await asyncio.gather(*(s.wait_ready(timeout_s) for s in self.services.values()))
 
     def stop(self) -> dict[str, int | None]:

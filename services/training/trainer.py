@@ -51,17 +51,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainParams:
+    """Defaults from a plaintext study of the protocol on the reference split (docs/model.md):
+    diagonal Newton directions with L2 weight 100 and an exact per-partner line search
+    reach test AUC ~0.770 in about ten rounds."""
+
     rounds: int = 12
-    l2: float = 10.0
+    l2: float = 100.0
     max_bins: int = 16
     validation_fraction: float = 0.2
     patience: int = 3
     seed: int = 0
-    trees: int = 300
+    max_trees: int = 300
+    early_stopping_trees: int = 30
     num_leaves: int = 15
     learning_rate: float = 0.05
     min_child_samples: int = 50
-    step_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
     def lgb_params(self) -> dict[str, object]:
         return {
@@ -137,109 +141,101 @@ class FederatedTrainer:
         test = test or BankRows([], train.x[:0])
         eval_ids = val.ids + test.ids
         assert fit.y is not None and val.y is not None
+        n_fit, n_val, n_test = len(fit.ids), len(val.ids), len(test.ids)
 
         bins = await self._start(fit.ids, eval_ids)
         packing = packing_for(self.key.public.bits, [len(b) for b in bins.values()])
-        self.packing = packing
-        n_fit, n_val = len(fit.ids), len(val.ids)
+        # Per partner: flat weights w, per-row scores on fit rows and on eval rows.
+        w = {k: np.zeros(sum(bins[k])) for k in self.partners}
         u_fit = {k: np.zeros(n_fit) for k in self.partners}
-        u_eval = {k: np.zeros(len(eval_ids)) for k in self.partners}
-        weights = {k: [[0.0] * b for b in bins[k]] for k in self.partners}
+        u_eval = {k: np.zeros(n_val + n_test) for k in self.partners}
 
-        booster = self._fit_bank(fit, np.zeros(n_fit))
-        f_fit = np.asarray(booster.predict(fit.x, raw_score=True))
-        f_val = booster.predict(val.x, raw_score=True)
-        best = (-np.inf, 0, {k: [row[:] for row in w] for k, w in weights.items()})
-        history: list[dict[str, float]] = []
-        stale = 0
-        for round_ in range(p.rounds):
+        booster = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
+        f_fit = self._raw(booster, fit.x)
+        f_val = self._raw(booster, val.x)
+        best_auc = float(roc_auc_score(val.y, f_val))
+        best = (
+            0,
+            booster,
+            {k: v.copy() for k, v in w.items()},
+            {k: v.copy() for k, v in u_eval.items()},
+        )
+        history: list[dict[str, float]] = [{"round": 0, "val_auc": best_auc}]
+        for round_ in range(1, p.rounds + 1):
             started = time.perf_counter()
-            self.progress(f"round {round_ + 1}/{p.rounds}: encrypted gradients", round_ / p.rounds)
+            self.progress(f"round {round_}: encrypted gradient sums", (round_ - 1) / p.rounds)
             logit = f_fit + _total(u_fit.values(), n_fit)
             prob = sigmoid(logit)
-            g, h = prob - fit.y, prob * (1 - prob)
-            sums = await self._histograms(round_, g, h)
-            directions = {
-                k: [
-                    [
-                        float(np.clip(-gs / (hs + p.l2), -packing.weight_clip, packing.weight_clip))
-                        for gs, hs in zip(G, H, strict=True)
-                    ]
-                    for G, H in sums[k]
-                ]
-                for k in self.partners
-            }
-            self.progress(
-                f"round {round_ + 1}/{p.rounds}: encrypted direction scores",
-                (round_ + 0.5) / p.rounds,
+            sums = await self._histograms(round_, prob - fit.y, prob * (1 - prob))
+            directions = {}
+            for k in self.partners:
+                G = np.concatenate([g for g, _ in sums[k]])
+                H = np.concatenate([h for _, h in sums[k]])
+                d = -(G + p.l2 * w[k]) / (H + p.l2)
+                directions[k] = np.clip(d, -packing.weight_clip, packing.weight_clip)
+            self.progress(f"round {round_}: encrypted direction scores", (round_ - 0.5) / p.rounds)
+            du_fit, du_eval = await self._direction_scores(
+                round_, self._unflatten(directions, bins), n_fit, n_val + n_test
             )
-            du_fit, du_eval = await self._direction_scores(round_, directions, n_fit, len(eval_ids))
-            steps = self._line_search(fit.y, f_fit, u_fit, du_fit)
-            for k, eta in steps.items():
-                u_fit[k] += eta * du_fit[k]
-                u_eval[k] += eta * du_eval[k]
-                weights[k] = [
-                    [
-                        float(np.clip(w + eta * d, -packing.weight_clip, packing.weight_clip))
-                        for w, d in zip(wr, dr, strict=True)
-                    ]
-                    for wr, dr in zip(weights[k], directions[k], strict=True)
-                ]
+            steps = self._line_search(fit.y, logit, w, directions, du_fit)
+            for i, k in enumerate(self.partners):
+                w[k] = np.clip(
+                    w[k] + steps[i] * directions[k], -packing.weight_clip, packing.weight_clip
+                )
+                u_fit[k] += steps[i] * du_fit[k]
+                u_eval[k] += steps[i] * du_eval[k]
             # Backfitting: the bank's trees re-learn on top of the new partner scores.
-            booster = self._fit_bank(fit, _total(u_fit.values(), n_fit))
-            f_fit = np.asarray(booster.predict(fit.x, raw_score=True))
-            f_val = booster.predict(val.x, raw_score=True)
-            val_logit = f_val + _total((u[:n_val] for u in u_eval.values()), n_val)
-            val_auc = float(roc_auc_score(val.y, val_logit))
+            s_fit = _total(u_fit.values(), n_fit)
+            s_val = _total((u[:n_val] for u in u_eval.values()), n_val)
+            booster = self._fit_bank(fit, val, s_fit, s_val)
+            f_fit = self._raw(booster, fit.x)
+            val_auc = float(roc_auc_score(val.y, self._raw(booster, val.x) + s_val))
             history.append(
                 {
-                    "round": round_ + 1,
+                    "round": round_,
                     "val_auc": val_auc,
-                    "val_logloss": _logloss(val.y, val_logit),
                     "seconds": time.perf_counter() - started,
-                    **{f"step_{k}": v for k, v in steps.items()},
+                    "bank_trees": float(booster.best_iteration or booster.num_trees()),
+                    **{f"step_{k}": float(steps[i]) for i, k in enumerate(self.partners)},
                 }
             )
-            log.info("round %d: validation AUC %.4f, steps %s", round_ + 1, val_auc, steps)
-            if val_auc > best[0] + 1e-4:
-                best = (val_auc, round_ + 1, {k: [r[:] for r in w] for k, w in weights.items()})
-                best_u = (
-                    {k: v.copy() for k, v in u_fit.items()},
+            log.info("round %d: validation AUC %.4f, steps %s", round_, val_auc, steps.round(3))
+            if val_auc > best_auc:
+                best_auc = val_auc
+                best = (
+                    round_,
+                    booster,
+                    {k: v.copy() for k, v in w.items()},
                     {k: v.copy() for k, v in u_eval.items()},
                 )
-                stale = 0
-            else:
-                stale += 1
-                if stale >= p.patience:
-                    break
+            elif round_ - best[0] >= p.patience:
+                break
         await self.coord.send_all(
             {k: TrainFinish(session_id=self.coord.session_id, status="done") for k in self.partners}
         )
-        best_auc, best_round, best_weights = best
-        u_fit, u_eval = best_u
-        # Final bank model on fit + validation rows, partner scores as init_score.
-        all_rows = BankRows(
-            fit.ids + val.ids, np.vstack([fit.x, val.x]), np.concatenate([fit.y, val.y])
-        )
-        partner_all = np.concatenate(
-            [_total(u_fit.values(), n_fit), _total((u[:n_val] for u in u_eval.values()), n_val)]
-        )
-        booster = self._fit_bank(all_rows, partner_all)
-        fallback = self._fit_bank(all_rows, np.zeros(len(all_rows.ids)))
-        metrics = {"validation_auc": best_auc, "rounds": float(best_round)}
+        best_round, booster, best_w, best_u_eval = best
+        fallback = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
+        metrics = {
+            "validation_auc": best_auc,
+            "rounds": float(best_round),
+            "rounds_run": float(len(history) - 1),
+        }
         test_scores = None
-        if test.ids and test.y is not None:
-            test_logit = booster.predict(test.x, raw_score=True) + _total(
-                (u[n_val:] for u in u_eval.values()), len(test.ids)
-            )
+        if n_test and test.y is not None:
+            s_test = _total((u[n_val:] for u in best_u_eval.values()), n_test)
+            test_logit = self._raw(booster, test.x) + s_test
             test_scores = sigmoid(test_logit)
             metrics["test_auc"] = float(roc_auc_score(test.y, test_logit))
             metrics["test_auc_bank_only"] = float(
-                roc_auc_score(test.y, fallback.predict(test.x, raw_score=True))
+                roc_auc_score(test.y, self._raw(fallback, test.x))
             )
         self.progress("done", 1.0)
+        weights = {
+            k: [list(map(float, row)) for row in self._unflatten({k: best_w[k]}, bins)[k]]
+            for k in self.partners
+        }
         return Trained(
-            weights=best_weights,
+            weights=weights,
             bins_per_feature=bins,
             booster=booster,
             fallback=fallback,
@@ -248,6 +244,23 @@ class FederatedTrainer:
             test_scores=test_scores,
             history=history,
         )
+
+    @staticmethod
+    def _unflatten(
+        flat: dict[str, np.ndarray], bins: dict[str, list[int]]
+    ) -> dict[str, list[list[float]]]:
+        out = {}
+        for k, values in flat.items():
+            rows, start = [], 0
+            for count in bins[k]:
+                rows.append([float(v) for v in values[start : start + count]])
+                start += count
+            out[k] = rows
+        return out
+
+    @staticmethod
+    def _raw(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.predict(x, raw_score=True, num_iteration=booster.best_iteration))
 
     # -- the protocol steps -----------------------------------------------------
     async def _start(self, fit_ids: Sequence[str], eval_ids: Sequence[str]) -> dict[str, list[int]]:
@@ -326,21 +339,52 @@ class FederatedTrainer:
     def _line_search(
         self,
         y: np.ndarray,
-        f_bank: np.ndarray,
-        u: dict[str, np.ndarray],
+        logit: np.ndarray,
+        w: dict[str, np.ndarray],
+        d: dict[str, np.ndarray],
         du: dict[str, np.ndarray],
-    ) -> dict[str, float]:
-        """One step length per partner, by coordinate search over a grid on the fit rows."""
-        steps = dict.fromkeys(self.partners, 0.0)
-        base = f_bank + _total(u.values(), len(y))
-        for _ in range(2):
-            for k in self.partners:
-                others = base + _total((steps[j] * du[j] for j in self.partners if j != k), len(y))
-                losses = [_logloss(y, others + eta * du[k]) for eta in self.params.step_grid]
-                steps[k] = self.params.step_grid[int(np.argmin(losses))]
-        return steps
+    ) -> np.ndarray:
+        """Exact step per partner: argmin_a  logloss(logit + D a) + l2/2 * sum_k |w_k + a_k d_k|^2,
+        by damped Newton on K unknowns. The bank can do this alone because scores are
+        linear in the weights: a step a_k moves partner k's scores by a_k * du_k."""
+        lam = self.params.l2
+        D = np.column_stack([du[k] for k in self.partners])
+        Q = np.diag([lam * float(d[k] @ d[k]) for k in self.partners])
+        q = np.array([lam * float(w[k] @ d[k]) for k in self.partners])
 
-    def _fit_bank(self, rows: BankRows, init_score: np.ndarray) -> lgb.Booster:
-        assert rows.y is not None
-        dataset = lgb.Dataset(rows.x, rows.y, init_score=init_score, free_raw_data=False)
-        return lgb.train(self.params.lgb_params(), dataset, self.params.trees)
+        def objective(a: np.ndarray) -> float:
+            z = logit + D @ a
+            return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * a @ Q @ a + q @ a)
+
+        a = np.zeros(len(self.partners))
+        value = objective(a)
+        for _ in range(30):
+            prob = sigmoid(logit + D @ a)
+            grad = D.T @ (prob - y) + Q @ a + q
+            hess = (D * (prob * (1 - prob))[:, None]).T @ D + Q + 1e-9 * np.eye(len(a))
+            step, scale = -np.linalg.solve(hess, grad), 1.0
+            while objective(a + scale * step) > value + 1e-4 * scale * float(grad @ step):
+                scale *= 0.5
+                if scale < 1e-6:
+                    break
+            a = a + scale * step
+            previous, value = value, objective(a)
+            if previous - value < 1e-9 * abs(previous):
+                break
+        return a
+
+    def _fit_bank(
+        self, fit: BankRows, val: BankRows, s_fit: np.ndarray, s_val: np.ndarray
+    ) -> lgb.Booster:
+        """LightGBM on the bank's features on top of the partner scores, early-stopped on
+        the validation rows (whose partner scores came back through the protocol)."""
+        assert fit.y is not None and val.y is not None
+        train_set = lgb.Dataset(fit.x, fit.y, init_score=s_fit, free_raw_data=False)
+        valid_set = lgb.Dataset(val.x, val.y, init_score=s_val, reference=train_set)
+        return lgb.train(
+            self.params.lgb_params(),
+            train_set,
+            self.params.max_trees,
+            valid_sets=[valid_set],
+            callbacks=[lgb.early_stopping(self.params.early_stopping_trees, verbose=False)],
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -32,21 +31,21 @@ def register(app: typer.Typer) -> None:
                 help="Subscriptions JSON file (default: $WEBHOOKS_SUBSCRIPTIONS_FILE).",
             ),
         ] = None,
+        log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Consume campaign.released.v1 and deliver each release to its subscribers.
 
         Configured by WEBHOOKS_* (this service) and KAFKA_* (the brokers) variables.
         """
         from services.kernel.config import KafkaSettings
+        from services.kernel.lifecycle import configure_logging
         from services.webhooks.settings import WebhooksSettings, load_settings
         from services.webhooks.subscriptions import load_subscriptions
 
         settings = load_settings(WebhooksSettings, subscriptions_file=subscriptions)
         kafka = load_settings(KafkaSettings)
         loaded = load_subscriptions(settings.subscriptions_file)
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(log_level)
         try:
             asyncio.run(run_until_signalled(kafka, settings, loaded))
         except RuntimeError as exc:
