@@ -101,6 +101,18 @@ class BankBundle(WireModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class ModelReady(WireModel):
+    """``model.ready.v1`` (key: partner): a partner has loaded a model version and can
+    answer requests for it. Intake activates a bank bundle only once every partner it
+    names has said so, so a rollout never sends a batch to a partner still loading."""
+
+    SCHEMA_ID: ClassVar[str] = "model-ready.v1"
+
+    partner: PartnerName
+    model_version: Ident
+    ready_at: AwareDatetime
+
+
 class PartnerBundle(WireModel):
     SCHEMA_ID: ClassVar[str] = "partner-bundle.v1"
 

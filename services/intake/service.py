@@ -10,6 +10,8 @@ decided.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from services.kernel.kafka.topics import (
 from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.metrics import MESSAGES_IN, start_http
-from services.kernel.model.rollout import BundleWatcher
+from services.kernel.model.rollout import BundleWatcher, ReadinessBoard
 
 log = logging.getLogger(__name__)
 SERVICE = "intake"
@@ -77,6 +79,7 @@ class IntakeService:
         self.kafka = kafka
         self.tokenizers: dict[str, Tokenizer] = {}
         self.watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=self._load_tokens)
+        self.board = ReadinessBoard(kafka)
         self.ledger = Ledger(settings.recent_events)
         self.open: OpenBatch | None = None
         self.positions: dict[TopicPartition, int] = {}
@@ -91,9 +94,19 @@ class IntakeService:
                 path = self.settings.token_keys_dir / f"{card.partner}.key"
                 self.tokenizers[card.partner] = Tokenizer.from_file(path)
 
+    def active(self) -> BankBundle | None:
+        """The newest bank bundle every one of whose partners has loaded its version. A
+        newer bundle waits until then, so a rollout never sends a batch to a partner that
+        cannot answer it yet; until then the previous version keeps serving."""
+        newest_first = sorted(self.watcher.bundles.values(), key=lambda b: b.created_at)[::-1]
+        for bundle in newest_first:
+            if self.board.all_ready([c.partner for c in bundle.partners], bundle.model_version):
+                return bundle
+        return None
+
     def ready(self) -> bool:
-        """A model is rolled out and this instance owns candidate partitions."""
-        return self.watcher.latest is not None and bool(
+        """A model is active and this instance owns candidate partitions."""
+        return self.active() is not None and bool(
             self.consumer is not None and self.consumer.assignment()
         )
 
@@ -103,7 +116,7 @@ class IntakeService:
         self.dlq = DeadLetters(self.producer, SERVICE)
         http = await start_http(self.settings.metrics_port, self.ready)
         try:
-            await run_until_stopped(self.watcher.run(), self.consume())
+            await run_until_stopped(self.watcher.run(), self.board.run(), self.consume())
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()
@@ -112,9 +125,12 @@ class IntakeService:
                 await http.cleanup()
 
     async def consume(self) -> None:
-        # No candidate is read before a model is rolled out: a candidate we cannot batch
+        # No candidate is read before a model is active: a candidate we cannot batch
         # would otherwise have to be suppressed for no reason of its own.
-        await self.watcher.first.wait()
+        while self.active() is None:
+            self.board.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.board.changed.wait(), 0.5)
         consumer = make_consumer(self.kafka, group_id=self.settings.group_id)
         consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
         await consumer.start()
@@ -128,9 +144,11 @@ class IntakeService:
             batches = await consumer.getmany(
                 timeout_ms=int(timeout), max_records=self.settings.max_poll_records
             )
+            bundle = self.active()  # once per poll: a rollout takes effect between polls
+            assert bundle is not None
             for tp, records in batches.items():
                 for record in records:
-                    await self.process(tp, record)
+                    await self.process(tp, record, bundle)
                     self.positions[tp] = record.offset + 1
                 MESSAGES_IN.labels(service=SERVICE, topic=CANDIDATES).inc(len(records))
             if self.open is not None and (
@@ -140,7 +158,7 @@ class IntakeService:
             if batches or self.ledger.dirty:
                 await self.checkpoint()
 
-    async def process(self, tp: TopicPartition, record: object) -> None:
+    async def process(self, tp: TopicPartition, record: object, bundle: BankBundle) -> None:
         assert self.dlq is not None
         value: bytes | None = getattr(record, "value", None)
         try:
@@ -151,8 +169,6 @@ class IntakeService:
         if self.ledger.seen(tp.partition, event.customer_id, event.event_id):
             log.debug("duplicate event %s ignored", event.event_id)
             return
-        bundle = self.watcher.latest
-        assert bundle is not None
         policy = bundle.policy
         if not event.consent_marketing:
             await self.decide(event, ReasonCode.NO_CONSENT)

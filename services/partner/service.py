@@ -25,7 +25,7 @@ from services.kernel.kafka.topics import (
 )
 from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, start_http
-from services.kernel.model.rollout import BundleWatcher
+from services.kernel.model.rollout import BundleWatcher, announce_ready
 from services.partner.serving import FragmentServer, ModelCache, RequestError
 from services.partner.settings import PartnerSettings
 from services.partner.store import FeatureStore
@@ -61,6 +61,11 @@ class PartnerService:
         producer = make_producer(self.kafka)
         await producer.start()
         dlq = DeadLetters(producer, self.service_name)
+
+        async def ready(version: str) -> None:
+            await announce_ready(producer, self.name, version)
+
+        self.cache.on_ready = ready
         requests = make_consumer(
             self.kafka, requests_topic(self.name), group_id=f"fedscreen-partner-{self.name}"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -79,6 +80,7 @@ class ModelCache:
         self.allow_plaintext = allow_plaintext
         self.models: dict[str, LoadedModel] = {}
         self._building: dict[str, asyncio.Task[LoadedModel]] = {}
+        self.on_ready: Callable[[str], Awaitable[None]] | None = None
 
     def offer(self, bundle: PartnerBundle) -> None:
         if bundle.partner != self.partner:
@@ -101,6 +103,8 @@ class ModelCache:
             self._building.pop(bundle.model_version, None)
         self.models[bundle.model_version] = model
         log.info("model %s ready in %.1fs", bundle.model_version, time.perf_counter() - started)
+        if self.on_ready is not None:
+            await self.on_ready(bundle.model_version)
         return model
 
     async def get(self, version: str, wait_s: float) -> LoadedModel | None:

@@ -288,6 +288,37 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
         }
 
 
+async def test_a_new_model_version_is_hot_swapped_without_losing_batches(
+    running: Running,
+) -> None:
+    """Roll out m-test-2 while candidates are in flight: every candidate is decided
+    once, the later ones by the new version, and no service restarts."""
+    before = [running.candidate(70 + i, event_id=f"swap-a{i}") for i in range(20)]
+    await send_candidates(running.settings, before)
+    now = datetime.now(UTC)
+    bank = running.bank_bundle.model_copy(update={"model_version": "m-test-2", "created_at": now})
+    partners = {
+        name: bundle.model_copy(update={"model_version": "m-test-2", "created_at": now})
+        for name, bundle in running.partner_bundles.items()
+    }
+    await running.pipeline.publish(bank, partners)
+    decided = await wait_for_decisions(running.settings, [e.event_id for e in before])
+    assert len(decided) == 20 and all(len(d) == 1 for d in decided.values())
+    assert {d[0].model_version for d in decided.values()} <= {"m-test", "m-test-2"}
+
+    version = ""
+    for attempt in range(30):  # intake adopts the bundle within a poll or two
+        probe = running.candidate(90, event_id=f"swap-b{attempt}")
+        await send_candidates(running.settings, [probe])
+        decision = (await wait_for_decisions(running.settings, [probe.event_id]))[probe.event_id]
+        version = decision[0].model_version or ""
+        if version == "m-test-2":
+            assert decision[0].decided_by == "prescreen" and decision[0].pd is not None
+            break
+    assert version == "m-test-2"
+    assert all(service.alive for service in running.pipeline.fleet.services.values())
+
+
 async def test_a_partner_that_misses_the_deadline_yields_partner_unavailable(
     running: Running,
 ) -> None:

@@ -16,6 +16,7 @@ DEADLINES = "prescreen.deadlines.v1"
 DECISIONS = "prescreen.decisions.v1"
 RELEASES = "campaign.released.v1"
 ROLLOUT_BANK = "model.rollouts.bank.v1"
+MODEL_READY = "model.ready.v1"
 TRAINING_TO_BANK = "fed.training.bank.v1"
 INTAKE_CUSTOMERS = "intake.customers.v1"
 """Intake's per-customer state changelog (compacted), co-partitioned with CANDIDATES."""
@@ -60,6 +61,7 @@ def bank_topics() -> list[TopicSpec]:
         *_with_dlq(consumed),
         TopicSpec(DECISIONS),
         TopicSpec(ROLLOUT_BANK, COMPACTED),
+        TopicSpec(MODEL_READY),
         TopicSpec(INTAKE_CUSTOMERS, COMPACTED),
     ]
 

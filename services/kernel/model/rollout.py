@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from schemas import BankBundle, PartnerBundle
+from schemas import BankBundle, ModelReady, PartnerBundle
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.topics import MODEL_READY
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,64 @@ async def publish_bundle(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def follow_topic(
+    settings: KafkaSettings,
+    topic: str,
+    handle: Callable[[int, bytes | None, list[tuple[str, bytes]]], None],
+) -> None:
+    """Read every partition of a topic from the beginning, forever, with no consumer
+    group: every instance of every service sees every message."""
+    consumer = make_consumer(settings, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            await asyncio.sleep(0.2)
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    handle(record.partition, record.value, list(record.headers or []))
+    finally:
+        await consumer.stop()
+
+
+class ReadinessBoard:
+    """Which partner has loaded which model version (``model.ready.v1``)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.ready: set[tuple[str, str]] = set()
+        self.changed = asyncio.Event()
+
+    def all_ready(self, partners: list[str], version: str) -> bool:
+        return all((p, version) in self.ready for p in partners)
+
+    async def run(self) -> None:
+        def handle(_: int, value: bytes | None, __: list[tuple[str, bytes]]) -> None:
+            try:
+                message = ModelReady.model_validate_json(value or b"")
+            except ValidationError as exc:
+                log.error("ignoring unusable readiness message: %s", exc)
+                return
+            self.ready.add((message.partner, message.model_version))
+            self.changed.set()
+
+        await follow_topic(self.settings, MODEL_READY, handle)
+
+
+async def announce_ready(producer: AIOKafkaProducer, partner: str, version: str) -> None:
+    message = ModelReady(partner=partner, model_version=version, ready_at=datetime.now(UTC))
+    await producer.send_and_wait(
+        MODEL_READY, key=partner.encode(), value=message.model_dump_json().encode()
+    )
 
 
 class BundleWatcher(Generic[BundleT]):
@@ -83,39 +143,18 @@ class BundleWatcher(Generic[BundleT]):
         self.first.set()
 
     async def run(self) -> None:
-        consumer = make_consumer(self.settings, group_id=None, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            while not partitions:
-                await asyncio.sleep(0.2)
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self.topic)
-            consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
-            await consumer.seek_to_beginning()
-            reassembler = Reassembler()
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    for record in records:
-                        self._handle(reassembler, record.partition, record.value, record.headers)
-        finally:
-            await consumer.stop()
+        reassembler = Reassembler()
 
-    def _handle(
-        self,
-        reassembler: Reassembler,
-        partition: int,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]],
-    ) -> None:
-        try:
-            whole = reassembler.feed(partition, value, headers)
-            if whole is None:
-                return
-            self.accept(self.model.model_validate_json(whole))
-        except (ChunkError, ValidationError, ValueError) as exc:
-            log.error("ignoring unusable bundle on %s: %s", self.topic, exc)
+        def handle(partition: int, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+            try:
+                whole = reassembler.feed(partition, value, headers)
+                if whole is None:
+                    return
+                self.accept(self.model.model_validate_json(whole))
+            except (ChunkError, ValidationError, ValueError) as exc:
+                log.error("ignoring unusable bundle on %s: %s", self.topic, exc)
+
+        await follow_topic(self.settings, self.topic, handle)
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name=f"watch:{self.topic}")
