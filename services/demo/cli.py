@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         rows: Annotated[
             int | None, typer.Option(help="Use a stratified sample of this many rows (1000+).")
         ] = None,
-        rounds: Annotated[int, typer.Option(min=1, max=100, help="Training rounds at most.")] = 12,
+        rounds: Annotated[int, typer.Option(min=1, max=100, help="Training rounds at most.")] = 8,
     ) -> None:
         """Train, roll out, stream the held-out customers through every service, verify."""
         from services.demo.run import DemoOptions, run_demo

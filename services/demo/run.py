@@ -53,7 +53,7 @@ REFERENCE_LGB = {
 class DemoOptions:
     workdir: Path
     rows: int | None = None
-    rounds: int = 12
+    rounds: int = 8
     duplicates: int = 50
     repeat_customers: int = 200
     malformed: int = 5

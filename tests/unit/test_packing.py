@@ -159,7 +159,7 @@ def test_fragments_are_rerandomised_so_equal_inputs_look_different(private_key: 
     assert first != second
     assert private_key.decrypt(first) == private_key.decrypt(second)
     # the bank knows every table ciphertext: the plain product of table entries must not appear
-    naive = tables.shifted[0][0][0] * tables.shifted[1][0][0] % pk.nsquare
+    naive = tables.combined[0][0][0] * tables.combined[1][0][0] % pk.nsquare
     assert first != naive and second != naive
 
 
@@ -169,3 +169,36 @@ def test_a_fragment_with_more_rows_than_slots_is_refused(private_key: PrivateKey
     tables = FragmentTables(pk, spec, [[pk.encrypt(1)]])
     with pytest.raises(PackingOverflowError):
         tables.fragment([[0]] * 3, [False] * 3)
+
+
+def test_feature_groups_respect_the_entry_budget_and_cover_every_feature() -> None:
+    from services.kernel.crypto.packing import group_features
+
+    bins = [12, 11, 12, 11, 11, 11, 17, 17, 17, 16, 16, 16]
+    groups = group_features(bins, 320)
+    assert sorted(j for g in groups for j in g) == list(range(len(bins)))
+    for group in groups:
+        size = 1
+        for j in group:
+            size *= bins[j]
+        assert size <= 320 or len(group) == 1
+    assert len(groups) == 6  # pairs: half the multiplications per candidate
+    assert group_features(bins, 1) == [(j,) for j in sorted(range(12), key=lambda j: bins[j])]
+
+
+def test_grouped_and_ungrouped_tables_give_the_same_fragment_plaintext(
+    private_key: PrivateKey,
+) -> None:
+    pk = private_key.public
+    spec = packing_for(pk.bits, [3]).model_copy(update={"slots": 3})
+    rng = random.Random(3)
+    entries = [[encode_weight(spec, rng.uniform(-3, 3)) for _ in range(b)] for b in (4, 5, 3)]
+    ciphertexts = [[pk.encrypt(e) for e in row] for row in entries]
+    grouped = FragmentTables(pk, spec, ciphertexts, max_group_entries=100)
+    single = FragmentTables(pk, spec, ciphertexts, max_group_entries=1)
+    assert len(grouped.groups) < len(single.groups) == 3
+    rows = [[3, 4, 2], [0, 0, 0], [1, 2, 1]]
+    hits = [True, False, False]
+    assert private_key.decrypt(grouped.fragment(rows, hits)) == private_key.decrypt(
+        single.fragment(rows, hits)
+    )

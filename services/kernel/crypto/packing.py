@@ -140,26 +140,64 @@ def unpack(
     return results
 
 
-class FragmentTables:
-    """A partner's encrypted tables, pre-shifted into every slot.
+def group_features(bins_per_feature: Sequence[int], max_entries: int) -> list[tuple[int, ...]]:
+    """Greedy grouping of features whose joint bin count stays within ``max_entries``.
 
-    ``shifted[s][j][b] = tables[j][b] ^ (2^(W*s)) mod n^2 = Enc(entry * 2^(W*s))``.
+    A group's combined table holds one ciphertext per combination of its features' bins,
+    so a fragment needs one multiplication per group instead of one per feature, at the
+    cost of ``prod(bins)`` entries per slot instead of ``sum(bins)``.
+    """
+    order = sorted(range(len(bins_per_feature)), key=lambda j: bins_per_feature[j])
+    groups: list[list[int]] = []
+    size = 0
+    for j in order:
+        if groups and size * bins_per_feature[j] <= max_entries:
+            groups[-1].append(j)
+            size *= bins_per_feature[j]
+        else:
+            groups.append([j])
+            size = bins_per_feature[j]
+    return [tuple(g) for g in groups]
+
+
+class FragmentTables:
+    """A partner's encrypted tables, pre-shifted into every slot and pre-combined by
+    feature group.
+
+    ``shifted[s][j][b] = tables[j][b] ^ (2^(W*s)) = Enc(entry * 2^(W*s))``; for a group
+    (j1, j2, ...) the combined entry for bins (b1, b2, ...) is the product of the shifted
+    entries, i.e. the encryption of their sum. ``max_group_entries=1`` disables grouping.
     """
 
     def __init__(
-        self, public_key: PublicKey, spec: PackingSpec, tables: Sequence[Sequence[int]]
+        self,
+        public_key: PublicKey,
+        spec: PackingSpec,
+        tables: Sequence[Sequence[int]],
+        *,
+        max_group_entries: int = 320,
     ) -> None:
         self.public_key = public_key
         self.spec = spec
         self.bins_per_feature = [len(row) for row in tables]
+        self.groups = group_features(self.bins_per_feature, max_group_entries)
+        # Mixed-radix strides: the index of bins (b1, b2, ...) in a group's table.
+        self.strides: list[tuple[int, ...]] = []
+        for group in self.groups:
+            strides, stride = [], 1
+            for j in reversed(group):
+                strides.append(stride)
+                stride *= self.bins_per_feature[j]
+            self.strides.append(tuple(reversed(strides)))
         nsquare = public_key.nsquare
         shift = mpz(1) << spec.slot_bits
         flat = [public_key.validate(c) for row in tables for c in row]
-        self.shifted: list[list[list[mpz]]] = [self._split(flat)]
-        for _ in range(1, spec.slots):
-            # One C call per slot; gmpy2 releases the GIL inside it.
-            flat = gmpy2.powmod_base_list(flat, shift, nsquare)
-            self.shifted.append(self._split(flat))
+        self.combined: list[list[list[mpz]]] = []
+        for s in range(spec.slots):
+            if s:
+                # One C call per slot; gmpy2 releases the GIL inside it.
+                flat = gmpy2.powmod_base_list(flat, shift, nsquare)
+            self.combined.append(self._combine(self._split(flat), nsquare))
         # Enc(2^score_bits) shifted per slot; deterministic here, hidden by the final
         # re-randomisation like every other factor.
         self.blacklist = [
@@ -174,6 +212,15 @@ class FragmentTables:
             start += bins
         return rows
 
+    def _combine(self, shifted: list[list[mpz]], nsquare: mpz) -> list[list[mpz]]:
+        out = []
+        for group in self.groups:
+            table = shifted[group[0]]
+            for j in group[1:]:
+                table = [a * b % nsquare for a in table for b in shifted[j]]
+            out.append(table)
+        return out
+
     @property
     def features(self) -> int:
         return len(self.bins_per_feature)
@@ -183,11 +230,15 @@ class FragmentTables:
         if len(rows) > self.spec.slots or len(rows) != len(hits):
             raise PackingOverflowError(f"{len(rows)} rows for {self.spec.slots} slots")
         nsquare = self.public_key.nsquare
+        plan = list(zip(self.groups, self.strides, strict=True))
         acc = self.public_key.random_factor()
         for s, bins in enumerate(rows):
-            table = self.shifted[s]
-            for j, b in enumerate(bins):
-                acc = acc * table[j][b] % nsquare
+            tables = self.combined[s]
+            for g, (group, strides) in enumerate(plan):
+                index = 0
+                for j, stride in zip(group, strides, strict=True):
+                    index += bins[j] * stride
+                acc = acc * tables[g][index] % nsquare
             if hits[s]:
                 acc = acc * self.blacklist[s] % nsquare
         return acc
