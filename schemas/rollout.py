@@ -102,13 +102,14 @@ class BankBundle(WireModel):
 
 
 class ModelReady(WireModel):
-    """``model.ready.v1`` (key: partner): a partner has loaded a model version and can
-    answer requests for it. Intake activates a bank bundle only once every partner it
-    names has said so, so a rollout never sends a batch to a partner still loading."""
+    """``model.ready.v1`` (key: party): a party has loaded a model version and can serve
+    it: each partner (its tables are built) and the bank's prescreen (it holds the
+    version's private key). Intake activates a bank bundle only once every party it
+    needs has said so, so a rollout never sends a batch that cannot be answered."""
 
     SCHEMA_ID: ClassVar[str] = "model-ready.v1"
 
-    partner: PartnerName
+    party: PartnerName = Field(description="A partner's name, or 'prescreen'.")
     model_version: Ident
     ready_at: AwareDatetime
 

@@ -8,6 +8,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Each service module adds its own commands; imports stay light until a command runs."""
     from services import keys_cli
+    from services.bench import cli as bench_cli
     from services.demo import cli as demo_cli
     from services.intake import cli as intake_cli
     from services.partner import cli as partner_cli
@@ -24,3 +25,4 @@ def register(app: typer.Typer) -> None:
     training_cli.register(app)
     webhooks_cli.register(app)
     receiver_cli.register(app)
+    bench_cli.register(app)

@@ -36,9 +36,8 @@ def register(app: typer.Typer) -> None:
     @keys.command("token")
     def token(out: Annotated[Path, typer.Option(help="File for the shared token key.")]) -> None:
         """A bank-partner token key (keyed-HMAC pseudonyms)."""
+        from services.kernel.crypto.paillier import write_secret
         from services.kernel.crypto.tokens import new_token_key
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(new_token_key() + "\n")
-        out.chmod(0o600)
+        write_secret(out, (new_token_key() + "\n").encode())
         typer.echo(f"wrote {out}")

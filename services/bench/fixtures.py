@@ -21,7 +21,12 @@ import numpy as np
 from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
 from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
 from services.kernel.crypto.packing import encode_weight, packing_for
-from services.kernel.crypto.paillier import PrivateKey, generate_keypair, save_private_key
+from services.kernel.crypto.paillier import (
+    PrivateKey,
+    generate_keypair,
+    save_private_key,
+    write_secret,
+)
 from services.kernel.crypto.signing import new_signing_key, public_key_b64, save_signing_key
 from services.kernel.crypto.tokens import Tokenizer, new_token_key
 from services.partner.binning import Binning
@@ -71,7 +76,7 @@ class Deployment:
         self.token_dir.mkdir(parents=True, exist_ok=True)
         token_path = self.token_dir / f"{partner}.key"
         if not token_path.exists():
-            token_path.write_text(new_token_key() + "\n")
+            write_secret(token_path, (new_token_key() + "\n").encode())
         signing = new_signing_key()
         path = self.root / "partners" / partner / "signing.pem"
         save_signing_key(signing, path)

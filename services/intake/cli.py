@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
         """Consume bank.candidates.v1 (settings from INTAKE_* / KAFKA_*)."""
         from services.intake.service import IntakeService
         from services.intake.settings import IntakeSettings
-        from services.kernel.config import KafkaSettings
+        from services.kernel.config import KafkaSettings, load_settings
         from services.kernel.lifecycle import configure_logging
 
         configure_logging(log_level)
-        asyncio.run(IntakeService(IntakeSettings(), KafkaSettings()).run())
+        service = IntakeService(load_settings(IntakeSettings), load_settings(KafkaSettings))
+        asyncio.run(service.run())

@@ -75,8 +75,13 @@ class Ledger:
         self.dirty[(partition, customer_id)] = state
         return True
 
-    def take_dirty(self) -> list[tuple[int, str, bytes]]:
-        """(partition, customer id, state bytes) for every state changed since the last call."""
-        changes = [(p, customer, state.to_bytes()) for (p, customer), state in self.dirty.items()]
-        self.dirty.clear()
+    def take_dirty(self, hold: set[tuple[int, str]] | None = None) -> list[tuple[int, str, bytes]]:
+        """(partition, customer id, state bytes) for every state changed since the last call,
+        except the ``hold`` ones: customers whose events sit in a batch not yet emitted.
+        Persisting those would mark the events seen while a crash could still lose the
+        batch, and the replayed events would then be dropped as duplicates."""
+        hold = hold or set()
+        changes = []
+        for key in [k for k in self.dirty if k not in hold]:
+            changes.append((key[0], key[1], self.dirty.pop(key).to_bytes()))
         return changes

@@ -34,7 +34,7 @@ from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.tokens import Tokenizer
 from services.kernel.ids import decision_id_for, new_batch_id
-from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.dlq import DeadLetters
 from services.kernel.kafka.topics import (
     CANDIDATES,
@@ -47,7 +47,7 @@ from services.kernel.kafka.topics import (
 from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.metrics import MESSAGES_IN, start_http
-from services.kernel.model.rollout import BundleWatcher, ReadinessBoard
+from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, ReadinessBoard
 
 log = logging.getLogger(__name__)
 SERVICE = "intake"
@@ -60,6 +60,7 @@ class OpenBatch:
     candidates: list[PendingCandidate] = field(default_factory=list)
     tokens: dict[str, list[str]] = field(default_factory=dict)
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    customers: set[tuple[int, str]] = field(default_factory=set)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -95,12 +96,13 @@ class IntakeService:
                 self.tokenizers[card.partner] = Tokenizer.from_file(path)
 
     def active(self) -> BankBundle | None:
-        """The newest bank bundle every one of whose partners has loaded its version. A
-        newer bundle waits until then, so a rollout never sends a batch to a partner that
-        cannot answer it yet; until then the previous version keeps serving."""
+        """The newest bank bundle that prescreen and every partner it names have loaded. A
+        newer bundle waits until then, so a rollout never sends a batch that cannot be
+        answered; the previous version keeps serving meanwhile."""
         newest_first = sorted(self.watcher.bundles.values(), key=lambda b: b.created_at)[::-1]
         for bundle in newest_first:
-            if self.board.all_ready([c.partner for c in bundle.partners], bundle.model_version):
+            parties = [PRESCREEN_PARTY, *(c.partner for c in bundle.partners)]
+            if self.board.all_ready(parties, bundle.model_version):
                 return bundle
         return None
 
@@ -119,6 +121,9 @@ class IntakeService:
             await run_until_stopped(self.watcher.run(), self.board.run(), self.consume())
         finally:
             if self.consumer is not None:
+                # A clean stop hands over no half-filled batch: emit it and commit.
+                await self.emit()
+                await self.checkpoint()
                 await self.consumer.stop()
             await self.producer.stop()
             if http is not None:
@@ -191,6 +196,7 @@ class IntakeService:
             self.open = OpenBatch(bundle, tokens={c.partner: [] for c in bundle.partners})
         batch = self.open
         batch.first_offsets.setdefault(tp, getattr(record, "offset", 0))
+        batch.customers.add((tp.partition, event.customer_id))
         batch.candidates.append(
             PendingCandidate.model_construct(
                 event_id=event.event_id,
@@ -259,7 +265,8 @@ class IntakeService:
     async def checkpoint(self) -> None:
         """Persist customer state, wait for every send, then commit what is safe."""
         assert self.producer is not None and self.consumer is not None
-        for partition, customer_id, state in self.ledger.take_dirty():
+        held = self.open.customers if self.open is not None else set()
+        for partition, customer_id, state in self.ledger.take_dirty(held):
             await self.producer.send(
                 INTAKE_CUSTOMERS, key=customer_id.encode(), value=state, partition=partition
             )
@@ -284,7 +291,7 @@ class IntakeService:
         partitions = [tp.partition for tp in assigned if tp.topic == CANDIDATES]
         if not partitions:
             return
-        reader = make_consumer(self.kafka, group_id=None)
+        reader = make_consumer(self.kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await reader.start()
         try:
             tps = [TopicPartition(INTAKE_CUSTOMERS, p) for p in partitions]

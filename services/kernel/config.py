@@ -2,16 +2,35 @@
 
 Every setting comes from the environment (pydantic-settings) with a default that
 works against the embedded broker on a laptop. Service-specific settings live in
-each service's own ``settings.py`` and embed :class:`KafkaSettings`.
+each service's own ``settings.py``; a service reads those and :class:`KafkaSettings`
+side by side, through :func:`load_settings`.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.errors import CliError
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Settings from the environment plus explicit (non-None) overrides; an invalid value
+    becomes a one-line error naming its environment variable."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    try:
+        return cls(**{name: value for name, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{prefix}{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise CliError(f"invalid configuration: {problems}") from exc
 
 
 class KafkaSettings(BaseSettings):
@@ -42,6 +61,13 @@ class KafkaSettings(BaseSettings):
     )
     # The embedded broker holds a group join for half the rebalance timeout, so a
     # short timeout makes local starts fast; production clusters can raise it.
+    fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        description="Longest a fetch on the candidate-to-decision path waits for data. "
+        "Brokers answer a waiting fetch when data arrives or when this expires; the "
+        "embedded broker tends to the latter, so every hop's latency follows this value.",
+    )
     rebalance_timeout_s: float = 6.0
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Serve fragment requests and training rounds (settings from PARTNER_* / KAFKA_*)."""
-        from services.kernel.config import KafkaSettings
+        from services.kernel.config import KafkaSettings, load_settings
         from services.kernel.lifecycle import configure_logging
         from services.partner.service import PartnerService
         from services.partner.settings import PartnerSettings
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         configure_logging(log_level)
         try:
-            service = PartnerService(PartnerSettings(), KafkaSettings())
+            service = PartnerService(load_settings(PartnerSettings), load_settings(KafkaSettings))
         except (StoreError, ValueError) as exc:
             raise CliError(str(exc)) from exc
         asyncio.run(service.run())

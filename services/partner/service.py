@@ -14,7 +14,7 @@ from schemas.training import TO_PARTNER
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.signing import load_signing_key
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
-from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.dlq import DeadLetters
 from services.kernel.kafka.topics import (
     FRAGMENTS,
@@ -73,6 +73,10 @@ class PartnerService:
             self.kafka,
             training_topic(self.name),
             group_id=f"fedscreen-partner-{self.name}-training",
+            # A new partner does not replay sessions that ended before it existed (and
+            # would overwrite their binnings); a restarted one resumes where it was.
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
         )
         await requests.start()
         await training.start()

@@ -82,9 +82,13 @@ class ModelCache:
         self._building: dict[str, asyncio.Task[LoadedModel]] = {}
         self.on_ready: Callable[[str], Awaitable[None]] | None = None
 
+    KEEP = 4  # the newest versions stay loaded: in-flight batches of the previous ones
+
     def offer(self, bundle: PartnerBundle) -> None:
         if bundle.partner != self.partner:
             raise ValueError(f"bundle for {bundle.partner!r} offered to {self.partner!r}")
+        for stale in list(self.models)[: max(0, len(self.models) - self.KEEP + 1)]:
+            del self.models[stale]  # dicts keep insertion order: oldest first
         if bundle.model_version in self.models or bundle.model_version in self._building:
             return
         task = asyncio.get_running_loop().create_task(self._build(bundle))

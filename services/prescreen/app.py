@@ -7,6 +7,7 @@ partition), so the timer publishes deadline ticks that the agent consumes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -21,8 +22,9 @@ from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.dlq import DeadLetters
 from services.kernel.kafka.topics import DEADLINES, FRAGMENTS, PENDING, ROLLOUT_BANK
 from services.kernel.metrics import MESSAGES_IN, start_http
-from services.kernel.model.rollout import BundleWatcher
+from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announce_ready
 from services.kernel.model.scoring import BankScorer
+from services.partner.serving import PLAINTEXT_KEY_ID
 from services.prescreen.joiner import Joiner, RejectedInputError, deadline_tick
 from services.prescreen.settings import PrescreenSettings
 
@@ -30,7 +32,29 @@ log = logging.getLogger(__name__)
 SERVICE = "prescreen"
 
 
+def _set_faust_fetch_wait(wait_ms: int) -> None:
+    """faust-streaming 0.15 builds its worker consumer with fetch_max_wait_ms=1500 fixed.
+    On the embedded broker that delays every batch by up to that long, so wrap the
+    factory and set aiokafka's attribute before the consumer starts (it is read in
+    AIOKafkaConsumer.start)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = thread._create_worker_consumer
+    if getattr(original, "__fedscreen__", False):
+        return
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    create.__fedscreen__ = True  # type: ignore[attr-defined]
+    setattr(thread, "_create_worker_consumer", create)  # noqa: B010  (a method, patched)
+
+
 def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
+    _set_faust_fetch_wait(kafka.fetch_max_wait_ms)
     try:
         private_keys = load_private_keys(settings.private_keys_dir)
     except ValueError:
@@ -39,11 +63,17 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         private_keys = {}  # benchmark's crypto-off mode needs none
     registry = PartnerKeyRegistry.parse(settings.partner_keys)
     scorers: dict[str, BankScorer] = {}
+    adopted: asyncio.Queue[str] = asyncio.Queue()
 
     def adopt(bundle: BankBundle) -> None:
-        if bundle.key_id not in private_keys and bundle.key_id != "plaintext":
-            raise ValueError(f"no private key {bundle.key_id} for model {bundle.model_version}")
+        if bundle.key_id not in private_keys and bundle.key_id != PLAINTEXT_KEY_ID:
+            # Every model version has its own key: a new one arrives with its bundle
+            # (a file written by training, or a Secret update), so look again.
+            private_keys.update(load_private_keys(settings.private_keys_dir))
+            if bundle.key_id not in private_keys:
+                raise ValueError(f"no private key {bundle.key_id} for {bundle.model_version}")
         scorers[bundle.model_version] = BankScorer(bundle)
+        adopted.put_nowait(bundle.model_version)
 
     watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=adopt)
 
@@ -75,6 +105,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     decided = app.Table("decided", default=None, partitions=kafka.partitions)
     quota = app.Table("quota", default=None, partitions=kafka.partitions)
     state: dict[str, Any] = {"dlq": None, "ticked": set()}
+    dlq_ready = asyncio.Event()
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         # Buffered; faust flushes the producer before it commits the input offsets.
@@ -102,6 +133,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
             try:
                 await joiner.handle(message.topic, message.partition, message.value)
             except RejectedInputError as exc:
+                await dlq_ready.wait()  # bad input may beat the side task's producer
                 await state["dlq"].send_raw(
                     topic=message.topic,
                     partition=message.partition,
@@ -135,10 +167,20 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
 
     @app.task
     async def side_services() -> None:
+        # faust's worker leaves the root logger at DEBUG; aiokafka then builds (and drops)
+        # a debug record for every message sent, about a tenth of this process's CPU.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         producer = make_producer(kafka)
         await producer.start()
         state["dlq"] = DeadLetters(producer, SERVICE)
+        dlq_ready.set()
         await start_http(settings.metrics_port, ready)
-        await watcher.run()
+        watching = asyncio.create_task(watcher.run())
+        try:
+            while True:
+                version = await adopted.get()
+                await announce_ready(producer, PRESCREEN_PARTY, version)
+        finally:
+            watching.cancel()
 
     return app

@@ -18,12 +18,12 @@ def register(app: typer.Typer) -> None:
         """Run the faust worker (settings from PRESCREEN_* / KAFKA_*)."""
         import faust
 
-        from services.kernel.config import KafkaSettings
+        from services.kernel.config import KafkaSettings, load_settings
         from services.prescreen.app import build_app
         from services.prescreen.settings import PrescreenSettings
 
         try:
-            app = build_app(PrescreenSettings(), KafkaSettings())
+            app = build_app(load_settings(PrescreenSettings), load_settings(KafkaSettings))
         except ValueError as exc:
             raise CliError(str(exc)) from exc
         worker = faust.Worker(app, loglevel=log_level.lower(), quiet=True)

@@ -25,6 +25,7 @@ from schemas import (
     Decision,
     EncryptedFragment,
     PendingBatch,
+    ReasonCode,
     Release,
 )
 from services.kernel.crypto.codec import b64_to_int
@@ -36,7 +37,7 @@ from services.kernel.kafka.topics import DEADLINES, DECISIONS, FRAGMENTS, PENDIN
 from services.kernel.metrics import CRYPTO_SECONDS, PARTNER_TIMEOUTS
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
-from services.prescreen.policy import Screening, decide, quota_share
+from services.prescreen.policy import Screening, Verdict, decide, quota_share
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class Joiner:
         self.orphan_fragment_s = orphan_fragment_s
         self.decided_retention_s = decided_retention_s
         self._events_since_sweep = 0
+        # Parsed pending records by batch id: the table keeps the JSON (durable), this
+        # keeps each fragment's arrival from parsing it again. Rebuilt lazily after a restart.
+        self._pending: dict[str, PendingBatch] = {}
 
     # -- inputs -------------------------------------------------------------
     async def handle(self, topic: str, partition: int, value: bytes | None) -> None:
@@ -120,6 +124,7 @@ class Joiner:
         state["p"] = pending.model_dump_json()
         state["d"] = pending.deadline_at.timestamp()
         self.batches[pending.batch_id] = state
+        self._pending[pending.batch_id] = pending
         await self._maybe_decide(pending.batch_id, state)
 
     async def on_fragment(self, partition: int, fragment: EncryptedFragment) -> None:
@@ -169,6 +174,13 @@ class Joiner:
         except (CiphertextError, ValueError) as exc:
             raise RejectedInputError("invalid-ciphertext", str(exc)) from exc
 
+    def _pending_of(self, batch_id: str, state: dict[str, Any]) -> PendingBatch:
+        pending = self._pending.get(batch_id)
+        if pending is None:
+            pending = PendingBatch.model_validate_json(state["p"])
+            self._pending[batch_id] = pending
+        return pending
+
     @staticmethod
     def _new_state(partition: int) -> dict[str, Any]:
         return {"p": None, "f": {}, "d": None, "part": partition, "seen": time.time()}
@@ -177,7 +189,7 @@ class Joiner:
     async def _maybe_decide(self, batch_id: str, state: dict[str, Any]) -> None:
         if state.get("p") is None:
             return
-        pending = PendingBatch.model_validate_json(state["p"])
+        pending = self._pending_of(batch_id, state)
         if set(pending.partners) <= set(state["f"]):
             await self._decide(batch_id, state, pending=pending)
 
@@ -187,7 +199,8 @@ class Joiner:
         state: dict[str, Any],
         pending: PendingBatch | None = None,
     ) -> None:
-        pending = pending or PendingBatch.model_validate_json(state["p"])
+        pending = pending or self._pending_of(batch_id, state)
+        self._pending.pop(batch_id, None)
         fragments = {
             name: EncryptedFragment.model_validate_json(text) for name, text in state["f"].items()
         }
@@ -290,8 +303,11 @@ class Joiner:
         partition: int,
     ) -> None:
         for candidate, screening in zip(pending.candidates, screenings, strict=True):
-            campaign = bundle.policy.campaign(candidate.campaign_id) if bundle else None
-            verdict = decide(campaign, screening, lambda c: self._take_quota(c, partition), now)
+            if bundle is None:
+                verdict = Verdict("suppressed", (ReasonCode.MODEL_UNAVAILABLE,))
+            else:
+                campaign = bundle.policy.campaign(candidate.campaign_id)
+                verdict = decide(campaign, screening, lambda c: self._take_quota(c, partition), now)
             reasons = verdict.reasons
             decision_id = decision_id_for(candidate.event_id)
             decision = Decision.model_construct(

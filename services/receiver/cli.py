@@ -42,8 +42,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Verify webhooks (401 if forged), de-duplicate them, append each to --out."""
+        from services.kernel.config import load_settings
         from services.receiver.settings import ReceiverSettings
-        from services.webhooks.settings import load_settings
 
         settings = load_settings(
             ReceiverSettings,

@@ -16,7 +16,7 @@ from schemas import TrainError, TrainHistograms, TrainReady, TrainScores
 from schemas.training import TO_BANK, ToBank, ToPartner
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
-from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.topics import TRAINING_TO_BANK, training_topic
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Coordinator:
         await self._producer.start()
         # Replies are read with no consumer group from the current end of the topic,
         # so nothing sent after this point can be missed.
-        consumer = make_consumer(self.kafka, group_id=None)
+        consumer = make_consumer(self.kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await consumer.start()
         partitions = consumer.partitions_for_topic(TRAINING_TO_BANK) or set()
         if not partitions:

@@ -5,9 +5,9 @@ Model: ``logit = f_bank(x_bank) + sum_k u_k``, ``u_k = sum_j w_k[j, bin_j]``.
 Each round costs two encrypted exchanges per partner:
 1. the bank encrypts every fit row's packed (g, h) once; each partner returns its
    encrypted per-(feature, bin) sums;
-2. the bank turns them into a damped Newton direction ``d = -G / (H + lambda)`` per
-   partner, sends it as encrypted tables, and each partner returns the encrypted
-   per-row scores of that direction, ``du_k``.
+2. the bank turns them into an L2-regularised diagonal Newton direction
+   ``d = -(G + lambda w) / (H + lambda)`` per partner, sends it as encrypted tables,
+   and each partner returns the encrypted per-row scores of that direction, ``du_k``.
 The bank then line-searches a step per partner on its own (``u_k += eta_k du_k`` is
 exact, so no further exchange is needed), refits ``f_bank`` with LightGBM on top of
 the partner scores (backfitting), and stops early on a validation fold carved from
@@ -179,9 +179,9 @@ class FederatedTrainer:
             )
             steps = self._line_search(fit.y, logit, w, directions, du_fit)
             for i, k in enumerate(self.partners):
-                w[k] = np.clip(
-                    w[k] + steps[i] * directions[k], -packing.weight_clip, packing.weight_clip
-                )
+                # Not clipped: the scores below move by exactly steps[i] * du, so the
+                # weights must too. The final layout's clip is sized to the weights.
+                w[k] = w[k] + steps[i] * directions[k]
                 u_fit[k] += steps[i] * du_fit[k]
                 u_eval[k] += steps[i] * du_eval[k]
             # Backfitting: the bank's trees re-learn on top of the new partner scores.
@@ -214,6 +214,12 @@ class FederatedTrainer:
             {k: TrainFinish(session_id=self.coord.session_id, status="done") for k in self.partners}
         )
         best_round, booster, best_w, best_u_eval = best
+        largest = max((float(np.abs(v).max()) for v in best_w.values() if v.size), default=0.0)
+        packing = packing_for(
+            self.key.public.bits,
+            [len(b) for b in bins.values()],
+            weight_clip=max(packing.weight_clip, float(np.ceil(largest))),
+        )
         fallback = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
         metrics = {
             "validation_auc": best_auc,

@@ -37,9 +37,9 @@ def register(app: typer.Typer) -> None:
 
         Configured by WEBHOOKS_* (this service) and KAFKA_* (the brokers) variables.
         """
-        from services.kernel.config import KafkaSettings
+        from services.kernel.config import KafkaSettings, load_settings
         from services.kernel.lifecycle import configure_logging
-        from services.webhooks.settings import WebhooksSettings, load_settings
+        from services.webhooks.settings import WebhooksSettings
         from services.webhooks.subscriptions import load_subscriptions
 
         settings = load_settings(WebhooksSettings, subscriptions_file=subscriptions)

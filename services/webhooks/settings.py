@@ -7,12 +7,10 @@ Kafka connection settings are not embedded here: they are read separately as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from services.kernel.errors import CliError
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -52,17 +50,3 @@ class WebhooksSettings(BaseSettings):
         if self.initial_backoff_s > self.max_backoff_s:
             raise ValueError("initial_backoff_s must not exceed max_backoff_s")
         return self
-
-
-def load_settings(cls: type[S], **overrides: Any) -> S:
-    """Settings from the environment plus explicit (non-None) overrides; an invalid value
-    becomes a one-line error naming its environment variable."""
-    prefix = str(cls.model_config.get("env_prefix", ""))
-    try:
-        return cls(**{name: value for name, value in overrides.items() if value is not None})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{prefix}{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False)
-        )
-        raise CliError(f"invalid configuration: {problems}") from exc

@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import Decision, EncryptedFragment, FragmentRequest, ReasonCode, Release
+from services.kernel.crypto.codec import int_to_b64
+from services.kernel.crypto.packing import encode_weight
+from services.kernel.crypto.paillier import generate_keypair, save_private_key
 from services.kernel.crypto.signing import new_signing_key, sign
 from services.kernel.kafka.topics import (
     CANDIDATES,
@@ -291,16 +294,25 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
 async def test_a_new_model_version_is_hot_swapped_without_losing_batches(
     running: Running,
 ) -> None:
-    """Roll out m-test-2 while candidates are in flight: every candidate is decided
-    once, the later ones by the new version, and no service restarts."""
+    """Roll out m-test-2, with a key of its own like every trained version, while
+    candidates are in flight: every candidate is decided once, the later ones by the new
+    version, and no service restarts."""
     before = [running.candidate(70 + i, event_id=f"swap-a{i}") for i in range(20)]
     await send_candidates(running.settings, before)
+    key = generate_keypair(2048)
+    save_private_key(key, running.pipeline.deployment.paillier_dir / f"{key.key_id}.json")
     now = datetime.now(UTC)
-    bank = running.bank_bundle.model_copy(update={"model_version": "m-test-2", "created_at": now})
-    partners = {
-        name: bundle.model_copy(update={"model_version": "m-test-2", "created_at": now})
-        for name, bundle in running.partner_bundles.items()
-    }
+    fields = {"model_version": "m-test-2", "created_at": now, "key_id": key.key_id}
+    fields["public_key_n"] = key.public.to_b64()
+    bank = running.bank_bundle.model_copy(update=fields)
+    partners = {}
+    for card in bank.partners:
+        entries = [encode_weight(bank.packing, w) for row in card.weights for w in row]
+        encrypted = iter(key.encrypt_many(entries))
+        tables = [[int_to_b64(next(encrypted)) for _ in row] for row in card.weights]
+        partners[card.partner] = running.partner_bundles[card.partner].model_copy(
+            update={**fields, "tables": tables}
+        )
     await running.pipeline.publish(bank, partners)
     decided = await wait_for_decisions(running.settings, [e.event_id for e in before])
     assert len(decided) == 20 and all(len(d) == 1 for d in decided.values())

@@ -56,3 +56,15 @@ def test_losing_a_partition_forgets_its_customers() -> None:
     assert ledger.take_dirty() == []
     assert not ledger.seen(1, "c1", "e1")
     assert CustomerState.from_bytes(CustomerState(["a"], [1.0]).to_bytes()).events == ["a"]
+
+
+def test_customers_in_an_unemitted_batch_are_not_persisted_yet() -> None:
+    """Persisting them would mark their events seen while a crash could still lose the
+    batch; the replay would then drop them as duplicates and they would never be decided."""
+    ledger = Ledger(recent_events=8)
+    ledger.seen(0, "batched", "e1")
+    ledger.seen(0, "decided", "e2")
+    first = ledger.take_dirty(hold={(0, "batched")})
+    assert [c for _, c, _ in first] == ["decided"]
+    later = ledger.take_dirty()  # the batch was emitted: now it is persisted
+    assert [c for _, c, _ in later] == ["batched"]

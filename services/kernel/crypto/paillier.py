@@ -45,6 +45,16 @@ def key_id_for(n: int) -> str:
     return f"pk-{digest[:16]}"
 
 
+def djn_base(n: mpz) -> mpz:
+    """h = -x^2 mod n for a random unit x, as in Damgard-Jurik-Nielsen: h has Jacobi
+    symbol +1, so the Jacobi symbol of hs^e leaks nothing about e's parity (a random
+    base would reveal it half the time)."""
+    while True:
+        x = mpz(secrets.randbelow(int(n) - 2) + 2)
+        if gmpy2.gcd(x, n) == 1:
+            return (-(x * x)) % n
+
+
 class FixedBase:
     """``base^x mod modulus`` for exponents below 2^exponent_bits, by 8-bit windows.
 
@@ -100,17 +110,18 @@ class PublicKey:
         return int_to_b64(self.n)
 
     @classmethod
-    def from_b64(cls, text: str) -> PublicKey:
-        return cls(mpz(b64_to_int(text)))
+    def from_b64(cls, text: str, *, min_bits: int = MIN_KEY_BITS) -> PublicKey:
+        """A key received from the wire; refuses moduli below the minimum size."""
+        key = cls(mpz(b64_to_int(text)))
+        if key.bits < min_bits:
+            raise ValueError(f"a {key.bits}-bit Paillier key is below the {min_bits}-bit minimum")
+        return key
 
     # -- randomness -----------------------------------------------------------
     def randomizer(self) -> FixedBase:
         """This party's own DJN base, drawn once per process and key."""
         if self._randomizer is None:
-            r0 = mpz(secrets.randbelow(int(self.n) - 2) + 2)
-            while gmpy2.gcd(r0, self.n) != 1:  # pragma: no cover - probability ~2^-1024
-                r0 = mpz(secrets.randbelow(int(self.n) - 2) + 2)
-            hs = gmpy2.powmod(r0, self.n, self.nsquare)
+            hs = gmpy2.powmod(djn_base(self.n), self.n, self.nsquare)
             self._randomizer = FixedBase(hs, self.nsquare, self.exponent_bits)
         return self._randomizer
 
@@ -200,7 +211,7 @@ class PrivateKey:
     def _bases(self) -> tuple[FixedBase, FixedBase]:
         if self._owner_bases is None:
             n, bits = self.public.n, self.public.exponent_bits
-            r0 = mpz(secrets.randbelow(int(n) - 2) + 2)
+            r0 = djn_base(n)
             # hs = r0^n reduced separately mod p^2 and q^2 (exponent reduced mod the group order).
             hp = gmpy2.powmod(r0, n % (self.p * (self.p - 1)), self.psquare)
             hq = gmpy2.powmod(r0, n % (self.q * (self.q - 1)), self.qsquare)
@@ -250,10 +261,17 @@ def generate_keypair(bits: int = MIN_KEY_BITS, *, allow_small: bool = False) -> 
 
 
 def save_private_key(key: PrivateKey, path: Path) -> None:
+    write_secret(path, json.dumps(key.to_json()).encode())
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a key file readable by its owner only, from its first byte (also when it
+    already exists with looser permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(key.to_json(), handle)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def load_private_key(path: Path) -> PrivateKey:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from schemas import EncryptedFragment
 from services.kernel.crypto.codec import b64_to_bytes, bytes_to_b64
+from services.kernel.crypto.paillier import write_secret
 
 
 class SignatureError(ValueError):
@@ -21,14 +22,12 @@ def new_signing_key() -> Ed25519PrivateKey:
 
 
 def save_signing_key(key: Ed25519PrivateKey, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.write_bytes(pem)
-    path.chmod(0o600)
+    write_secret(path, pem)
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -25,6 +25,11 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
     return AIOKafkaProducer(**kwargs)
 
 
+IDLE_FETCH_WAIT_MS = 500
+"""For consumers that mostly wait (rollouts, readiness, training replies): short fetch
+waits there only add broker load."""
+
+
 def make_consumer(
     settings: KafkaSettings,
     *topics: str,
@@ -42,6 +47,7 @@ def make_consumer(
         "heartbeat_interval_ms": int(settings.heartbeat_interval_s * 1000),
         "rebalance_timeout_ms": int(settings.rebalance_timeout_s * 1000),
         "max_poll_interval_ms": 300_000,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
     }
     kwargs.update(overrides)
     return AIOKafkaConsumer(*topics, **kwargs)

@@ -103,6 +103,8 @@ class DeadLetters:
             "dead-lettered %s[%d]@%d: %s: %s", topic, partition, offset, reason, error[:200]
         )
         DLQ_MESSAGES.labels(topic=topic, reason=reason).inc()
-        await self.producer.send(
+        # Wait for the broker's acknowledgement: the consumer commits past the original
+        # message right after this, so a dead letter that silently failed would be lost.
+        await self.producer.send_and_wait(
             dlq_topic(topic), value=envelope.model_dump_json().encode(), key=key
         )

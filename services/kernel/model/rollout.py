@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from schemas import BankBundle, ModelReady, PartnerBundle
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
-from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.topics import MODEL_READY
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ async def follow_topic(
 ) -> None:
     """Read every partition of a topic from the beginning, forever, with no consumer
     group: every instance of every service sees every message."""
-    consumer = make_consumer(settings, group_id=None, auto_offset_reset="earliest")
+    consumer = make_consumer(
+        settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=IDLE_FETCH_WAIT_MS
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -73,16 +75,19 @@ async def follow_topic(
         await consumer.stop()
 
 
+PRESCREEN_PARTY = "prescreen"
+
+
 class ReadinessBoard:
-    """Which partner has loaded which model version (``model.ready.v1``)."""
+    """Which party has loaded which model version (``model.ready.v1``)."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self.ready: set[tuple[str, str]] = set()
         self.changed = asyncio.Event()
 
-    def all_ready(self, partners: list[str], version: str) -> bool:
-        return all((p, version) in self.ready for p in partners)
+    def all_ready(self, parties: list[str], version: str) -> bool:
+        return all((p, version) in self.ready for p in parties)
 
     async def run(self) -> None:
         def handle(_: int, value: bytes | None, __: list[tuple[str, bytes]]) -> None:
@@ -91,16 +96,16 @@ class ReadinessBoard:
             except ValidationError as exc:
                 log.error("ignoring unusable readiness message: %s", exc)
                 return
-            self.ready.add((message.partner, message.model_version))
+            self.ready.add((message.party, message.model_version))
             self.changed.set()
 
         await follow_topic(self.settings, MODEL_READY, handle)
 
 
-async def announce_ready(producer: AIOKafkaProducer, partner: str, version: str) -> None:
-    message = ModelReady(partner=partner, model_version=version, ready_at=datetime.now(UTC))
+async def announce_ready(producer: AIOKafkaProducer, party: str, version: str) -> None:
+    message = ModelReady(party=party, model_version=version, ready_at=datetime.now(UTC))
     await producer.send_and_wait(
-        MODEL_READY, key=partner.encode(), value=message.model_dump_json().encode()
+        MODEL_READY, key=party.encode(), value=message.model_dump_json().encode()
     )
 
 
