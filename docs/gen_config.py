@@ -105,8 +105,27 @@ def table(cls: type[BaseSettings], source: str) -> str:
     return "\n".join(lines)
 
 
+BEGIN = "<!-- BEGIN GENERATED: python docs/gen_config.py --write -->"
+END = "<!-- END GENERATED -->"
+DOC = ROOT / "docs" / "configuration.md"
+
+
+def render() -> str:
+    return "\n\n".join(table(cls, source) for cls, source in CLASSES)
+
+
+def document_with(generated: str, text: str) -> str:
+    """``text`` with the part between the markers replaced by ``generated``."""
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n\n{generated}\n\n{END}{tail}"
+
+
 def main() -> None:
-    print("\n\n".join(table(cls, source) for cls, source in CLASSES))
+    if sys.argv[1:] == ["--write"]:
+        DOC.write_text(document_with(render(), DOC.read_text()))
+    else:
+        print(render())
 
 
 if __name__ == "__main__":
