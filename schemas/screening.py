@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas.common import Ident, PartnerName, ReasonCode, WireModel
+from schemas.common import B64Bytes, Ident, PartnerName, ReasonCode, WireModel
 
 
 class PendingCandidate(WireModel):
@@ -31,14 +31,21 @@ class PendingBatch(WireModel):
 
 
 class DeadlineTick(WireModel):
-    """``prescreen.deadlines.v1`` (key: batch id): the prescreen's timer telling itself that a
-    batch's deadline has passed. A message rather than a direct call so the decision is
-    made inside stream processing, where table updates are durable."""
+    """On ``fed.fragments.v1`` (key: batch id, header ``fedscreen-kind: deadline-tick``): the
+    prescreen's timer telling itself that a batch's deadline has passed.
+
+    It travels in the batch's own fragment partition, so Kafka's order guarantees that
+    every fragment that reached the broker before the deadline is processed before the
+    tick, however far the joiner lags. A message rather than a direct call, so the
+    decision is made inside stream processing where table updates are durable. Partners
+    write to this topic too, so the tick carries an HMAC under a key only the bank holds
+    (derived from the batch's Paillier private key)."""
 
     SCHEMA_ID: ClassVar[str] = "deadline-tick.v1"
 
     batch_id: Ident
     fired_at: AwareDatetime
+    mac: B64Bytes
 
 
 class Decision(WireModel):

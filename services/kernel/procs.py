@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.kernel.kafka.broker import free_port
+from services.kernel.kafka.broker import free_port, stop_process_group
 
 
 @dataclass
@@ -80,16 +80,7 @@ class ServiceProcess:
     def stop(self, timeout_s: float = 15.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout_s)
-        return self.process.returncode
+        return stop_process_group(self.process, timeout_s)
 
     def kill(self) -> None:
         """kill -9: no chance to flush, commit or say goodbye."""

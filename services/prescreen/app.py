@@ -1,8 +1,9 @@
-"""The faust-streaming application: one agent over the pending, fragment and
-deadline topics (co-partitioned, keyed by batch id), three tables, one timer.
+"""The faust-streaming application: one agent over the pending and fragment topics
+(co-partitioned, keyed by batch id), three tables, one timer.
 
 Timers may not write tables (faust needs the current event to pick a changelog
-partition), so the timer publishes deadline ticks that the agent consumes.
+partition), so the timer publishes deadline ticks that the agent consumes, into the
+batch's own fragment partition (see schemas.DeadlineTick for why).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from services.kernel.crypto.paillier import load_private_keys
 from services.kernel.crypto.signing import PartnerKeyRegistry
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.dlq import DeadLetters
-from services.kernel.kafka.topics import DEADLINES, FRAGMENTS, PENDING, ROLLOUT_BANK
+from services.kernel.kafka.topics import FRAGMENTS, PENDING, ROLLOUT_BANK
 from services.kernel.metrics import MESSAGES_IN, start_http
 from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announce_ready
 from services.kernel.model.scoring import BankScorer
 from services.partner.serving import PLAINTEXT_KEY_ID
-from services.prescreen.joiner import Joiner, RejectedInputError, deadline_tick
+from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.prescreen.settings import PrescreenSettings
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,12 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     inputs = app.topic(
         PENDING,
         FRAGMENTS,
-        DEADLINES,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
     )
-    deadlines = app.topic(DEADLINES, key_serializer="raw", value_serializer="raw")
+    fragments = app.topic(FRAGMENTS, key_serializer="raw", value_serializer="raw")
     batches = app.Table("batches", default=None, partitions=kafka.partitions)
     decided = app.Table("decided", default=None, partitions=kafka.partitions)
     quota = app.Table("quota", default=None, partitions=kafka.partitions)
@@ -131,7 +131,9 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
             message = event.message
             MESSAGES_IN.labels(service=SERVICE, topic=message.topic).inc()
             try:
-                await joiner.handle(message.topic, message.partition, message.value)
+                await joiner.handle(
+                    message.topic, message.partition, message.value, list(message.headers or [])
+                )
             except RejectedInputError as exc:
                 await dlq_ready.wait()  # bad input may beat the side task's producer
                 await state["dlq"].send_raw(
@@ -150,8 +152,11 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         ticked: set[str] = state["ticked"]
         due = joiner.expired(time.time())
         for batch_id in due:
-            if batch_id not in ticked:
-                await deadlines.send(key=batch_id.encode(), value=deadline_tick(batch_id))
+            if batch_id not in ticked and (tick := joiner.tick_for(batch_id)) is not None:
+                # Into the batch's fragment partition: behind every on-time fragment.
+                await fragments.send(
+                    key=batch_id.encode(), value=tick, headers=[(KIND_HEADER, TICK_KIND)]
+                )
                 ticked.add(batch_id)
         ticked.intersection_update(batches.keys())
 

@@ -8,9 +8,12 @@ when every expected partner answered, or when its deadline tick arrives.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +31,12 @@ from schemas import (
     ReasonCode,
     Release,
 )
-from services.kernel.crypto.codec import b64_to_int
+from services.kernel.crypto.codec import b64_to_int, bytes_to_b64
 from services.kernel.crypto.packing import PackingOverflowError, combine_plain, unpack
 from services.kernel.crypto.paillier import CiphertextError, PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError
 from services.kernel.ids import decision_id_for
-from services.kernel.kafka.topics import DEADLINES, DECISIONS, FRAGMENTS, PENDING, RELEASES
+from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
 from services.kernel.metrics import CRYPTO_SECONDS, PARTNER_TIMEOUTS
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
@@ -93,14 +96,20 @@ class Joiner:
         self._pending: dict[str, PendingBatch] = {}
 
     # -- inputs -------------------------------------------------------------
-    async def handle(self, topic: str, partition: int, value: bytes | None) -> None:
+    async def handle(
+        self,
+        topic: str,
+        partition: int,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """Raises :class:`RejectedInputError` for input that belongs in the DLQ."""
         if topic == PENDING:
             await self.on_pending(partition, self._parse(PendingBatch, value))
+        elif topic == FRAGMENTS and (KIND_HEADER, TICK_KIND) in headers:
+            await self.on_deadline(self._parse(DeadlineTick, value))
         elif topic == FRAGMENTS:
             await self.on_fragment(partition, self._parse(EncryptedFragment, value))
-        elif topic == DEADLINES:
-            await self.on_deadline(self._parse(DeadlineTick, value))
         else:  # pragma: no cover - the agent subscribes to exactly these topics
             raise RejectedInputError("unknown-topic", topic)
         self._events_since_sweep += 1
@@ -147,6 +156,11 @@ class Joiner:
         state = self.batches.get(tick.batch_id)
         if state is None or tick.batch_id in self.decided:
             return
+        key = self._tick_key(tick.batch_id, state)
+        if key is None or not hmac.compare_digest(
+            tick.mac, tick_mac(key, tick.batch_id, tick.fired_at)
+        ):
+            raise RejectedInputError("bad-tick", f"deadline tick for {tick.batch_id} not ours")
         if state.get("p") is None:
             log.warning(
                 "dropping fragments of batch %s: its pending record never came", tick.batch_id
@@ -353,6 +367,28 @@ class Joiner:
         self.quota[key] = used + 1
         return True
 
+    # -- deadlines ---------------------------------------------------------------
+    def _tick_key(self, batch_id: str, state: dict[str, Any]) -> PrivateKey | None:
+        """The private key a batch's ticks are authenticated with: its model's key, or,
+        for fragments whose pending record never came, the key they name."""
+        if state.get("p") is not None:
+            loaded = self.bundle_for(self._pending_of(batch_id, state).model_version)
+            key_id = loaded[0].key_id if loaded is not None else None
+        else:
+            key_id = next((json.loads(f)["key_id"] for f in state["f"].values()), None)
+        return self.private_keys.get(key_id) if key_id is not None else None
+
+    def tick_for(self, batch_id: str) -> bytes | None:
+        """A signed deadline tick for the batch, or None if it cannot be signed (no key:
+        the batch is then left to the orphan sweep of its model's operator)."""
+        state = self.batches.get(batch_id)
+        key = self._tick_key(batch_id, state) if state is not None else None
+        if key is None:
+            return None
+        fired = datetime.now(UTC)
+        tick = DeadlineTick(batch_id=batch_id, fired_at=fired, mac=tick_mac(key, batch_id, fired))
+        return tick.model_dump_json().encode()
+
     # -- housekeeping -----------------------------------------------------------
     def expired(self, now: float) -> list[str]:
         """Batches whose deadline passed (or orphan fragments that aged out)."""
@@ -374,5 +410,11 @@ class Joiner:
                 del self.decided[batch_id]
 
 
-def deadline_tick(batch_id: str) -> bytes:
-    return DeadlineTick(batch_id=batch_id, fired_at=datetime.now(UTC)).model_dump_json().encode()
+KIND_HEADER = "fedscreen-kind"
+TICK_KIND = b"deadline-tick"
+
+
+def tick_mac(key: PrivateKey, batch_id: str, fired_at: datetime) -> str:
+    secret = hashlib.sha256(b"fedscreen-deadline-tick|" + int(key.p).to_bytes(256, "big")).digest()
+    message = f"{batch_id}|{fired_at.isoformat()}".encode()
+    return bytes_to_b64(hmac.new(secret, message, hashlib.sha256).digest())

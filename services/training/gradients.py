@@ -37,11 +37,19 @@ def decode_sums(
     spec: GradientPacking, key: PrivateKey, ciphertexts: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decrypt encrypted sums of packed (g, h) into float (G, H) arrays."""
+    return decode_plaintexts(spec, int(key.public.n), [int(key.decrypt(c)) for c in ciphertexts])
+
+
+def decode_plaintexts(
+    spec: GradientPacking, n: int, plaintexts: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decrypted sums of packed (g, h), as residues mod n, into float (G, H) arrays."""
     mask = (1 << spec.h_bits) - 1
     scale = float(1 << spec.frac_bits)
+    half = n // 2
     g_sums, h_sums = [], []
-    for c in ciphertexts:
-        m = int(key.decrypt_signed(c))
+    for value in plaintexts:
+        m = value - n if value > half else value  # the centred residue: g may be negative
         h = m & mask
         g_sums.append(((m - h) >> spec.h_bits) / scale)
         h_sums.append(h / scale)

@@ -20,6 +20,7 @@ from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
 from services.kernel.model.rollout import publish_bundle
 from services.training.bundles import build_bundles
 from services.training.coordinator import Coordinator
+from services.training.parallel import CryptoPool
 from services.training.trainer import BankRows, FederatedTrainer, Trained, TrainParams
 
 
@@ -94,8 +95,9 @@ async def run_training(
     key = generate_keypair(job.key_bits)  # a fresh key per model version
     save_private_key(key, job.paillier_dir / f"{key.key_id}.json")
     async with Coordinator(kafka, session_id, job.partners, job.timeout_s) as coordinator:
-        trainer = FederatedTrainer(coordinator, key, tokenizers, job.params, progress)
-        trained = await trainer.fit(job.train, job.test)
+        with CryptoPool(key) as pool:
+            trainer = FederatedTrainer(coordinator, key, tokenizers, job.params, progress, pool)
+            trained = await trainer.fit(job.train, job.test)
         bytes_sent, bytes_received = coordinator.bytes_sent, coordinator.bytes_received
     bank, partner_bundles = build_bundles(
         trained,

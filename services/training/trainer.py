@@ -44,7 +44,8 @@ from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.crypto.tokens import Tokenizer
 from services.kernel.model.scoring import sigmoid
 from services.training.coordinator import Coordinator
-from services.training.gradients import decode_sums, encode, gradient_packing
+from services.training.gradients import decode_plaintexts, encode, gradient_packing
+from services.training.parallel import CryptoPool
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,11 @@ class FederatedTrainer:
         tokenizers: dict[str, Tokenizer],
         params: TrainParams,
         progress: Callable[[str, float], None] | None = None,
+        pool: CryptoPool | None = None,
     ) -> None:
         self.coord = coordinator
         self.key = key
+        self.pool = pool or CryptoPool(key)  # without workers: runs in this process
         self.tokenizers = tokenizers
         self.partners = list(tokenizers)
         self.params = params
@@ -297,19 +300,27 @@ class FederatedTrainer:
         self, round_: int, g: np.ndarray, h: np.ndarray
     ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
         plaintexts = encode(self.gpack, g, h)
-        ciphertexts = [int_to_b64(c) for c in self.key.encrypt_many(plaintexts)]
+        ciphertexts = [int_to_b64(c) for c in await self.pool.encrypt(plaintexts)]
         message = TrainGradients(
             session_id=self.coord.session_id, round=round_, ciphertexts=ciphertexts
         )
         await self.coord.send_all(dict.fromkeys(self.partners, message))
         replies = await self.coord.collect(TrainHistograms, round_)
+        public = self.key.public
+        shapes = {k: [len(row) for row in reply.ciphertexts] for k, reply in replies.items()}
+        flat = [
+            public.validate(b64_to_int(c))
+            for k in self.partners
+            for row in replies[k].ciphertexts
+            for c in row
+        ]
+        plain = iter(await self.pool.decrypt(flat))
         out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for k, reply in replies.items():
+        n = int(public.n)
+        for k in self.partners:
             out[k] = [
-                decode_sums(
-                    self.gpack, self.key, [self.key.public.validate(b64_to_int(c)) for c in row]
-                )
-                for row in reply.ciphertexts
+                decode_plaintexts(self.gpack, n, [next(plain) for _ in range(size)])
+                for size in shapes[k]
             ]
         return out
 
@@ -329,12 +340,16 @@ class FederatedTrainer:
         replies = await self.coord.collect(TrainScores, round_)
         du_fit, du_eval = {}, {}
         total = n_fit + n_eval
-        for k, reply in replies.items():
+        public = self.key.public
+        plain_by_partner = {}
+        for k in self.partners:
+            flat = [public.validate(b64_to_int(c)) for c in replies[k].ciphertexts]
+            plain_by_partner[k] = await self.pool.decrypt(flat)
+        for k in self.partners:
             features = {k: len(directions[k])}
             scores: list[float] = []
-            for i, c in enumerate(reply.ciphertexts):
+            for i, plain in enumerate(plain_by_partner[k]):
                 count = min(spec.slots, total - i * spec.slots)
-                plain = int(self.key.decrypt(self.key.public.validate(b64_to_int(c))))
                 scores.extend(s.partner_score for s in unpack(spec, plain, count, features))
             if len(scores) != total:
                 raise ValueError(f"partner {k} scored {len(scores)} rows, expected {total}")

@@ -205,17 +205,7 @@ class WebhookService:
         await self._dead_letter(record, "invalid-schema", error, attempts=1)
 
     async def _dead_letter(self, record: Record, reason: str, error: str, attempts: int) -> None:
-        await self._require(self._dead_letters).send_raw(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=record.headers,
-            reason=reason,
-            error=error,
-            attempts=attempts,
-        )
+        await self._require(self._dead_letters).send(record, reason, error, attempts=attempts)
 
     # -- committing -------------------------------------------------------------------
 

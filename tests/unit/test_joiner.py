@@ -26,11 +26,11 @@ from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
 from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, sign
 from services.kernel.crypto.tokens import Tokenizer
-from services.kernel.kafka.topics import DEADLINES, DECISIONS, FRAGMENTS, PENDING, RELEASES
+from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
 from services.kernel.model.scoring import BankScorer
 from services.partner.serving import FragmentServer, ModelCache, build_model
 from services.partner.store import FeatureStore
-from services.prescreen.joiner import Joiner, RejectedInputError
+from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.training.policy_file import load_policy
 
 SLOTS = 4
@@ -146,6 +146,11 @@ class World:
         )
         return server.compute(request, server.cache.models["m1"]).model_dump_json().encode()
 
+    async def tick(self, batch_id: str, partition: int) -> None:
+        tick = self.joiner.tick_for(batch_id)
+        assert tick is not None
+        await self.joiner.handle(FRAGMENTS, partition, tick, [(KIND_HEADER, TICK_KIND)])
+
     def decisions(self) -> list[Decision]:
         return [Decision.model_validate_json(v) for t, _, v in self.sent if t == DECISIONS]
 
@@ -182,8 +187,7 @@ async def test_the_deadline_decides_with_the_partners_that_answered(world: World
     await world.joiner.handle(FRAGMENTS, 1, world.fragment("payments", pending))
     assert world.joiner.expired(pending.deadline_at.timestamp() - 1) == []
     assert world.joiner.expired(pending.deadline_at.timestamp() + 0.01) == ["b2"]
-    tick = DeadlineTick(batch_id="b2", fired_at=datetime.now(UTC))
-    await world.joiner.handle(DEADLINES, 1, tick.model_dump_json().encode())
+    await world.tick("b2", 1)
     decisions = world.decisions()
     assert [d.reasons for d in decisions] == [[ReasonCode.PARTNER_UNAVAILABLE]] * 2
     assert all(d.missing_partners == ["repayments"] for d in decisions)
@@ -194,8 +198,7 @@ async def test_fallback_scores_degraded_and_still_honours_the_blacklist(tmp_path
     pending = world.pending("b3", [0, 1, 2])
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
-    tick = DeadlineTick(batch_id="b3", fired_at=datetime.now(UTC))
-    await world.joiner.handle(DEADLINES, 0, tick.model_dump_json().encode())
+    await world.tick("b3", 0)
     decisions = world.decisions()
     assert decisions[0].reasons == [ReasonCode.BLACKLISTED, ReasonCode.SCORED_DEGRADED]
     assert all(d.degraded and d.pd is not None for d in decisions)
@@ -257,3 +260,24 @@ async def test_a_fragment_that_does_not_decode_counts_as_missing(world: World) -
     decisions = world.decisions()
     assert len(decisions) == 2
     assert all(d.reasons == [ReasonCode.PARTNER_UNAVAILABLE] for d in decisions)
+
+
+async def test_forged_deadline_ticks_are_refused(world: World) -> None:
+    """Partners write to the fragment topic too: only the bank can end a batch early."""
+    pending = world.pending("b7", [1])
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    forged = DeadlineTick(batch_id="b7", fired_at=datetime.now(UTC), mac="AAAA")
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(
+            FRAGMENTS, 0, forged.model_dump_json().encode(), [(KIND_HEADER, TICK_KIND)]
+        )
+    assert caught.value.reason == "bad-tick"
+    assert world.decisions() == [] and "b7" in world.batches
+
+
+async def test_a_tick_for_orphan_fragments_drops_them(world: World) -> None:
+    pending = world.pending("b8", [1])
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    assert world.joiner.expired(10**12) == ["b8"]  # long after the orphan timeout
+    await world.tick("b8", 0)
+    assert "b8" not in world.batches and world.decisions() == []

@@ -22,6 +22,20 @@ from services.kernel.kafka.admin import ensure_topics, wait_for_broker
 from services.kernel.kafka.topics import TopicSpec
 
 
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM the process's group (children included), SIGKILL it if it lingers."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout_s)
+    return process.returncode
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -97,16 +111,8 @@ class EmbeddedBroker:
             raise
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout_s)
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s)
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

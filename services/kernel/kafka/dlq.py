@@ -63,7 +63,9 @@ class DeadLetters:
             attempts=attempts,
         )
 
-    async def send(self, record: RecordLike, reason: str, error: str | Exception) -> None:
+    async def send(
+        self, record: RecordLike, reason: str, error: str | Exception, *, attempts: int = 1
+    ) -> None:
         await self.send_raw(
             topic=record.topic,
             partition=record.partition,
@@ -73,6 +75,7 @@ class DeadLetters:
             headers=record.headers,
             reason=reason,
             error=str(error),
+            attempts=attempts,
         )
 
     async def send_raw(

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 CANDIDATES = "bank.candidates.v1"
 PENDING = "prescreen.pending.v1"
 FRAGMENTS = "fed.fragments.v1"
-DEADLINES = "prescreen.deadlines.v1"
 DECISIONS = "prescreen.decisions.v1"
 RELEASES = "campaign.released.v1"
 ROLLOUT_BANK = "model.rollouts.bank.v1"
@@ -56,7 +55,7 @@ def _with_dlq(names: Iterable[str]) -> list[TopicSpec]:
 
 
 def bank_topics() -> list[TopicSpec]:
-    consumed = [CANDIDATES, PENDING, FRAGMENTS, DEADLINES, RELEASES, TRAINING_TO_BANK]
+    consumed = [CANDIDATES, PENDING, FRAGMENTS, RELEASES, TRAINING_TO_BANK]
     return [
         *_with_dlq(consumed),
         TopicSpec(DECISIONS),
