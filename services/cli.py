@@ -83,11 +83,11 @@ def topics(
     partner: Annotated[list[str] | None, typer.Option("--partner")] = None,
 ) -> None:
     """Create every topic (with the configured partition count) on KAFKA_BOOTSTRAP_SERVERS."""
-    from services.kernel.config import KafkaSettings
+    from services.kernel.config import KafkaSettings, load_settings
     from services.kernel.kafka.admin import ensure_topics
     from services.kernel.kafka.topics import all_topics
 
-    created = asyncio.run(ensure_topics(KafkaSettings(), all_topics(partner or [])))
+    created = asyncio.run(ensure_topics(load_settings(KafkaSettings), all_topics(partner or [])))
     typer.echo(f"created {len(created)} topics")
 
 

@@ -9,6 +9,7 @@ batch's own fragment partition (see schemas.DeadlineTick for why).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -66,13 +67,19 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     scorers: dict[str, BankScorer] = {}
     adopted: asyncio.Queue[str] = asyncio.Queue()
 
+    waiting_for_key: dict[str, BankBundle] = {}
+
     def adopt(bundle: BankBundle) -> None:
         if bundle.key_id not in private_keys and bundle.key_id != PLAINTEXT_KEY_ID:
             # Every model version has its own key: a new one arrives with its bundle
-            # (a file written by training, or a Secret update), so look again.
-            private_keys.update(load_private_keys(settings.private_keys_dir))
+            # (a file written by training, or a Secret update), so look again, and keep
+            # looking (see side_services) while it has not been mounted yet.
+            with contextlib.suppress(ValueError):
+                private_keys.update(load_private_keys(settings.private_keys_dir))
             if bundle.key_id not in private_keys:
-                raise ValueError(f"no private key {bundle.key_id} for {bundle.model_version}")
+                waiting_for_key[bundle.model_version] = bundle
+                raise ValueError(f"no private key {bundle.key_id} for {bundle.model_version} yet")
+        waiting_for_key.pop(bundle.model_version, None)
         scorers[bundle.model_version] = BankScorer(bundle)
         adopted.put_nowait(bundle.model_version)
 
@@ -183,7 +190,13 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         watching = asyncio.create_task(watcher.run())
         try:
             while True:
-                version = await adopted.get()
+                try:
+                    version = await asyncio.wait_for(adopted.get(), timeout=5.0)
+                except TimeoutError:
+                    for bundle in list(waiting_for_key.values()):
+                        with contextlib.suppress(ValueError):
+                            watcher.accept(bundle)  # calls adopt() again
+                    continue
                 await announce_ready(producer, PRESCREEN_PARTY, version)
         finally:
             watching.cancel()

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ class Joiner:
         self.orphan_fragment_s = orphan_fragment_s
         self.decided_retention_s = decided_retention_s
         self._events_since_sweep = 0
+        # For batches no private key can sign ticks for (plaintext benchmark mode, or a
+        # model this instance does not hold): the instance that owns a partition both
+        # sends and consumes its ticks, so a per-process secret suffices.
+        self._fallback_tick_secret = secrets.token_bytes(32)
         # Parsed pending records by batch id: the table keeps the JSON (durable), this
         # keeps each fragment's arrival from parsing it again. Rebuilt lazily after a restart.
         self._pending: dict[str, PendingBatch] = {}
@@ -156,10 +161,8 @@ class Joiner:
         state = self.batches.get(tick.batch_id)
         if state is None or tick.batch_id in self.decided:
             return
-        key = self._tick_key(tick.batch_id, state)
-        if key is None or not hmac.compare_digest(
-            tick.mac, tick_mac(key, tick.batch_id, tick.fired_at)
-        ):
+        secret = self._tick_secret(tick.batch_id, state)
+        if not hmac.compare_digest(tick.mac, tick_mac(secret, tick.batch_id, tick.fired_at)):
             raise RejectedInputError("bad-tick", f"deadline tick for {tick.batch_id} not ours")
         if state.get("p") is None:
             log.warning(
@@ -368,26 +371,30 @@ class Joiner:
         return True
 
     # -- deadlines ---------------------------------------------------------------
-    def _tick_key(self, batch_id: str, state: dict[str, Any]) -> PrivateKey | None:
-        """The private key a batch's ticks are authenticated with: its model's key, or,
-        for fragments whose pending record never came, the key they name."""
+    def _tick_secret(self, batch_id: str, state: dict[str, Any]) -> bytes:
+        """What a batch's ticks are authenticated with: derived from its model's private
+        key (or, for fragments whose pending record never came, the key they name), so
+        every prescreen instance agrees; else this process's own secret."""
         if state.get("p") is not None:
             loaded = self.bundle_for(self._pending_of(batch_id, state).model_version)
             key_id = loaded[0].key_id if loaded is not None else None
         else:
             key_id = next((json.loads(f)["key_id"] for f in state["f"].values()), None)
-        return self.private_keys.get(key_id) if key_id is not None else None
+        key = self.private_keys.get(key_id) if key_id is not None else None
+        if key is None:
+            return self._fallback_tick_secret
+        return hashlib.sha256(
+            b"fedscreen-deadline-tick|" + int(key.p).to_bytes(512, "big")
+        ).digest()
 
     def tick_for(self, batch_id: str) -> bytes | None:
-        """A signed deadline tick for the batch, or None if it cannot be signed (no key:
-        the batch is then left to the orphan sweep of its model's operator)."""
+        """A signed deadline tick for the batch (None if the batch is gone)."""
         state = self.batches.get(batch_id)
-        key = self._tick_key(batch_id, state) if state is not None else None
-        if key is None:
+        if state is None:
             return None
         fired = datetime.now(UTC)
-        tick = DeadlineTick(batch_id=batch_id, fired_at=fired, mac=tick_mac(key, batch_id, fired))
-        return tick.model_dump_json().encode()
+        mac = tick_mac(self._tick_secret(batch_id, state), batch_id, fired)
+        return DeadlineTick(batch_id=batch_id, fired_at=fired, mac=mac).model_dump_json().encode()
 
     # -- housekeeping -----------------------------------------------------------
     def expired(self, now: float) -> list[str]:
@@ -414,7 +421,6 @@ KIND_HEADER = "fedscreen-kind"
 TICK_KIND = b"deadline-tick"
 
 
-def tick_mac(key: PrivateKey, batch_id: str, fired_at: datetime) -> str:
-    secret = hashlib.sha256(b"fedscreen-deadline-tick|" + int(key.p).to_bytes(256, "big")).digest()
+def tick_mac(secret: bytes, batch_id: str, fired_at: datetime) -> str:
     message = f"{batch_id}|{fired_at.isoformat()}".encode()
     return bytes_to_b64(hmac.new(secret, message, hashlib.sha256).digest())

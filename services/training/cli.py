@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         """Federated training with the partners over Kafka (KAFKA_* settings)."""
         from rich.progress import Progress
 
-        from services.kernel.config import KafkaSettings
+        from services.kernel.config import KafkaSettings, load_settings
         from services.kernel.lifecycle import configure_logging
         from services.training.policy_file import load_policy
         from services.training.run import DataError, TrainJob, read_bank_csv, run_training
@@ -77,6 +77,6 @@ def register(app: typer.Typer) -> None:
             def progress(stage: str, fraction: float) -> None:
                 bar.update(task, completed=fraction, description=stage)
 
-            result = asyncio.run(run_training(job, KafkaSettings(), progress))
+            result = asyncio.run(run_training(job, load_settings(KafkaSettings), progress))
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.trained.metrics.items())
         typer.echo(f"model {result.model_version} in {result.seconds:.0f}s: {metrics}")

@@ -94,3 +94,16 @@ def test_mismatched_factors_are_rejected(private_key: PrivateKey) -> None:
     with pytest.raises(ValueError, match="p \\* q"):
         PrivateKey(private_key.public, private_key.p, private_key.q + 2)
     assert isinstance(private_key.p, type(mpz(1)))
+
+
+def test_ciphertexts_do_not_reveal_the_random_exponents_parity(private_key: PrivateKey) -> None:
+    """A base with Jacobi symbol -1 would make every ciphertext's symbol equal (-1)^e."""
+    import gmpy2
+
+    from services.kernel.crypto.paillier import djn_base
+
+    n = private_key.public.n
+    assert all(gmpy2.jacobi(djn_base(n), n) == 1 for _ in range(20))
+    symbols = {gmpy2.jacobi(private_key.public.encrypt(7), n) for _ in range(40)}
+    symbols |= {gmpy2.jacobi(c, n) for c in private_key.encrypt_many([7] * 40)}
+    assert symbols == {1}

@@ -46,13 +46,15 @@ def key_id_for(n: int) -> str:
 
 
 def djn_base(n: mpz) -> mpz:
-    """h = -x^2 mod n for a random unit x, as in Damgard-Jurik-Nielsen: h has Jacobi
-    symbol +1, so the Jacobi symbol of hs^e leaks nothing about e's parity (a random
-    base would reveal it half the time)."""
+    """A random base with Jacobi symbol +1: -x^2 mod n as in Damgard-Jurik-Nielsen when
+    (-1|n) = +1 (p = q mod 4), else x^2. A ciphertext's Jacobi symbol is then +1 whatever
+    the exponent, so it leaks nothing about the exponent's parity (a base with symbol -1
+    would reveal it in every ciphertext)."""
     while True:
         x = mpz(secrets.randbelow(int(n) - 2) + 2)
         if gmpy2.gcd(x, n) == 1:
-            return (-(x * x)) % n
+            h = (-(x * x)) % n
+            return h if gmpy2.jacobi(h, n) == 1 else (x * x) % n
 
 
 class FixedBase:

@@ -60,7 +60,7 @@ def bank_topics() -> list[TopicSpec]:
         *_with_dlq(consumed),
         TopicSpec(DECISIONS),
         TopicSpec(ROLLOUT_BANK, COMPACTED),
-        TopicSpec(MODEL_READY),
+        TopicSpec(MODEL_READY, COMPACTED),
         TopicSpec(INTAKE_CUSTOMERS, COMPACTED),
     ]
 

@@ -104,8 +104,10 @@ class ReadinessBoard:
 
 async def announce_ready(producer: AIOKafkaProducer, party: str, version: str) -> None:
     message = ModelReady(party=party, model_version=version, ready_at=datetime.now(UTC))
+    # Keyed by party and version on a compacted topic: every announcement survives, so
+    # an intake that starts much later still learns which versions are servable.
     await producer.send_and_wait(
-        MODEL_READY, key=party.encode(), value=message.model_dump_json().encode()
+        MODEL_READY, key=f"{party}@{version}".encode(), value=message.model_dump_json().encode()
     )
 
 

@@ -19,6 +19,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# A batch is at most a few hundred rows: one thread beats waking OpenMP's pool per
+# call, and leaves the other cores to the rest of the pipeline.
+
+
 class BankScorer:
     def __init__(self, bundle: BankBundle) -> None:
         self.bundle = bundle
@@ -41,11 +45,12 @@ class BankScorer:
     def score(self, x_bank: np.ndarray, partner_score: np.ndarray) -> np.ndarray:
         """Probability of default from bank features and the aggregate partner score."""
         if self.bundle.stacked:
-            raw = self.booster.predict(np.column_stack([x_bank, partner_score]), raw_score=True)
+            features = np.column_stack([x_bank, partner_score])
+            raw = self.booster.predict(features, raw_score=True, num_threads=1)
         else:
-            raw = self.booster.predict(x_bank, raw_score=True) + partner_score
+            raw = self.booster.predict(x_bank, raw_score=True, num_threads=1) + partner_score
         return np.asarray(sigmoid(np.asarray(raw, dtype=np.float64)))
 
     def score_fallback(self, x_bank: np.ndarray) -> np.ndarray:
-        raw = self.fallback.predict(x_bank, raw_score=True)
+        raw = self.fallback.predict(x_bank, raw_score=True, num_threads=1)
         return np.asarray(sigmoid(np.asarray(raw, dtype=np.float64)))
