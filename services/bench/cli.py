@@ -55,6 +55,10 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Customers: the first N of the 30,000 (default all)."),
         ] = None,
+        linger_ms: Annotated[
+            float,
+            typer.Option(help="Intake's batch linger (INTAKE_LINGER_MS): latency vs batch size."),
+        ] = 20.0,
     ) -> None:
         """Benchmark the pipeline (federated and plaintext) and the crypto; write JSON."""
         from services.bench.run import BenchRequest, run_bench
@@ -67,6 +71,8 @@ def register(app: typer.Typer) -> None:
             raise CliError("--duration must be in (0, 3600] seconds")
         if rows is not None and not 100 <= rows <= 30_000:
             raise CliError("--rows must be between 100 and 30000")
+        if not 0 < linger_ms <= 10_000:
+            raise CliError("--linger-ms must be in (0, 10000]")
         if not micro and not pipeline:
             raise CliError("nothing to run: both --no-micro and --no-pipeline given")
         if out.exists() and out.is_dir():
@@ -81,6 +87,7 @@ def register(app: typer.Typer) -> None:
             out=out,
             workdir=workdir,
             rows=rows,
+            linger_ms=linger_ms,
         )
         try:
             code = run_bench(request)

@@ -363,6 +363,7 @@ class BenchRequest:
     out: Path = Path("bench-results.json")
     workdir: Path = Path(".fedscreen/bench")
     rows: int | None = None
+    linger_ms: float = 20.0
     warmup: int = 1000
     micro_options: MicroOptions = field(default_factory=MicroOptions)
 
@@ -393,6 +394,7 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
             duration_s=request.duration_s,
             modes=request.modes,
             rows=request.rows,
+            linger_ms=request.linger_ms,
             warmup=request.warmup,
         )
         pipeline = await run_pipeline_bench(
