@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import lightgbm as lgb
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
@@ -350,8 +351,19 @@ class Demo:
         assert isinstance(metrics, dict)
         floor, ceiling = self.reference_aucs(train, test)
         labels = dict(zip(test.ids, test.column(ds.LABEL), strict=True))
-        served = [(labels[d.customer_id], d.pd) for d in scored if d.customer_id in labels]
-        served_auc = float(roc_auc_score([y for y, _ in served], [p for _, p in served]))
+        protocol = self._protocol_scores()
+        served = [
+            (labels[d.customer_id], float(d.pd or 0.0), protocol[d.customer_id])
+            for d in scored
+            if d.customer_id in labels and d.customer_id in protocol
+        ]
+        y_served = [y for y, _, _ in served]
+        served_auc = float(roc_auc_score(y_served, [p for _, p, _ in served]))
+        same_rows_auc = float(roc_auc_score(y_served, [q for _, _, q in served]))
+        # Serving (fixed point, encrypted) and training (floats) score the same model.
+        drift = float(np.median([abs(p - q) for _, p, q in served])) if served else 1.0
+        if drift > 0.005:
+            problems.append(f"served pd differs from the trained model's by {drift:.4f} (median)")
         quality = RichTable(title="Model quality on the held-out rows (AUC)")
         quality.add_column("model")
         quality.add_column("AUC", justify="right")
@@ -359,9 +371,13 @@ class Demo:
         quality.add_row(
             "federated v1 (via the protocol)", f"{metrics.get('test_auc', float('nan')):.4f}"
         )
-        quality.add_row(f"federated, served decisions ({len(served)} scored)", f"{served_auc:.4f}")
+        quality.add_row(
+            f"  the same model on the {len(served)} rows prescreen scored", f"{same_rows_auc:.4f}"
+        )
+        quality.add_row("  served decisions' pd on those rows", f"{served_auc:.4f}")
         quality.add_row("all features pooled (ceiling, LightGBM)", f"{ceiling:.4f}")
         c.print(quality)
+        c.print(f"median |served pd - trained score| on the same rows: {drift:.5f}")
         c.print(
             f"training: {report.get('seconds', 0):.0f}s, "
             f"{metrics.get('rounds', 0):.0f} rounds kept (early stopping on validation)"
@@ -374,6 +390,12 @@ class Demo:
                 "[green]every candidate decided exactly once; every release delivered and verified"
             )
         return DemoResult(ok=not problems, problems=problems)
+
+    def _protocol_scores(self) -> dict[str, float]:
+        """The trained model's test scores, as the training run computed them."""
+        path = self.root / "bank" / "models" / "m-demo-1" / "test_scores.csv"
+        rows = path.read_text().splitlines()[1:]
+        return {cid: float(score) for cid, score in (row.split(",") for row in rows)}
 
     def _delivered_ids(self, pipeline: Pipeline) -> set[str]:
         path = pipeline.deliveries_path
