@@ -45,12 +45,6 @@ def test_owner_fast_encryption_decrypts_and_is_randomised(private_key: PrivateKe
     assert private_key.decrypt(total) == 10
 
 
-def test_signed_decryption_gives_negative_values_back(private_key: PrivateKey) -> None:
-    pk = private_key.public
-    assert private_key.decrypt_signed(pk.encrypt(int(pk.n) - 5)) == -5
-    assert private_key.decrypt_signed(pk.encrypt(5)) == 5
-
-
 def test_validation_rejects_values_outside_z_star_n2(private_key: PrivateKey) -> None:
     pk = private_key.public
     for bad in (0, -1, pk.nsquare, pk.nsquare + 5, pk.n, private_key.p * 3):

@@ -204,11 +204,6 @@ class PrivateKey:
         mq = self._l(gmpy2.powmod(c, self.q - 1, self.qsquare), self.q) * self.hq % self.q
         return mp + ((mq - mp) * self.p_inv_q % self.q) * self.p
 
-    def decrypt_signed(self, ciphertext: int) -> mpz:
-        """Decrypt to the centred residue in (-n/2, n/2]."""
-        m = self.decrypt(ciphertext)
-        return m - self.public.n if m > self.public.n // 2 else m
-
     # -- fast encryption for the key owner --------------------------------------
     def _bases(self) -> tuple[FixedBase, FixedBase]:
         if self._owner_bases is None:

@@ -130,8 +130,6 @@ class BundleWatcher(Generic[BundleT]):
         self.keep = keep
         self.bundles: dict[str, BundleT] = {}
         self.latest: BundleT | None = None
-        self.first = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def get(self, version: str) -> BundleT | None:
         return self.bundles.get(version)
@@ -147,7 +145,6 @@ class BundleWatcher(Generic[BundleT]):
         for version in sorted(self.bundles, key=lambda v: self.bundles[v].created_at)[: -self.keep]:
             del self.bundles[version]
         log.info("model bundle %s adopted from %s", bundle.model_version, self.topic)
-        self.first.set()
 
     async def run(self) -> None:
         reassembler = Reassembler()
@@ -162,15 +159,3 @@ class BundleWatcher(Generic[BundleT]):
                 log.error("ignoring unusable bundle on %s: %s", self.topic, exc)
 
         await follow_topic(self.settings, self.topic, handle)
-
-    def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self.run(), name=f"watch:{self.topic}")
-        return self._task
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
