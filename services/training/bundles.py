@@ -38,7 +38,7 @@ def build_bundles(
             for k in partners
         ],
         booster=trained.booster.model_to_string(),
-        stacked=False,
+        stacked=trained.stacked,
         fallback_booster=trained.fallback.model_to_string(),
         policy=policy,
         metrics=trained.metrics,

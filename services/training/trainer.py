@@ -67,6 +67,14 @@ class TrainParams:
     num_leaves: int = 15
     learning_rate: float = 0.05
     min_child_samples: int = 50
+    # Stacking: a final LightGBM on the bank's features plus the aggregate partner score
+    # learns bank x partner interactions the additive model cannot; kept only when it
+    # beats the additive model on the validation fold.
+    stack: bool = True
+    stack_num_leaves: int = 7
+    stack_learning_rate: float = 0.02
+    stack_max_trees: int = 1000
+    stack_early_stopping_trees: int = 50
 
     def lgb_params(self) -> dict[str, object]:
         return {
@@ -97,6 +105,7 @@ class Trained:
     metrics: dict[str, float]
     test_scores: np.ndarray | None
     history: list[dict[str, float]] = field(default_factory=list)
+    stacked: bool = False
 
 
 def _total(arrays: Iterable[np.ndarray], n: int) -> np.ndarray:
@@ -162,6 +171,7 @@ class FederatedTrainer:
             booster,
             {k: v.copy() for k, v in w.items()},
             {k: v.copy() for k, v in u_eval.items()},
+            {k: v.copy() for k, v in u_fit.items()},
         )
         history: list[dict[str, float]] = [{"round": 0, "val_auc": best_auc}]
         for round_ in range(1, p.rounds + 1):
@@ -210,13 +220,14 @@ class FederatedTrainer:
                     booster,
                     {k: v.copy() for k, v in w.items()},
                     {k: v.copy() for k, v in u_eval.items()},
+                    {k: v.copy() for k, v in u_fit.items()},
                 )
             elif round_ - best[0] >= p.patience:
                 break
         await self.coord.send_all(
             {k: TrainFinish(session_id=self.coord.session_id, status="done") for k in self.partners}
         )
-        best_round, booster, best_w, best_u_eval = best
+        best_round, booster, best_w, best_u_eval, best_u_fit = best
         largest = max((float(np.abs(v).max()) for v in best_w.values() if v.size), default=0.0)
         packing = packing_for(
             self.key.public.bits,
@@ -229,12 +240,25 @@ class FederatedTrainer:
             "rounds": float(best_round),
             "rounds_run": float(len(history) - 1),
         }
+        s_fit = _total(best_u_fit.values(), n_fit)
+        s_val = _total((u[:n_val] for u in best_u_eval.values()), n_val)
+        s_test = _total((u[n_val:] for u in best_u_eval.values()), n_test)
+        additive = booster
+        stacked = False
+        if p.stack:
+            stacker = self._fit_stacker(fit, val, s_fit, s_val)
+            stacked_auc = float(roc_auc_score(val.y, self._stacked_logit(stacker, val.x, s_val)))
+            metrics["validation_auc_stacked"] = stacked_auc
+            if stacked_auc > best_auc + 1e-4:
+                booster, stacked = stacker, True
+        metrics["stacked"] = float(stacked)
         test_scores = None
         if n_test and test.y is not None:
-            s_test = _total((u[n_val:] for u in best_u_eval.values()), n_test)
-            test_logit = self._raw(booster, test.x) + s_test
+            additive_logit = self._raw(additive, test.x) + s_test
+            test_logit = self._stacked_logit(booster, test.x, s_test) if stacked else additive_logit
             test_scores = sigmoid(test_logit)
             metrics["test_auc"] = float(roc_auc_score(test.y, test_logit))
+            metrics["test_auc_additive"] = float(roc_auc_score(test.y, additive_logit))
             metrics["test_auc_bank_only"] = float(
                 roc_auc_score(test.y, self._raw(fallback, test.x))
             )
@@ -252,6 +276,7 @@ class FederatedTrainer:
             metrics=metrics,
             test_scores=test_scores,
             history=history,
+            stacked=stacked,
         )
 
     @staticmethod
@@ -266,6 +291,41 @@ class FederatedTrainer:
                 start += count
             out[k] = rows
         return out
+
+    def _fit_stacker(
+        self, fit: BankRows, val: BankRows, s_fit: np.ndarray, s_val: np.ndarray
+    ) -> lgb.Booster:
+        """LightGBM on [bank features, aggregate partner score], on top of that score.
+
+        The fit rows' scores are in-sample for the scorecards; the validation rows',
+        which early-stop the stacker and decide whether it is kept, never contributed a
+        gradient. (A plaintext study found cross-fitted scores no better here; see
+        docs/model.md.)"""
+        assert fit.y is not None and val.y is not None
+        p = self.params
+        params = {
+            **p.lgb_params(),
+            "num_leaves": p.stack_num_leaves,
+            "learning_rate": p.stack_learning_rate,
+        }
+        train_set = lgb.Dataset(
+            np.column_stack([fit.x, s_fit]), fit.y, init_score=s_fit, free_raw_data=False
+        )
+        valid_set = lgb.Dataset(
+            np.column_stack([val.x, s_val]), val.y, init_score=s_val, reference=train_set
+        )
+        return lgb.train(
+            params,
+            train_set,
+            p.stack_max_trees,
+            valid_sets=[valid_set],
+            callbacks=[lgb.early_stopping(p.stack_early_stopping_trees, verbose=False)],
+        )
+
+    @classmethod
+    def _stacked_logit(cls, stacker: lgb.Booster, x: np.ndarray, s: np.ndarray) -> np.ndarray:
+        logit: np.ndarray = cls._raw(stacker, np.column_stack([x, s])) + s
+        return logit
 
     @staticmethod
     def _raw(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The bank's scorer: LightGBM on bank features plus the decrypted partner score.
 
-``logit = f_bank(x_bank) + s`` (backfitting) or ``logit = f(x_bank, s)`` when the
-booster was trained stacked; the bank-only fallback booster scores degraded batches.
+``logit = f_bank(x_bank) + s`` (backfitting) or ``logit = f(x_bank, s) + s`` when
+the booster was trained stacked (on the bank's features and s, on top of s); the
+bank-only fallback booster scores degraded batches.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class BankScorer:
     def score(self, x_bank: np.ndarray, partner_score: np.ndarray) -> np.ndarray:
         """Probability of default from bank features and the aggregate partner score."""
         if self.bundle.stacked:
+            # Trained on top of the partner score (init_score), so add it back.
             features = np.column_stack([x_bank, partner_score])
-            raw = self.booster.predict(features, raw_score=True, num_threads=1)
+            raw = self.booster.predict(features, raw_score=True, num_threads=1) + partner_score
         else:
             raw = self.booster.predict(x_bank, raw_score=True, num_threads=1) + partner_score
         return np.asarray(sigmoid(np.asarray(raw, dtype=np.float64)))
