@@ -5,6 +5,7 @@ Import message types from here; ``MESSAGE_TYPES`` lists every top-level message.
 
 from __future__ import annotations
 
+from schemas.alignment import PsiAnswer, PsiError, PsiOffer, PsiResult
 from schemas.candidate import CandidateEvent
 from schemas.common import ReasonCode, WireModel
 from schemas.dlq import DlqEnvelope
@@ -53,6 +54,10 @@ MESSAGE_TYPES: tuple[type[WireModel], ...] = (
     TrainScores,
     TrainHistograms,
     TrainError,
+    PsiOffer,
+    PsiAnswer,
+    PsiResult,
+    PsiError,
 )
 
 __all__ = [
@@ -74,6 +79,10 @@ __all__ = [
     "PendingBatch",
     "PendingCandidate",
     "PolicyConfig",
+    "PsiAnswer",
+    "PsiError",
+    "PsiOffer",
+    "PsiResult",
     "ReasonCode",
     "Release",
     "ScoreBand",

@@ -8,8 +8,10 @@ import typer
 def register(app: typer.Typer) -> None:
     """Each service module adds its own commands; imports stay light until a command runs."""
     from services import keys_cli
+    from services.alignment import cli as alignment_cli
     from services.bench import cli as bench_cli
     from services.demo import cli as demo_cli
+    from services.evaluate import cli as evaluate_cli
     from services.intake import cli as intake_cli
     from services.partner import cli as partner_cli
     from services.prescreen import cli as prescreen_cli
@@ -21,8 +23,10 @@ def register(app: typer.Typer) -> None:
     demo_cli.register(app)
     intake_cli.register(app)
     partner_cli.register(app)
+    alignment_cli.register(app)
     prescreen_cli.register(app)
     training_cli.register(app)
     webhooks_cli.register(app)
     receiver_cli.register(app)
     bench_cli.register(app)
+    evaluate_cli.register(app)

@@ -20,19 +20,31 @@ def register(app: typer.Typer) -> None:
         csv_path: Annotated[Path, typer.Option("--csv", help="CSV with ids and features.")],
         id_column: Annotated[str, typer.Option(help="Customer id column (tokenised).")],
         features: Annotated[str, typer.Option(help="Comma-separated feature columns.")],
-        token_key: Annotated[
-            Path, typer.Option(help="File with the token key shared with the bank.")
-        ],
         db: Annotated[Path, typer.Option(help="SQLite feature store to (re)create.")],
+        token_key: Annotated[
+            Path | None, typer.Option(help="File with the token key shared with the bank (HMAC).")
+        ] = None,
+        token_map: Annotated[
+            Path | None,
+            typer.Option(
+                help="customer_id,token CSV from `partner align` (PSI): shared customers only."
+            ),
+        ] = None,
         blacklist_column: Annotated[str | None, typer.Option(help="0/1 blacklist column.")] = None,
     ) -> None:
         """Load the feature store from CSV; raw ids are tokenised and never stored."""
-        from services.kernel.crypto.tokens import Tokenizer
+        from services.kernel.crypto.tokens import Tokenizer, TokenMap, TokenSource
         from services.partner.store import FeatureStore, StoreError
 
         names = [f.strip() for f in features.split(",") if f.strip()]
         try:
-            tokenizer = Tokenizer.from_file(token_key)
+            tokenizer: TokenSource
+            if token_key is not None and token_map is None:
+                tokenizer = Tokenizer.from_file(token_key)
+            elif token_map is not None and token_key is None:
+                tokenizer = TokenMap.from_csv(token_map)
+            else:
+                raise CliError("give exactly one of --token-key (HMAC) and --token-map (PSI)")
             store = FeatureStore(db)
             try:
                 count = store.load_csv(
@@ -47,6 +59,59 @@ def register(app: typer.Typer) -> None:
         except (StoreError, ValueError) as exc:
             raise CliError(str(exc)) from exc
         typer.echo(f"loaded {count} customers with {len(names)} features into {db}")
+
+    @partner.command("align")
+    def align(
+        name: Annotated[str, typer.Option(envvar="PARTNER_NAME", help="This partner's name.")],
+        csv_path: Annotated[Path, typer.Option("--csv", help="The partner's customers (CSV).")],
+        id_column: Annotated[str, typer.Option(help="Customer id column.")],
+        out: Annotated[
+            Path, typer.Option(help="Writes customer_id,token for the shared customers (0600).")
+        ],
+        secret_file: Annotated[
+            Path, typer.Option(help="This partner's PSI secret (created if missing, 0600).")
+        ] = Path("keys/psi-partner.scalar"),
+        timeout: Annotated[
+            float, typer.Option(min=1.0, help="Seconds to wait for the bank's offer.")
+        ] = 600.0,
+    ) -> None:
+        """Answer one private set intersection session from the bank (KAFKA_* settings), then
+        exit. The token map it writes feeds `partner load --token-map`."""
+        from aiokafka.errors import KafkaError
+
+        from services.alignment.cli import check_partner_name
+        from services.alignment.files import AlignmentInputError, read_ids, write_token_map
+        from services.alignment.partner import answer_one
+        from services.alignment.transport import AlignmentError
+        from services.kernel.config import KafkaSettings, load_settings
+        from services.kernel.crypto import psi, ristretto
+        from services.kernel.lifecycle import configure_logging
+
+        configure_logging("WARNING")
+        check_partner_name(name)
+        unusable = (AlignmentInputError, psi.PsiProtocolError, ristretto.RistrettoUnavailableError)
+        try:
+            ids = read_ids(csv_path, id_column)
+            secret, created = psi.load_or_create_secret(secret_file)
+        except unusable as exc:
+            raise CliError(str(exc)) from exc
+        if created:
+            typer.echo(f"new PSI secret in {secret_file}: tokens differ from earlier runs")
+        typer.echo(f"{name}: {len(ids)} customers, waiting for the bank's offer")
+        kafka = load_settings(KafkaSettings)
+        try:
+            done = asyncio.run(answer_one(kafka, name, ids, secret, timeout_s=timeout))
+        except TimeoutError as exc:
+            raise CliError(f"no offer from the bank within {timeout:.0f}s") from exc
+        except KafkaError as exc:
+            raise CliError(f"Kafka at {kafka.bootstrap_servers}: {exc}") from exc
+        except (AlignmentError, *unusable) as exc:
+            raise CliError(str(exc)) from exc
+        write_token_map(out, done.intersection.tokens)
+        typer.echo(
+            f"session {done.session_id}: {len(done.intersection.tokens)} shared of "
+            f"{done.intersection.other_size} bank customers -> {out}"
+        )
 
     @partner.command("run")
     def run(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.kernel.crypto.tokens import Tokenizer
+from services.kernel.crypto.tokens import TokenSource
 from services.partner.binning import Binning
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
@@ -91,7 +91,7 @@ class FeatureStore:
         *,
         id_column: str,
         features: Sequence[str],
-        tokenizer: Tokenizer,
+        tokenizer: TokenSource,
         blacklist_column: str | None = None,
     ) -> int:
         """Replace the store's contents with the CSV's rows, tokenised. Returns the row count."""
@@ -136,7 +136,7 @@ class FeatureStore:
         reader: csv.DictReader[str],
         id_column: str,
         features: Sequence[str],
-        tokenizer: Tokenizer,
+        tokenizer: TokenSource,
         blacklist_column: str | None,
         csv_path: Path,
     ) -> Iterator[tuple[object, ...]]:
@@ -149,7 +149,10 @@ class FeatureStore:
             customer_id = row[id_column].strip()
             if not customer_id:
                 raise StoreError(f"{csv_path}:{line}: empty {id_column}")
-            yield (tokenizer.token(customer_id), 1 if flag else 0, *values)
+            token = tokenizer.token(customer_id)
+            if token is None:  # a token map from PSI covers the shared customers only
+                continue
+            yield (token, 1 if flag else 0, *values)
 
     # -- lookups --------------------------------------------------------------
     def lookup(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,20 +1,35 @@
-"""Per-partner pseudonymous tokens: keyed HMAC-SHA256 of the customer id.
+"""Per-partner pseudonymous tokens.
 
-The bank and partner k share key_k (agreed out of band), so both map their own
-customer ids to the same token without exchanging ids; a token for partner k is
-useless against partner j. ECDH-PSI (issue 3) replaces the shared key later.
+Two sources, one interface (:class:`TokenSource`):
+
+- :class:`Tokenizer`, keyed HMAC-SHA256 of the customer id: the bank and partner k
+  share key_k (agreed out of band), so both map their own customer ids to the same
+  token without exchanging ids; a token for partner k is useless against partner j.
+  Partner k can compute the token of *any* id, so this is the fallback.
+- :class:`TokenMap`, the ``customer_id,token`` CSV that ECDH-PSI (``fedscreen align``,
+  docs/psi.md) writes on each side: tokens exist only for the shared customers.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from services.kernel.crypto.codec import b64_to_bytes, bytes_to_b64
 
 TOKEN_KEY_BYTES = 32
+TOKEN_MAP_HEADER = ("customer_id", "token")
+
+
+class TokenSource(Protocol):
+    def token(self, customer_id: str) -> str | None:
+        """The customer's token, or None if it has none (outside a PSI intersection)."""
+        ...
 
 
 class Tokenizer:
@@ -37,3 +52,27 @@ class Tokenizer:
 
 def new_token_key() -> str:
     return bytes_to_b64(secrets.token_bytes(TOKEN_KEY_BYTES))
+
+
+class TokenMap:
+    """Tokens from a PSI run: customers outside the intersection have none."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._tokens = dict(tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def token(self, customer_id: str) -> str | None:
+        return self._tokens.get(customer_id)
+
+    @classmethod
+    def from_csv(cls, path: Path) -> TokenMap:
+        try:
+            with path.open(newline="") as handle:
+                reader = csv.reader(handle)
+                if tuple(next(reader, ())) != TOKEN_MAP_HEADER:
+                    raise ValueError(f"the header is not {','.join(TOKEN_MAP_HEADER)}")
+                return cls({row[0]: row[1] for row in reader if row})
+        except (OSError, ValueError, IndexError) as exc:
+            raise ValueError(f"cannot read token map from {path}: {exc}") from exc

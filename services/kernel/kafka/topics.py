@@ -17,6 +17,8 @@ RELEASES = "campaign.released.v1"
 ROLLOUT_BANK = "model.rollouts.bank.v1"
 MODEL_READY = "model.ready.v1"
 TRAINING_TO_BANK = "fed.training.bank.v1"
+ALIGN_TO_BANK = "fed.align.bank.v1"
+"""Partners' PSI answers (docs/psi.md), keyed by session id."""
 INTAKE_CUSTOMERS = "intake.customers.v1"
 """Intake's per-customer state changelog (compacted), co-partitioned with CANDIDATES."""
 
@@ -27,6 +29,11 @@ def requests_topic(partner: str) -> str:
 
 def training_topic(partner: str) -> str:
     return f"fed.training.{partner}.v1"
+
+
+def align_topic(partner: str) -> str:
+    """The bank's PSI offers and results for one partner, keyed by session id."""
+    return f"fed.align.{partner}.v1"
 
 
 def rollout_topic(partner: str) -> str:
@@ -55,7 +62,7 @@ def _with_dlq(names: Iterable[str]) -> list[TopicSpec]:
 
 
 def bank_topics() -> list[TopicSpec]:
-    consumed = [CANDIDATES, PENDING, FRAGMENTS, RELEASES, TRAINING_TO_BANK]
+    consumed = [CANDIDATES, PENDING, FRAGMENTS, RELEASES, TRAINING_TO_BANK, ALIGN_TO_BANK]
     return [
         *_with_dlq(consumed),
         TopicSpec(DECISIONS),
@@ -67,7 +74,7 @@ def bank_topics() -> list[TopicSpec]:
 
 def partner_topics(partner: str) -> list[TopicSpec]:
     return [
-        *_with_dlq([requests_topic(partner), training_topic(partner)]),
+        *_with_dlq([requests_topic(partner), training_topic(partner), align_topic(partner)]),
         TopicSpec(rollout_topic(partner), COMPACTED),
     ]
 

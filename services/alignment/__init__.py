@@ -1,0 +1,1 @@
+"""ID alignment: ECDH private set intersection between the bank and each partner."""

@@ -1,0 +1,145 @@
+"""``fedscreen evaluate`` end to end on a 3,000-row sample: the real protocol (embedded
+broker, a process per partner, the bank's ``fedscreen train`` process), one round."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from services.demo import dataset as ds
+
+pytestmark = pytest.mark.integration
+ROWS = 3000
+SEED = 4
+PARTNERS = {
+    "repayments": ds.REFERENCE_PARTNERS["repayments"],
+    "payments": ds.REFERENCE_PARTNERS["payments"],
+}
+
+
+@dataclass
+class Evaluated:
+    result: subprocess.CompletedProcess[str]
+    data: Path
+    out: Path
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "sample.csv"
+    with ds.DATA_CSV.open() as source:
+        data.write_text("".join(line for _, line in zip(range(ROWS + 1), source, strict=False)))
+    out, workdir = root / "out", root / "work"
+    command = [
+        *(sys.executable, "-m", "services.cli", "evaluate", "--data", str(data)),
+        *("--id", ds.ID, "--label", ds.LABEL, "--bank", ",".join(ds.BANK_FEATURES)),
+        *(
+            arg
+            for name, cols in PARTNERS.items()
+            for arg in ("--partner", f"{name}={','.join(cols)}")
+        ),
+        *("--test-size", "0.3", "--seed", str(SEED), "--rounds", "1"),
+        *("--out", str(out), "--workdir", str(workdir)),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "120"},
+        check=False,
+    )
+    return Evaluated(result, data, out, workdir)
+
+
+def _labels(data: Path) -> dict[str, int]:
+    with data.open(newline="") as handle:
+        return {row[ds.ID]: int(row[ds.LABEL]) for row in csv.DictReader(handle)}
+
+
+def _predictions(out: Path) -> list[tuple[str, float]]:
+    with (out / "predictions.csv").open(newline="") as handle:
+        reader = csv.reader(handle)
+        assert next(reader) == ["id", "score"]
+        return [(customer, float(score)) for customer, score in reader]
+
+
+def test_the_command_succeeds(evaluated: Evaluated) -> None:
+    output = evaluated.result.stdout + evaluated.result.stderr
+    assert evaluated.result.returncode == 0, output[-4000:]
+    assert "federated: AUC" in evaluated.result.stdout
+
+
+def test_every_test_row_is_predicted_exactly_once(evaluated: Evaluated) -> None:
+    labels = _labels(evaluated.data)
+    ids = list(labels)
+    # the split is sklearn's, stratified on the label, from the seed
+    _, test = train_test_split(
+        np.arange(len(ids)), test_size=0.3, stratify=list(labels.values()), random_state=SEED
+    )
+    predictions = _predictions(evaluated.out)
+    predicted = [customer for customer, _ in predictions]
+    assert len(predicted) == len(set(predicted)) == len(test) == 900
+    assert set(predicted) == {ids[i] for i in test}
+    assert all(0.0 <= score <= 1.0 for _, score in predictions)
+
+
+def test_the_report_matches_the_predictions_and_beats_the_floor(evaluated: Evaluated) -> None:
+    report = json.loads((evaluated.out / "report.json").read_text())
+    labels = _labels(evaluated.data)
+    predictions = _predictions(evaluated.out)
+    recomputed = roc_auc_score([labels[c] for c, _ in predictions], [s for _, s in predictions])
+    models = report["models"]
+    assert models["federated"]["auc"] == pytest.approx(recomputed, abs=1e-12)
+    assert models["federated"]["auc"] > models["bank_only_floor"]["auc"]
+    for model in models.values():
+        assert 0.0 <= model["ks"] <= 1.0 and 0.0 <= model["auc"] <= 1.0
+    assert models["bank_only_floor"]["columns"] == ds.BANK_FEATURES
+    assert len(models["pooled_ceiling"]["columns"]) == 23
+    split = report["split"]
+    assert (split["rows"], split["train_rows"], split["test_rows"]) == (3000, 2100, 900)
+    assert report["seed"] == split["seed"] == SEED
+    assert report["columns"]["partners"] == PARTNERS
+    training = report["training"]
+    assert training["rounds_run"] == 1 and 0 <= training["rounds_kept"] <= 1
+    assert training["seconds"] > 0
+    for name in PARTNERS:
+        assert report["bytes"]["sent_to_partner"][name] > 100_000
+        assert report["bytes"]["received_from_partner"][name] > 10_000
+        assert report["bytes"]["per_party"][name]["received"] > 0
+    assert report["reference_lightgbm"]["num_trees"] == 300
+
+
+def test_the_html_report_embeds_png_images(evaluated: Evaluated) -> None:
+    html = (evaluated.out / "report.html").read_text()
+    marker = 'src="data:image/png;base64,'
+    assert html.count(marker) >= 2
+    for chunk in html.split(marker)[1:]:
+        assert base64.b64decode(chunk.split('"', 1)[0]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "pooled" in html and "floor" in html
+
+
+def test_each_party_got_only_its_own_columns(evaluated: Evaluated) -> None:
+    def header(path: Path) -> list[str]:
+        return path.read_text().splitlines()[0].split(",")
+
+    work = evaluated.workdir
+    for name in ("bank_train.csv", "bank_test.csv"):
+        assert header(work / "bank" / name) == [ds.ID, *ds.BANK_FEATURES, ds.LABEL]
+    for name, columns in PARTNERS.items():
+        assert header(work / "partners" / name / "features.csv") == [ds.ID, *columns]
+        log = (work / "logs" / f"partner-{name}.log").read_text()
+        assert "training session" in log and "finished" in log
