@@ -55,6 +55,12 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Customers: the first N of the 30,000 (default all)."),
         ] = None,
+        training: Annotated[
+            bool,
+            typer.Option(
+                help="Also time one training round against the naive python-paillier protocol."
+            ),
+        ] = False,
         linger_ms: Annotated[
             float,
             typer.Option(help="Intake's batch linger (INTAKE_LINGER_MS): latency vs batch size."),
@@ -73,8 +79,8 @@ def register(app: typer.Typer) -> None:
             raise CliError("--rows must be between 100 and 30000")
         if not 0 < linger_ms <= 10_000:
             raise CliError("--linger-ms must be in (0, 10000]")
-        if not micro and not pipeline:
-            raise CliError("nothing to run: both --no-micro and --no-pipeline given")
+        if not micro and not pipeline and not training:
+            raise CliError("nothing to run: --no-micro and --no-pipeline without --training")
         if out.exists() and out.is_dir():
             raise CliError(f"--out {out} is a directory")
         request = BenchRequest(
@@ -88,6 +94,7 @@ def register(app: typer.Typer) -> None:
             workdir=workdir,
             rows=rows,
             linger_ms=linger_ms,
+            training=training,
         )
         try:
             code = run_bench(request)

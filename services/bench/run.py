@@ -33,6 +33,11 @@ from services.bench.load import CandidateTemplates, DecisionCollector, now_iso, 
 from services.bench.micro import MicroOptions, MicroResult, run_micro
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.bench.stats import Accounting, CpuMeter, parse_ts, percentiles_ms, steady_rate
+from services.bench.training_crypto import (
+    TrainingCryptoResult,
+    print_training,
+    run_training_crypto,
+)
 from services.demo import dataset as ds
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_producer
@@ -364,6 +369,8 @@ class BenchRequest:
     workdir: Path = Path(".fedscreen/bench")
     rows: int | None = None
     linger_ms: float = 20.0
+    training: bool = False
+    training_sample_rows: int = 200
     warmup: int = 1000
     micro_options: MicroOptions = field(default_factory=MicroOptions)
 
@@ -385,6 +392,13 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
         # CPU-bound for seconds: off the event loop, though nothing else runs yet.
         micro = await asyncio.to_thread(run_micro, request.micro_options)
         report.print_micro(console, micro)
+    training: TrainingCryptoResult | None = None
+    if request.training:
+        console.rule("training round: fedscreen vs naive python-paillier (no Kafka)")
+        training = await asyncio.to_thread(
+            run_training_crypto, sample_rows=request.training_sample_rows
+        )
+        print_training(console, training)
     if request.pipeline:
         console.rule("pipeline benchmark (embedded broker, real processes)")
         options = BenchOptions(
@@ -419,11 +433,12 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
             "partners": list(ds.REFERENCE_PARTNERS),
             "key_bits": BenchOptions.key_bits,
             "partitions": BenchOptions.partitions,
-            "intake_linger_ms": BenchOptions.linger_ms,
+            "intake_linger_ms": request.linger_ms,
             "deadline_ms": BenchOptions.deadline_ms,
         },
         "pipeline": pipeline.to_json() if pipeline else None,
         "micro": micro.to_json() if micro else None,
+        "training_round": training.to_json() if training else None,
         "targets": [t.to_json() for t in found],
         "problems": problems,
     }
