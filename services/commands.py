@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     from services.prescreen import cli as prescreen_cli
     from services.receiver import cli as receiver_cli
     from services.training import cli as training_cli
+    from services.training import rollout_cli
     from services.webhooks import cli as webhooks_cli
 
     keys_cli.register(app)
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
     alignment_cli.register(app)
     prescreen_cli.register(app)
     training_cli.register(app)
+    rollout_cli.register(app)
     webhooks_cli.register(app)
     receiver_cli.register(app)
     bench_cli.register(app)

@@ -331,6 +331,28 @@ async def test_a_new_model_version_is_hot_swapped_without_losing_batches(
     assert all(service.alive for service in running.pipeline.fleet.services.values())
 
 
+async def test_an_older_version_can_be_rolled_back_to(running: Running) -> None:
+    """After the hot swap to m-test-2, publishing m-test again (as `fedscreen rollout`
+    does) makes intake switch back: later decisions carry m-test."""
+    now = datetime.now(UTC)
+    bank = running.bank_bundle.model_copy(update={"created_at": now})
+    partners = {
+        name: bundle.model_copy(update={"created_at": now})
+        for name, bundle in running.partner_bundles.items()
+    }
+    await running.pipeline.publish(bank, partners)
+    version = ""
+    for attempt in range(30):
+        probe = running.candidate(95, event_id=f"rollback-{attempt}")
+        await send_candidates(running.settings, [probe])
+        decision = (await wait_for_decisions(running.settings, [probe.event_id]))[probe.event_id]
+        version = decision[0].model_version or ""
+        if version == "m-test":
+            assert decision[0].pd is not None
+            break
+    assert version == "m-test"
+
+
 async def test_a_partner_that_misses_the_deadline_yields_partner_unavailable(
     running: Running,
 ) -> None:

@@ -135,7 +135,15 @@ class BundleWatcher(Generic[BundleT]):
         return self.bundles.get(version)
 
     def accept(self, bundle: BundleT) -> None:
-        if bundle.model_version in self.bundles:
+        known = self.bundles.get(bundle.model_version)
+        if known is not None:
+            if bundle.created_at > known.created_at:
+                # The same version published again (a rollback): nothing to load, but it
+                # is now the newest, so it becomes the one to serve.
+                self.bundles[bundle.model_version] = bundle
+                if self.latest is None or bundle.created_at >= self.latest.created_at:
+                    self.latest = bundle
+                log.info("model bundle %s re-activated from %s", bundle.model_version, self.topic)
             return
         if self.on_bundle is not None:
             self.on_bundle(bundle)  # may raise: a bundle that cannot be loaded is not adopted
