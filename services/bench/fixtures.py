@@ -77,15 +77,20 @@ class Deployment:
         token_path = self.token_dir / f"{partner}.key"
         if not token_path.exists():
             write_secret(token_path, (new_token_key() + "\n").encode())
+        self.new_signing_key(partner)
+        return Tokenizer(b64_to_bytes(token_path.read_text().strip()))
+
+    def new_signing_key(self, partner: str) -> Path:
+        """The partner's fragment-signing key; the bank registers its public half."""
         signing = new_signing_key()
         path = self.root / "partners" / partner / "signing.pem"
         save_signing_key(signing, path)
         self.signing_keys[partner] = path
         self.partner_public_keys[partner] = public_key_b64(signing)
-        return Tokenizer(b64_to_bytes(token_path.read_text().strip()))
+        return path
 
-    def load_partner_store(self, data: PartnerData, ids: Sequence[str]) -> FeatureStore:
-        tokenizer = self.new_partner_keys(data.name)
+    def write_partner_csv(self, data: PartnerData, ids: Sequence[str]) -> Path:
+        """The partner's own data as it would export it: its ids, features, blacklist."""
         directory = self.root / "partners" / data.name
         directory.mkdir(parents=True, exist_ok=True)
         csv_path = directory / "features.csv"
@@ -95,7 +100,12 @@ class Deployment:
             for i, customer in enumerate(ids):
                 row = ["" if np.isnan(v) else repr(float(v)) for v in data.values[i]]
                 writer.writerow([customer, *row, int(data.blacklisted[i])])
-        db = directory / "features.sqlite"
+        return csv_path
+
+    def load_partner_store(self, data: PartnerData, ids: Sequence[str]) -> FeatureStore:
+        tokenizer = self.new_partner_keys(data.name)
+        csv_path = self.write_partner_csv(data, ids)
+        db = csv_path.parent / "features.sqlite"
         store = FeatureStore(db)
         store.load_csv(
             csv_path,

@@ -40,6 +40,11 @@ from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics
 
+# How much of the bank's customer base each partner holds, and how many customers it
+# has that the bank does not: the PSI keeps the first, hides the second.
+PARTNER_COVERAGE = {"repayments": 0.97, "payments": 0.94}
+PARTNER_ONLY_CUSTOMERS = 300
+
 REFERENCE_LGB = {
     "objective": "binary",
     "num_leaves": 15,
@@ -75,6 +80,8 @@ class Demo:
 
     # -- the data each party gets -------------------------------------------------
     def prepare(self) -> tuple[ds.Table, ds.Table, ds.Table, Deployment]:
+        """Each party's own files. Partners know most, not all, of the bank's customers,
+        and some the bank does not: the PSI finds the shared ones."""
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
@@ -86,14 +93,110 @@ class Demo:
         bank_columns = [ds.ID, *ds.BANK_FEATURES, ds.LABEL]
         ds.write_csv(bank_dir / "train.csv", bank_columns, train.select(bank_columns))
         ds.write_csv(bank_dir / "test.csv", bank_columns, test.select(bank_columns))
+        ds.write_csv(bank_dir / "customers.csv", [ds.ID], table.select([ds.ID]))
         deployment = Deployment.at(self.root)
+        rng = np.random.default_rng(11)
         for name, columns in ds.REFERENCE_PARTNERS.items():
-            store = deployment.load_partner_store(
-                PartnerData(name, columns, table.select(columns), ds.blacklist(table, name)),
-                table.ids,
+            known = np.sort(
+                rng.permutation(len(table.rows))[: int(len(table.rows) * PARTNER_COVERAGE[name])]
             )
-            store.close()
+            extra = rng.integers(0, len(table.rows), size=PARTNER_ONLY_CUSTOMERS)
+            values = np.vstack([table.select(columns)[known], table.select(columns)[extra]])
+            flags = np.concatenate([ds.blacklist(table, name)[known], np.zeros(len(extra), bool)])
+            ids = [table.ids[i] for i in known] + [f"{name}-only-{i}" for i in range(len(extra))]
+            deployment.write_partner_csv(PartnerData(name, columns, values, flags), ids)
+            deployment.new_signing_key(name)
         return table, train, test, deployment
+
+    async def align(self, broker: EmbeddedBroker, deployment: Deployment) -> dict[str, int]:
+        """ECDH-PSI between the bank and each partner (every side its own process), then
+        each partner loads only the shared customers under their PSI tokens."""
+        self.console.rule("private set intersection (ECDH on ristretto255, over Kafka)")
+        env = {**os.environ, **broker.env()}
+        partners = list(ds.REFERENCE_PARTNERS)
+        # The partners are other organisations: their output goes to their logs.
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        logs = {name: open(self.root / "logs" / f"align-{name}.log", "wb") for name in partners}  # noqa: SIM115
+        answering = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.cli",
+                "partner",
+                "align",
+                "--name",
+                name,
+                "--csv",
+                str(self._partner_dir(name) / "features.csv"),
+                "--id-column",
+                "ID",
+                "--secret-file",
+                str(self._partner_dir(name) / "psi.scalar"),
+                "--out",
+                str(self._partner_dir(name) / "tokens.csv"),
+                env=env,
+                stdout=logs[name],
+                stderr=subprocess.STDOUT,
+            )
+            for name in partners
+        ]
+        bank = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "align",
+            "--csv",
+            str(self.root / "bank" / "customers.csv"),
+            "--id-column",
+            "ID",
+            *(arg for name in partners for arg in ("--partner", name)),
+            "--secret-dir",
+            str(self.root / "keys" / "psi"),
+            "--out",
+            str(deployment.token_dir),
+            env=env,
+        )
+        codes = await asyncio.gather(bank.wait(), *(p.wait() for p in answering))
+        for handle in logs.values():
+            handle.close()
+        if any(codes):
+            raise RuntimeError(f"alignment failed (exit codes {codes})")
+        shared = {}
+        for name in partners:
+            directory = self._partner_dir(name)
+            loaded = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "partner",
+                    "load",
+                    "--csv",
+                    str(directory / "features.csv"),
+                    "--id-column",
+                    "ID",
+                    "--features",
+                    ",".join(ds.REFERENCE_PARTNERS[name]),
+                    "--blacklist-column",
+                    "BLACKLISTED",
+                    "--token-map",
+                    str(directory / "tokens.csv"),
+                    "--db",
+                    str(directory / "features.sqlite"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if loaded.returncode != 0:
+                raise RuntimeError(f"partner load failed for {name}: {loaded.stderr.strip()}")
+            deployment.partner_dbs[name] = directory / "features.sqlite"
+            shared[name] = len((deployment.token_dir / f"{name}.csv").read_text().splitlines()) - 1
+        return shared
+
+    def _partner_dir(self, name: str) -> Path:
+        return self.root / "partners" / name
 
     # -- the run ------------------------------------------------------------------
     async def run(self) -> DemoResult:
@@ -121,6 +224,15 @@ class Demo:
                 PipelineOptions(webhooks=True, webhook_secret=secret),
             )
             try:
+                shared = await self.align(broker, deployment)
+                c.print(
+                    "shared customers found by PSI: "
+                    + ", ".join(
+                        f"{name} {count:,} of the bank's {len(table.rows):,}"
+                        f" (+{PARTNER_ONLY_CUSTOMERS} only theirs)"
+                        for name, count in shared.items()
+                    )
+                )
                 await pipeline.start_partners()
                 c.print("partners up: " + ", ".join(partners))
                 report = self.train(broker)

@@ -32,7 +32,7 @@ from schemas import (
 from services.intake.ledger import Ledger
 from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
-from services.kernel.crypto.tokens import Tokenizer
+from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
 from services.kernel.ids import decision_id_for, new_batch_id
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.dlq import DeadLetters
@@ -78,7 +78,7 @@ class IntakeService:
     def __init__(self, settings: IntakeSettings, kafka: KafkaSettings) -> None:
         self.settings = settings
         self.kafka = kafka
-        self.tokenizers: dict[str, Tokenizer] = {}
+        self.tokenizers: dict[str, TokenSource] = {}
         self.watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=self._load_tokens)
         self.board = ReadinessBoard(kafka)
         self.ledger = Ledger(settings.recent_events)
@@ -89,11 +89,12 @@ class IntakeService:
         self.dlq: DeadLetters | None = None
 
     def _load_tokens(self, bundle: BankBundle) -> None:
-        """Refuse a bundle naming a partner we hold no token key for."""
+        """Refuse a bundle naming a partner we hold no tokens for."""
         for card in bundle.partners:
             if card.partner not in self.tokenizers:
-                path = self.settings.token_keys_dir / f"{card.partner}.key"
-                self.tokenizers[card.partner] = Tokenizer.from_file(path)
+                self.tokenizers[card.partner] = load_token_source(
+                    self.settings.token_keys_dir, card.partner
+                )
 
     def active(self) -> BankBundle | None:
         """The newest bank bundle that prescreen and every partner it names have loaded. A
@@ -207,7 +208,7 @@ class IntakeService:
             )
         )
         for partner, tokens in batch.tokens.items():
-            tokens.append(self.tokenizers[partner].token(event.customer_id))
+            tokens.append(token_or_decoy(self.tokenizers[partner], event.customer_id))
         if len(batch.candidates) >= min(bundle.packing.slots, self.settings.max_batch):
             await self.emit()
 

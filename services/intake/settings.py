@@ -12,7 +12,9 @@ class IntakeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore")
 
     token_keys_dir: Path = Field(
-        default=Path("keys/tokens"), description="Directory of <partner>.key token keys."
+        default=Path("keys/tokens"),
+        description="Per partner: <partner>.csv, the token map from `fedscreen align` (PSI), "
+        "or else <partner>.key, a keyed-HMAC token key.",
     )
     linger_ms: float = Field(default=20.0, gt=0, description="Longest a batch waits to fill.")
     max_batch: int = Field(default=512, ge=1, description="Cap below the model's slot count.")

@@ -15,7 +15,7 @@ import numpy as np
 from schemas import BankBundle, PartnerBundle, PolicyConfig
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
-from services.kernel.crypto.tokens import Tokenizer
+from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
 from services.kernel.model.rollout import publish_bundle
 from services.training.bundles import build_bundles
@@ -87,9 +87,7 @@ async def run_training(
     job: TrainJob, kafka: KafkaSettings, progress: Callable[[str, float], None] | None = None
 ) -> TrainResult:
     started = time.perf_counter()
-    tokenizers = {}
-    for partner in job.partners:
-        tokenizers[partner] = Tokenizer.from_file(job.token_keys_dir / f"{partner}.key")
+    tokenizers = {p: load_token_source(job.token_keys_dir, p) for p in job.partners}
     version = job.model_version or datetime.now(UTC).strftime("m-%Y%m%dT%H%M%S")
     session_id = f"train-{version}"
     key = generate_keypair(job.key_bits)  # a fresh key per model version

@@ -41,7 +41,7 @@ from schemas import (
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
 from services.kernel.crypto.packing import encode_weight, packing_for, unpack
 from services.kernel.crypto.paillier import PrivateKey
-from services.kernel.crypto.tokens import Tokenizer
+from services.kernel.crypto.tokens import TokenSource, token_or_decoy
 from services.kernel.model.scoring import sigmoid
 from services.training.coordinator import Coordinator
 from services.training.gradients import decode_plaintexts, encode, gradient_packing
@@ -124,7 +124,7 @@ class FederatedTrainer:
         self,
         coordinator: Coordinator,
         key: PrivateKey,
-        tokenizers: dict[str, Tokenizer],
+        tokenizers: dict[str, TokenSource],
         params: TrainParams,
         progress: Callable[[str, float], None] | None = None,
         pool: CryptoPool | None = None,
@@ -347,8 +347,8 @@ class FederatedTrainer:
                     packing=session_packing,
                     gradient_packing=self.gpack,
                     max_bins=self.params.max_bins,
-                    tokens=[self.tokenizers[k].token(i) for i in fit_ids],
-                    eval_tokens=[self.tokenizers[k].token(i) for i in eval_ids],
+                    tokens=[token_or_decoy(self.tokenizers[k], i) for i in fit_ids],
+                    eval_tokens=[token_or_decoy(self.tokenizers[k], i) for i in eval_ids],
                 )
                 for k in self.partners
             }

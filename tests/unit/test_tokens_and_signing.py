@@ -68,3 +68,19 @@ def test_signed_fragments_verify_and_tampering_is_caught(tmp_path) -> None:  # t
 def test_registry_spec_errors_are_explicit() -> None:
     with pytest.raises(ValueError, match="name=base64url"):
         PartnerKeyRegistry.parse("telco")
+
+
+def test_psi_token_maps_win_over_hmac_keys_and_outsiders_get_fresh_decoys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.kernel.crypto.tokens import load_token_source, token_or_decoy
+
+    (tmp_path / "payments.key").write_text(new_token_key())
+    hmac_source = load_token_source(tmp_path, "payments")
+    assert hmac_source.token("c1") is not None  # keyed HMAC covers everyone
+    (tmp_path / "payments.csv").write_text("customer_id,token\nc1,TOKEN-c1-aaaaaaaaaaaaaaaaa\n")
+    psi = load_token_source(tmp_path, "payments")
+    assert token_or_decoy(psi, "c1") == "TOKEN-c1-aaaaaaaaaaaaaaaaa"
+    decoys = {token_or_decoy(psi, "not-shared") for _ in range(3)}
+    assert len(decoys) == 3  # fresh each time: a partner cannot link them
+    assert all(len(d) == len(hmac_source.token("c1") or "") for d in decoys)  # token-shaped
+    with pytest.raises(ValueError, match="token key"):
+        load_token_source(tmp_path, "repayments")

@@ -76,3 +76,22 @@ class TokenMap:
                 return cls({row[0]: row[1] for row in reader if row})
         except (OSError, ValueError, IndexError) as exc:
             raise ValueError(f"cannot read token map from {path}: {exc}") from exc
+
+
+def load_token_source(directory: Path, partner: str) -> TokenSource:
+    """The bank's tokens for a partner: ``<partner>.csv`` written by ``fedscreen align``
+    (ECDH-PSI, shared customers only) when present, else the keyed-HMAC fallback
+    ``<partner>.key``."""
+    aligned = directory / f"{partner}.csv"
+    if aligned.is_file():
+        return TokenMap.from_csv(aligned)
+    return Tokenizer.from_file(directory / f"{partner}.key")
+
+
+def token_or_decoy(source: TokenSource, customer_id: str) -> str:
+    """A customer's token, or for one outside the partner's intersection a fresh random
+    decoy shaped like a token. The partner finds nothing for it (as for any customer it
+    does not hold) and cannot link decoys across requests; it learns only what it
+    already knew from the PSI: which of its own customers the bank holds."""
+    token = source.token(customer_id)
+    return token if token is not None else bytes_to_b64(secrets.token_bytes(32))
