@@ -9,7 +9,7 @@ from schemas.alignment import PsiAnswer, PsiError, PsiOffer, PsiResult
 from schemas.candidate import CandidateEvent
 from schemas.common import ReasonCode, WireModel
 from schemas.dlq import DlqEnvelope
-from schemas.federation import EncryptedFragment, FragmentRequest
+from schemas.federation import AgreementKey, EncryptedFragment, FragmentRequest
 from schemas.rollout import (
     BankBundle,
     CampaignPolicy,
@@ -58,10 +58,12 @@ MESSAGE_TYPES: tuple[type[WireModel], ...] = (
     PsiAnswer,
     PsiResult,
     PsiError,
+    AgreementKey,
 )
 
 __all__ = [
     "MESSAGE_TYPES",
+    "AgreementKey",
     "BankBundle",
     "CampaignPolicy",
     "CandidateEvent",

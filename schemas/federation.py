@@ -21,6 +21,17 @@ class FragmentRequest(WireModel):
     deadline_at: AwareDatetime
     tokens: list[Token] = Field(min_length=1, max_length=512, description="Slot s holds tokens[s].")
     attempt: int = Field(default=1, ge=1, le=16)
+    participants: list[PartnerName] = Field(
+        min_length=1,
+        max_length=64,
+        description="The partners asked for this batch and attempt: each masks its fragment "
+        "pairwise with every other one, so only the product of all their fragments decrypts.",
+    )
+    flags_only: bool = Field(
+        default=False,
+        description="Only the blacklist fields (a re-request after a partner missed the "
+        "deadline: the bank then scores on its fallback model and needs only the flags).",
+    )
 
 
 class EncryptedFragment(WireModel):
@@ -43,6 +54,12 @@ class EncryptedFragment(WireModel):
     ciphertext: B64Int | None = None
     plain_slots: list[int] | None = Field(default=None, max_length=512)
     attempt: int = Field(default=1, ge=1, le=16)
+    participants: list[PartnerName] = Field(
+        min_length=1,
+        max_length=64,
+        description="The request's participants, whose masks it carries.",
+    )
+    flags_only: bool = False
     signed_at: AwareDatetime
     signature: B64Bytes = Field(description="Ed25519 over signing_bytes(), base64url.")
 
@@ -58,6 +75,37 @@ class EncryptedFragment(WireModel):
 
     def signing_bytes(self) -> bytes:
         """Canonical bytes the partner signs: every field but the signature, in a fixed order."""
-        body = self.model_dump(mode="json", exclude={"signature"})
-        parts = [f"{name}={body[name]}" for name in sorted(body)]
-        return ("fedscreen.fragment.v1\n" + "\n".join(parts)).encode()
+        return canonical_bytes("fedscreen.fragment.v1", self.model_dump(mode="json"))
+
+
+class AgreementKey(WireModel):
+    """``fed.agreement-keys.v1`` (compacted, key: partner name): a partner's X25519 public
+    key for the pairwise masks of secure aggregation.
+
+    Signed with the partner's Ed25519 fragment-signing key, and every partner checks the
+    signature against its own registry of its peers' signing keys: whoever can write to
+    the topic (the bank, the Kafka operators, another partner) cannot substitute a key
+    whose private half it holds, which would let it strip that pair's masks. Peers keep
+    the newest key by ``created_at``, so an old message replayed cannot roll a key back.
+    """
+
+    SCHEMA_ID: ClassVar[str] = "agreement-key.v1"
+
+    partner: PartnerName
+    public_key: B64Bytes = Field(
+        min_length=43, max_length=43, description="Raw X25519 public key, base64url."
+    )
+    created_at: AwareDatetime
+    signature: B64Bytes = Field(description="Ed25519 over signing_bytes(), base64url.")
+
+    def signing_bytes(self) -> bytes:
+        return canonical_bytes("fedscreen.agreement-key.v1", self.model_dump(mode="json"))
+
+
+def canonical_bytes(domain: str, body: dict[str, object]) -> bytes:
+    """``domain`` then ``name=value`` lines for every field but ``signature``, sorted by
+    name, each value rendered with Python's ``str()`` of its JSON value (a list of names
+    reads ``['a', 'b']``). The domain line keeps a signature over one message type from
+    being valid for another, although the same key signs both."""
+    parts = [f"{name}={body[name]}" for name in sorted(body) if name != "signature"]
+    return (domain + "\n" + "\n".join(parts)).encode()

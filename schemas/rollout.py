@@ -21,19 +21,25 @@ class PackingSpec(WireModel):
     A weight w becomes the integer ``round(w * 2**frac_bits) + entry_offset`` (never
     negative). Slot s of a plaintext occupies bits ``[s*slot_bits, (s+1)*slot_bits)``;
     inside a slot, bits below ``score_bits`` hold the summed partner score and the bits
-    above hold the count of blacklist hits.
+    above hold the blacklist field. Under secure aggregation each partner puts a value
+    below ``2**flag_bits`` there (a random tag if it flags the candidate, plus its share
+    of a zero-sum mask), so the field read modulo ``2**flag_bits`` is 0 iff no partner
+    flagged the candidate; the bits above ``flag_bits`` absorb the carries of the sum.
     """
 
     frac_bits: int = Field(ge=4, le=32)
     slot_bits: int = Field(ge=16, le=128)
     score_bits: int = Field(ge=8, le=120)
+    flag_bits: int = Field(
+        ge=1, le=64, description="t: partners' blacklist tags are uniform in [1, 2^t)."
+    )
     slots: int = Field(ge=1, le=512)
     weight_clip: float = Field(gt=0, description="Every weight lies in [-clip, clip].")
 
     @model_validator(mode="after")
     def _fields_fit(self) -> PackingSpec:
-        if self.score_bits >= self.slot_bits:
-            raise ValueError("score_bits must leave room for the blacklist field")
+        if self.score_bits + self.flag_bits > self.slot_bits:
+            raise ValueError("score_bits + flag_bits must fit in slot_bits")
         return self
 
     @property

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, model_validator
 
-from schemas.common import B64Bytes, Ident, PartnerName, ReasonCode, WireModel
+from schemas.common import B64Bytes, Ident, PartnerName, ReasonCode, Token, WireModel
 
 
 class PendingCandidate(WireModel):
@@ -28,6 +28,19 @@ class PendingBatch(WireModel):
     deadline_at: AwareDatetime
     partners: list[PartnerName] = Field(min_length=1)
     candidates: list[PendingCandidate] = Field(min_length=1, max_length=512)
+    tokens: dict[PartnerName, list[Token]] = Field(
+        description="Each partner's tokens, slot by slot, as in its request: prescreen "
+        "re-requests the batch from the partners that answered when another one missed "
+        "the deadline."
+    )
+
+    @model_validator(mode="after")
+    def _tokens_match(self) -> PendingBatch:
+        if set(self.tokens) != set(self.partners) or any(
+            len(tokens) != len(self.candidates) for tokens in self.tokens.values()
+        ):
+            raise ValueError("tokens must hold one token per candidate for every partner")
+        return self
 
 
 class DeadlineTick(WireModel):
@@ -39,11 +52,14 @@ class DeadlineTick(WireModel):
     tick, however far the joiner lags. A message rather than a direct call, so the
     decision is made inside stream processing where table updates are durable. Partners
     write to this topic too, so the tick carries an HMAC under a key only the bank holds
-    (derived from the batch's Paillier private key)."""
+    (derived from the batch's Paillier private key). A batch re-requested from the
+    partners that answered has a second deadline: the tick names the attempt it ends, so
+    a stale tick of the first attempt cannot end the second."""
 
     SCHEMA_ID: ClassVar[str] = "deadline-tick.v1"
 
     batch_id: Ident
+    attempt: int = Field(default=1, ge=1, le=16)
     fired_at: AwareDatetime
     mac: B64Bytes
 

@@ -9,7 +9,9 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    keys = typer.Typer(help="Generate keys: Paillier (bank), signing (partner), token (shared).")
+    keys = typer.Typer(
+        help="Generate keys: Paillier (bank), signing and agreement (partner), token (shared)."
+    )
     app.add_typer(keys, name="keys")
 
     @keys.command("paillier")
@@ -32,6 +34,22 @@ def register(app: typer.Typer) -> None:
         key = new_signing_key()
         save_signing_key(key, out)
         typer.echo(public_key_b64(key))
+
+    @keys.command("agreement")
+    def agreement(
+        out: Annotated[Path, typer.Option(help="PEM file for the private key (mode 0600).")],
+    ) -> None:
+        """A partner's X25519 key for secure aggregation; prints the public key. The partner
+        publishes it itself (signed) on fed.agreement-keys.v1 when it starts."""
+        from services.partner.agreement import (
+            agreement_public_b64,
+            new_agreement_key,
+            save_agreement_key,
+        )
+
+        key = new_agreement_key()
+        save_agreement_key(key, out)
+        typer.echo(agreement_public_b64(key))
 
     @keys.command("token")
     def token(out: Annotated[Path, typer.Option(help="File for the shared token key.")]) -> None:

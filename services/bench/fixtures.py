@@ -3,7 +3,8 @@
 A harness (never a service) sees every party's data, so it can fit bins and a quick
 scorecard directly: per-bin log-odds shrunk by the feature count, then a bank
 LightGBM on top. Everything else is real: keys, partner SQLite stores keyed by
-tokens, private binnings saved in those stores, encrypted tables, bundles, policy.
+tokens, private binnings saved in those stores, encrypted tables, bundles, policy,
+and each partner's signing and agreement keys (secure aggregation is on).
 The demo trains with the real federated protocol instead (``fedscreen train``).
 """
 
@@ -20,15 +21,28 @@ import numpy as np
 
 from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
 from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
-from services.kernel.crypto.packing import encode_weight, packing_for
+from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, encode_weight, packing_for
 from services.kernel.crypto.paillier import (
     PrivateKey,
     generate_keypair,
     save_private_key,
     write_secret,
 )
-from services.kernel.crypto.signing import new_signing_key, public_key_b64, save_signing_key
+from services.kernel.crypto.signing import (
+    PartnerKeyRegistry,
+    load_signing_key,
+    new_signing_key,
+    public_key_b64,
+    save_signing_key,
+)
 from services.kernel.crypto.tokens import Tokenizer, new_token_key
+from services.partner.agreement import (
+    PeerDirectory,
+    announcement,
+    load_agreement_key,
+    new_agreement_key,
+    save_agreement_key,
+)
 from services.partner.binning import Binning
 from services.partner.serving import PLAINTEXT_KEY_ID
 from services.partner.store import FeatureStore
@@ -60,6 +74,7 @@ class Deployment:
     partner_dbs: dict[str, Path] = field(default_factory=dict)
     signing_keys: dict[str, Path] = field(default_factory=dict)
     partner_public_keys: dict[str, str] = field(default_factory=dict)
+    agreement_keys: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def at(cls, root: Path) -> Deployment:
@@ -88,6 +103,28 @@ class Deployment:
         self.signing_keys[partner] = path
         self.partner_public_keys[partner] = public_key_b64(signing)
         return path
+
+    def agreement_key(self, partner: str) -> Path:
+        """The partner's X25519 key file for secure aggregation, made on first use."""
+        if partner not in self.agreement_keys:
+            path = self.root / "partners" / partner / "agreement.pem"
+            save_agreement_key(new_agreement_key(), path)
+            self.agreement_keys[partner] = path
+        return self.agreement_keys[partner]
+
+    def peer_directory(self, partner: str) -> PeerDirectory:
+        """What ``partner``'s process would hold once it has read every other partner's
+        signed agreement key from fed.agreement-keys.v1 (for in-process tests)."""
+        directory = PeerDirectory(
+            partner,
+            load_agreement_key(self.agreement_key(partner)),
+            PartnerKeyRegistry.parse(self.registry_spec),
+        )
+        now = datetime.now(UTC)
+        for peer, signing_path in self.signing_keys.items():
+            key = load_agreement_key(self.agreement_key(peer))
+            directory.offer(announcement(peer, key, load_signing_key(signing_path), now))
+        return directory
 
     def write_partner_csv(self, data: PartnerData, ids: Sequence[str]) -> Path:
         """The partner's own data as it would export it: its ids, features, blacklist."""
@@ -145,6 +182,7 @@ def build_quick_model(
     plaintext: bool = False,
     max_bins: int = 16,
     trees: int = 60,
+    flag_bits: int = DEFAULT_FLAG_BITS,
 ) -> tuple[BankBundle, dict[str, PartnerBundle], PrivateKey | None]:
     key = None if plaintext else generate_keypair(key_bits)
     if key is not None:
@@ -166,7 +204,11 @@ def build_quick_model(
                 partner=data.name, bins_per_feature=binning.bins_per_feature, weights=weights
             )
         )
-    packing = packing_for(key.public.bits if key else key_bits, [len(p.features) for p in partners])
+    packing = packing_for(
+        key.public.bits if key else key_bits,
+        [len(p.features) for p in partners],
+        flag_bits=flag_bits,
+    )
     params = {"objective": "binary", "num_leaves": 15, "learning_rate": 0.1, "verbose": -1}
     booster = lgb.train(
         params, lgb.Dataset(bank.values, bank.labels, init_score=partner_scores), trees

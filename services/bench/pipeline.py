@@ -23,6 +23,7 @@ class PipelineOptions:
     plaintext: bool = False
     linger_ms: float = 20.0
     deadline_ms: float = 3000.0
+    retry_deadline_ms: float = 1000.0
     webhooks: bool = False
     webhook_secret: str | None = None
     receiver_port: int = field(default_factory=free_port)
@@ -79,6 +80,10 @@ class Pipeline:
                     "PARTNER_NAME": partner,
                     "PARTNER_DB": str(d.partner_dbs[partner]),
                     "PARTNER_SIGNING_KEY_FILE": str(d.signing_keys[partner]),
+                    # Secure aggregation: each partner's X25519 key, and the signing keys
+                    # its peers' agreement keys must verify under.
+                    "PARTNER_AGREEMENT_KEY_FILE": str(d.agreement_key(partner)),
+                    "PARTNER_PEER_SIGNING_KEYS": d.registry_spec,
                     "PARTNER_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
                 },
             )
@@ -99,6 +104,7 @@ class Pipeline:
                 "PRESCREEN_PARTNER_KEYS": d.registry_spec,
                 "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
                 "PRESCREEN_DATA_DIR": str(d.root / "prescreen-data"),
+                "PRESCREEN_RETRY_DEADLINE_MS": str(o.retry_deadline_ms),
             },
         )
         if o.webhooks:

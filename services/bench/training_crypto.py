@@ -130,7 +130,8 @@ def fedscreen_round(key: PrivateKey, fit_rows: int, scored_rows: int, seed: int)
     y = (rng.random(fit_rows) < 0.22).astype(float)
     plaintexts = encode(spec, prob - y, prob * (1 - prob))
     gradients, encrypt_s = _timed(key.encrypt_many, plaintexts)
-    packing = packing_for(pk.bits, [len(b) for b in PARTNER_BINS.values()])
+    # Training's scores carry no blacklist field (the trainer's session layout: flag_bits=1).
+    packing = packing_for(pk.bits, [len(b) for b in PARTNER_BINS.values()], flag_bits=1)
     seconds = dict.fromkeys(STEPS, 0.0)
     seconds["bank: encrypt gradients"] = encrypt_s
     for bins in PARTNER_BINS.values():

@@ -91,7 +91,7 @@ def load_partner(
     """Partner ``name``'s own CSV (ids and its columns), loaded into its own SQLite store
     under its own token key, as ``fedscreen partner load`` would (and
     ``Deployment.load_partner_store`` does, with the caller's id column kept)."""
-    tokenizer = deployment.new_partner_keys(name)  # token key shared with the bank; signing key
+    tokenizer = deployment.new_partner_keys(name)  # token key shared with the bank; own keys
     directory = deployment.root / "partners" / name
     csv_path, db = directory / "features.csv", directory / "features.sqlite"
     write_party_csv(csv_path, data, id_column, columns, np.arange(len(data.ids)))

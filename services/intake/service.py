@@ -229,8 +229,12 @@ class IntakeService:
             deadline_at=deadline,
             partners=list(batch.tokens),
             candidates=batch.candidates,
+            # Kept for prescreen: it re-requests the batch from the partners that answered
+            # when another one misses the deadline.
+            tokens=batch.tokens,
         )
         await self.producer.send(PENDING, key=key, value=pending.model_dump_json().encode())
+        participants = sorted(batch.tokens)
         for partner, tokens in batch.tokens.items():
             request = FragmentRequest.model_construct(
                 batch_id=batch_id,
@@ -240,6 +244,8 @@ class IntakeService:
                 deadline_at=deadline,
                 tokens=tokens,
                 attempt=1,
+                participants=participants,
+                flags_only=False,
             )
             await self.producer.send(
                 requests_topic(partner), key=key, value=request.model_dump_json().encode()

@@ -23,6 +23,10 @@ CRYPTO_SECONDS = Histogram(
 PARTNER_TIMEOUTS = Counter(
     "fedscreen_partner_timeouts_total", "Batches a partner missed", ["partner"]
 )
+BATCH_REREQUESTS = Counter(
+    "fedscreen_batch_rerequests_total",
+    "Batches re-requested from the partners that answered, after another missed the deadline",
+)
 WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
 
 

@@ -1,4 +1,5 @@
-"""The partner process: fragment serving, the training worker and model rollouts."""
+"""The partner process: fragment serving, the training worker, model rollouts and the
+agreement keys of secure aggregation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from schemas import FragmentRequest, PartnerBundle, TrainError
 from schemas.training import TO_PARTNER
 from services.kernel.config import KafkaSettings
-from services.kernel.crypto.signing import load_signing_key
+from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.dlq import DeadLetters
@@ -26,6 +27,7 @@ from services.kernel.kafka.topics import (
 from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, start_http
 from services.kernel.model.rollout import BundleWatcher, announce_ready
+from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
 from services.partner.serving import FragmentServer, ModelCache, RequestError
 from services.partner.settings import PartnerSettings
 from services.partner.store import FeatureStore
@@ -43,8 +45,24 @@ class PartnerService:
         self.cache = ModelCache(
             self.store, partner=self.name, allow_plaintext=settings.allow_plaintext
         )
+        self.signing_key = load_signing_key(settings.signing_key_file)
+        self.agreement_key = load_agreement_key(settings.agreement_key_file)
+        self.peers = PeerDirectory(
+            self.name, self.agreement_key, PartnerKeyRegistry.parse(settings.peer_signing_keys)
+        )
+        if not self.peers.registered:
+            log.warning(
+                "PARTNER_PEER_SIGNING_KEYS names no other partner: %s can answer only "
+                "batches it is alone in",
+                self.name,
+            )
         self.server = FragmentServer(
-            self.name, self.store, self.cache, load_signing_key(settings.signing_key_file)
+            self.name,
+            self.store,
+            self.cache,
+            self.signing_key,
+            self.peers,
+            min_participants=settings.min_participants,
         )
         self.trainer = TrainingWorker(self.name, self.store, settings.max_bins)
         self.watcher = BundleWatcher(
@@ -61,6 +79,8 @@ class PartnerService:
         producer = make_producer(self.kafka)
         await producer.start()
         dlq = DeadLetters(producer, self.service_name)
+        # Published on every start (newest wins), before any request can need it.
+        await publish_agreement_key(producer, self.name, self.agreement_key, self.signing_key)
 
         async def ready(version: str) -> None:
             await announce_ready(producer, self.name, version)
@@ -86,6 +106,7 @@ class PartnerService:
         try:
             await run_until_stopped(
                 self.watcher.run(),
+                self.peers.follow(self.kafka),
                 self.serve(requests, producer, dlq),
                 self.train(training, producer, dlq),
             )
@@ -129,6 +150,14 @@ class PartnerService:
             )
         except RequestError as exc:
             await dlq.send(record, exc.reason, exc)  # type: ignore[arg-type]
+            return
+        if datetime.now(UTC) >= request.deadline_at:
+            # Too late to count. Sent anyway, a first attempt's fragment arriving after the
+            # bank re-requested the batch from the others would let it subtract their
+            # answers from the complete first attempt and read this partner's flags.
+            log.info(
+                "dropping fragment for batch %s: finished after its deadline", request.batch_id
+            )
             return
         await producer.send(
             FRAGMENTS, key=request.batch_id.encode(), value=fragment.model_dump_json().encode()

@@ -1,5 +1,6 @@
 """Answer a fragment request: look tokens up, bin them privately, add the pre-shifted
-encrypted table entries slot by slot, re-randomise, sign."""
+encrypted table entries slot by slot, add the blacklist tags and the pairwise masks of
+secure aggregation, re-randomise, sign."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import EncryptedFragment, FragmentRequest, PartnerBundle
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
-from services.kernel.crypto.packing import FragmentTables, PlainTables
+from services.kernel.crypto.masking import MaskContext, fragment_addend
+from services.kernel.crypto.packing import FragmentTables, PlainTables, slot_value
 from services.kernel.crypto.paillier import PublicKey
 from services.kernel.crypto.signing import sign
 from services.kernel.metrics import CRYPTO_SECONDS
+from services.partner.agreement import PeerDirectory, UnknownPeerError
 from services.partner.binning import Binning
 from services.partner.store import FeatureStore
 
@@ -130,16 +133,27 @@ class ModelCache:
 
 class FragmentServer:
     def __init__(
-        self, partner: str, store: FeatureStore, cache: ModelCache, signing_key: Ed25519PrivateKey
+        self,
+        partner: str,
+        store: FeatureStore,
+        cache: ModelCache,
+        signing_key: Ed25519PrivateKey,
+        peers: PeerDirectory,
+        *,
+        min_participants: int = 1,
     ) -> None:
         self.partner = partner
         self.store = store
         self.cache = cache
         self.signing_key = signing_key
+        self.peers = peers
+        self.min_participants = min_participants
 
     async def answer(self, request: FragmentRequest, wait_s: float) -> EncryptedFragment:
         if request.partner != self.partner:
             raise RequestError("wrong-partner", f"request for {request.partner!r}")
+        participants = self.participants(request)
+        started = time.monotonic()
         model = await self.cache.get(request.model_version, wait_s)
         if model is None:
             raise RequestError(
@@ -150,20 +164,69 @@ class FragmentServer:
                 "too-many-slots",
                 f"{len(request.tokens)} tokens for {model.bundle.packing.slots} slots",
             )
+        # A peer's key may still be on its way right after a start: wait, within budget.
+        waited = time.monotonic() - started
+        missing = await self.peers.wait_for(participants, max(0.0, wait_s - waited))
+        if missing:
+            raise RequestError("no-agreement-key", f"no agreement key from {missing} yet")
         return self.compute(request, model)
 
+    def participants(self, request: FragmentRequest) -> list[str]:
+        """The request's participants, sorted, once they are acceptable: masking for a
+        list that lacks this partner or names a partner outside its registry would pair
+        masks with nobody, or with a key the bank may hold."""
+        names = request.participants
+        if self.partner not in names:
+            raise RequestError("bad-participants", f"participants {names} lack {self.partner!r}")
+        if len(set(names)) != len(names):
+            raise RequestError("bad-participants", f"participants {names} repeat a name")
+        unknown = sorted(set(names) - self.peers.registered - {self.partner})
+        if unknown:
+            raise RequestError("bad-participants", f"unregistered participants {unknown}")
+        if len(names) < self.min_participants:
+            raise RequestError(
+                "too-few-participants",
+                f"{len(names)} participants, this partner needs {self.min_participants}",
+            )
+        return sorted(names)
+
     def compute(self, request: FragmentRequest, model: LoadedModel) -> EncryptedFragment:
+        participants = self.participants(request)
         values, flags = self.store.lookup(request.tokens)
-        rows = model.binning.transform(values).tolist()
+        # A flags-only re-request needs no bins: its score fields stay empty.
+        rows = [] if request.flags_only else model.binning.transform(values).tolist()
         hits = flags.tolist()
+        spec = model.bundle.packing
         started = time.perf_counter()
         payload: dict[str, object]
         if isinstance(model.tables, FragmentTables):
+            context = MaskContext(
+                batch_id=request.batch_id,
+                attempt=request.attempt,
+                participants=tuple(participants),
+                flags_only=request.flags_only,
+                slot_count=len(request.tokens),
+                flag_bits=spec.flag_bits,
+                modulus=int(model.tables.public_key.n),
+            )
+            try:
+                seeds = self.peers.seeds_for(participants)
+            except UnknownPeerError as exc:
+                raise RequestError(
+                    "no-agreement-key", f"no agreement key from {exc.names}"
+                ) from exc
+            addend = fragment_addend(spec, context, self.partner, seeds, self.peers.tag_seed, hits)
             payload = {
                 "mode": "paillier",
-                "ciphertext": int_to_b64(model.tables.fragment(rows, hits)),
+                "ciphertext": int_to_b64(model.tables.fragment(rows, addend=addend)),
+            }
+        elif request.flags_only:
+            payload = {
+                "mode": "plaintext",
+                "plain_slots": [slot_value(spec, 0, int(h)) for h in hits],
             }
         else:
+            # Benchmark-only crypto-off mode: no masks, hits counted (docs/protocol.md).
             payload = {"mode": "plaintext", "plain_slots": model.tables.fragment(rows, hits)}
         CRYPTO_SECONDS.labels(service="partner", operation="fragment").observe(
             time.perf_counter() - started
@@ -176,6 +239,8 @@ class FragmentServer:
                 "key_id": model.bundle.key_id,
                 "slot_count": len(request.tokens),
                 "attempt": request.attempt,
+                "participants": participants,
+                "flags_only": request.flags_only,
                 "signed_at": datetime.now(UTC),
                 "signature": "",
                 **payload,

@@ -130,6 +130,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         allow_plaintext=settings.allow_plaintext,
         orphan_fragment_s=settings.orphan_fragment_s,
         decided_retention_s=settings.decided_retention_s,
+        retry_deadline_s=settings.retry_deadline_ms / 1000.0,
     )
 
     @app.agent(inputs)
@@ -156,16 +157,18 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
 
     @app.timer(settings.deadline_check_s)
     async def expire() -> None:
-        ticked: set[str] = state["ticked"]
+        # (batch id, attempt): a re-requested batch gets a tick for its second deadline.
+        ticked: set[tuple[str, int]] = state["ticked"]
         due = joiner.expired(time.time())
-        for batch_id in due:
-            if batch_id not in ticked and (tick := joiner.tick_for(batch_id)) is not None:
+        for batch_id, attempt in due:
+            if (batch_id, attempt) not in ticked and (tick := joiner.tick_for(batch_id, attempt)):
                 # Into the batch's fragment partition: behind every on-time fragment.
                 await fragments.send(
                     key=batch_id.encode(), value=tick, headers=[(KIND_HEADER, TICK_KIND)]
                 )
-                ticked.add(batch_id)
-        ticked.intersection_update(batches.keys())
+                ticked.add((batch_id, attempt))
+        live = set(batches.keys())
+        state["ticked"] = {t for t in ticked if t[0] in live}
 
     def ready() -> bool:
         """A model is rolled out, partitions are assigned and tables are recovered."""

@@ -3,7 +3,16 @@
 State lives in faust tables keyed by batch id (``batches``, ``decided``, ``quota``);
 this class holds the logic and is given the tables and a send function, so it runs
 the same inside the faust agent and in unit tests. A batch is decided exactly once:
-when every expected partner answered, or when its deadline tick arrives.
+when every participant of its current attempt answered, or when that attempt's
+deadline tick arrives.
+
+Fragments are masked pairwise (secure aggregation): only the product of *all* the
+participants' fragments of one attempt decrypts to something meaningful. So when a
+partner misses the first deadline and the policy would still use the others' answers
+(``deadline_outcome = "fallback"``: their blacklist flags), the batch is re-requested,
+flags only, from the partners that answered (attempt 2, masked among them alone) and
+decided when they all answer again or at the second deadline. Fragments of different
+attempts are never multiplied together.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -28,6 +37,7 @@ from schemas import (
     DeadlineTick,
     Decision,
     EncryptedFragment,
+    FragmentRequest,
     PendingBatch,
     ReasonCode,
     Release,
@@ -37,8 +47,8 @@ from services.kernel.crypto.packing import PackingOverflowError, combine_plain, 
 from services.kernel.crypto.paillier import CiphertextError, PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError
 from services.kernel.ids import decision_id_for
-from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
-from services.kernel.metrics import CRYPTO_SECONDS, PARTNER_TIMEOUTS
+from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES, requests_topic
+from services.kernel.metrics import BATCH_REREQUESTS, CRYPTO_SECONDS, PARTNER_TIMEOUTS
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
 from services.prescreen.policy import Screening, Verdict, decide, quota_share
@@ -60,8 +70,9 @@ class RejectedInputError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Joined:
     partner_score: np.ndarray | None
-    hits: np.ndarray
-    missing: list[str]
+    """The aggregate partner score, when every partner of the batch is in the sum."""
+    flagged: np.ndarray
+    """Per candidate: some partner in the sum flagged it."""
 
 
 class Joiner:
@@ -79,6 +90,7 @@ class Joiner:
         allow_plaintext: bool = False,
         orphan_fragment_s: float = 60.0,
         decided_retention_s: float = 3600.0,
+        retry_deadline_s: float = 1.0,
     ) -> None:
         self.batches = batches
         self.decided = decided
@@ -91,6 +103,7 @@ class Joiner:
         self.allow_plaintext = allow_plaintext
         self.orphan_fragment_s = orphan_fragment_s
         self.decided_retention_s = decided_retention_s
+        self.retry_deadline_s = retry_deadline_s
         self._events_since_sweep = 0
         # For batches no private key can sign ticks for (plaintext benchmark mode, or a
         # model this instance does not hold): the instance that owns a partition both
@@ -149,10 +162,21 @@ class Joiner:
             return
         self._check_fragment(fragment)
         state = self.batches.get(fragment.batch_id) or self._new_state(partition)
-        fragments = dict(state["f"])
-        if fragment.partner in fragments:
+        if fragment.attempt < state.get("a", 1):
+            # Its attempt was re-requested already: it could only ever be combined with
+            # fragments of its own attempt, which are gone.
+            log.info(
+                "late fragment from %s for attempt %d of batch %s",
+                fragment.partner,
+                fragment.attempt,
+                fragment.batch_id,
+            )
+            return
+        fragments = {attempt: dict(by) for attempt, by in state["f"].items()}
+        current = fragments.setdefault(str(fragment.attempt), {})
+        if fragment.partner in current:
             return  # duplicate delivery
-        fragments[fragment.partner] = fragment.model_dump_json()
+        current[fragment.partner] = fragment.model_dump_json()
         state["f"] = fragments
         self.batches[fragment.batch_id] = state
         await self._maybe_decide(fragment.batch_id, state)
@@ -162,13 +186,18 @@ class Joiner:
         if state is None or tick.batch_id in self.decided:
             return
         secret = self._tick_secret(tick.batch_id, state)
-        if not hmac.compare_digest(tick.mac, tick_mac(secret, tick.batch_id, tick.fired_at)):
+        expected = tick_mac(secret, tick.batch_id, tick.attempt, tick.fired_at)
+        if not hmac.compare_digest(tick.mac, expected):
             raise RejectedInputError("bad-tick", f"deadline tick for {tick.batch_id} not ours")
+        if tick.attempt != state.get("a", 1):
+            return  # a redelivered tick of an attempt that has been re-requested since
         if state.get("p") is None:
             log.warning(
                 "dropping fragments of batch %s: its pending record never came", tick.batch_id
             )
             del self.batches[tick.batch_id]
+            return
+        if await self._rerequest(tick.batch_id, state):
             return
         await self._decide(tick.batch_id, state)
 
@@ -200,15 +229,85 @@ class Joiner:
 
     @staticmethod
     def _new_state(partition: int) -> dict[str, Any]:
-        return {"p": None, "f": {}, "d": None, "part": partition, "seen": time.time()}
+        """``f``: fragment JSON by attempt ("1", "2") and partner; ``a``: the current
+        attempt; ``parts``: its participants (None: every partner of the batch)."""
+        return {
+            "p": None,
+            "f": {},
+            "a": 1,
+            "parts": None,
+            "d": None,
+            "part": partition,
+            "seen": time.time(),
+        }
+
+    @staticmethod
+    def _participants(pending: PendingBatch, state: dict[str, Any]) -> list[str]:
+        return list(state.get("parts") or pending.partners)
+
+    @staticmethod
+    def _fragments(state: dict[str, Any]) -> dict[str, EncryptedFragment]:
+        """The current attempt's fragments."""
+        texts = state["f"].get(str(state.get("a", 1)), {})
+        return {name: EncryptedFragment.model_validate_json(t) for name, t in texts.items()}
 
     # -- deciding -------------------------------------------------------------
     async def _maybe_decide(self, batch_id: str, state: dict[str, Any]) -> None:
         if state.get("p") is None:
             return
         pending = self._pending_of(batch_id, state)
-        if set(pending.partners) <= set(state["f"]):
+        answered = state["f"].get(str(state.get("a", 1)), {})
+        if set(self._participants(pending, state)) <= set(answered):
             await self._decide(batch_id, state, pending=pending)
+
+    async def _rerequest(self, batch_id: str, state: dict[str, Any]) -> bool:
+        """At the first deadline, with some partners missing: ask the ones that answered
+        again, flags only, with masks among themselves alone. Not done when their answers
+        would not change the decision (``deadline_outcome = "suppress"`` suppresses every
+        candidate anyway) or need no re-request (plaintext mode has no masks): asking
+        again would only make them reveal more, a single survivor its flags in the clear."""
+        if self.retry_deadline_s <= 0 or state.get("a", 1) != 1:
+            return False
+        pending = self._pending_of(batch_id, state)
+        loaded = self.bundle_for(pending.model_version)
+        if loaded is None or loaded[0].policy.deadline_outcome != "fallback":
+            return False
+        bundle = loaded[0]
+        participants = self._participants(pending, state)
+        usable = self._usable(pending, self._fragments(state), participants, 1, bundle)
+        answered = sorted(usable)
+        if not answered or len(answered) == len(participants):
+            return False
+        if any(f.mode == "plaintext" for f in usable.values()):
+            return False
+        now = datetime.now(UTC)
+        deadline = max(now, pending.deadline_at) + timedelta(seconds=self.retry_deadline_s)
+        for partner in answered:
+            request = FragmentRequest.model_construct(
+                batch_id=batch_id,
+                partner=partner,
+                model_version=pending.model_version,
+                created_at=now,
+                deadline_at=deadline,
+                tokens=pending.tokens[partner],
+                attempt=2,
+                participants=answered,
+                flags_only=True,
+            )
+            await self.send(
+                requests_topic(partner), batch_id.encode(), request.model_dump_json().encode()
+            )
+        state["a"], state["parts"], state["d"] = 2, answered, deadline.timestamp()
+        state["f"] = {"2": dict(state["f"].get("2", {}))}  # attempt 1 is never used again
+        self.batches[batch_id] = state
+        BATCH_REREQUESTS.inc()
+        log.info(
+            "batch %s: %s missed the deadline, re-requested from %s",
+            batch_id,
+            sorted(set(participants) - set(answered)),
+            answered,
+        )
+        return True
 
     async def _decide(
         self,
@@ -218,9 +317,9 @@ class Joiner:
     ) -> None:
         pending = pending or self._pending_of(batch_id, state)
         self._pending.pop(batch_id, None)
-        fragments = {
-            name: EncryptedFragment.model_validate_json(text) for name, text in state["f"].items()
-        }
+        fragments = self._fragments(state)
+        participants = self._participants(pending, state)
+        attempt = int(state.get("a", 1))
         now = datetime.now(UTC)
         loaded = self.bundle_for(pending.model_version)
         missing: list[str] = []
@@ -230,59 +329,89 @@ class Joiner:
             bundle = None
         else:
             bundle, scorer = loaded
-            screenings, missing = self._screen(pending, fragments, bundle, scorer)
+            screenings, missing = self._screen(
+                pending, fragments, participants, attempt, bundle, scorer
+            )
         await self._emit(pending, screenings, missing, bundle, now, state["part"])
         del self.batches[batch_id]
         self.decided[batch_id] = [now.timestamp(), state["part"]]
+
+    @staticmethod
+    def _usable(
+        pending: PendingBatch,
+        fragments: dict[str, EncryptedFragment],
+        participants: list[str],
+        attempt: int,
+        bundle: BankBundle,
+    ) -> dict[str, EncryptedFragment]:
+        """The fragments that may enter the product: for this batch's model, size and key,
+        of this attempt, masked for exactly its participants (prescreen's own re-requests
+        are the only later attempts, and they are flags-only)."""
+        n = len(pending.candidates)
+        return {
+            name: f
+            for name, f in fragments.items()
+            if name in participants
+            and f.model_version == pending.model_version
+            and f.slot_count == n
+            and (f.mode == "plaintext" or f.key_id == bundle.key_id)
+            and f.attempt == attempt
+            and sorted(f.participants) == sorted(participants)
+            and f.flags_only == (attempt > 1)
+        }
 
     def _screen(
         self,
         pending: PendingBatch,
         fragments: dict[str, EncryptedFragment],
+        participants: list[str],
+        attempt: int,
         bundle: BankBundle,
         scorer: BankScorer,
     ) -> tuple[list[Screening], list[str]]:
         n = len(pending.candidates)
-        usable = {
-            name: f
-            for name, f in fragments.items()
-            if name in pending.partners
-            and f.model_version == pending.model_version
-            and f.slot_count == n
-            and (f.mode == "plaintext" or f.key_id == bundle.key_id)
-        }
+        usable = self._usable(pending, fragments, participants, attempt, bundle)
         missing = [p for p in pending.partners if p not in usable]
+        joined = None
+        plaintext_mode = bool(usable) and all(f.mode == "plaintext" for f in usable.values())
+        # The masks cancel only in the product of every participant's fragment: a partial
+        # product decrypts to noise, so it is not even tried (no flags from it apply).
+        if usable and (plaintext_mode or set(usable) == set(participants)):
+            joined = self._join(pending, usable, attempt > 1, bundle, scorer)
+            if joined is None:
+                missing = list(pending.partners)  # undecodable: nobody's answer counts
+        flagged = joined.flagged if joined is not None else np.zeros(n, dtype=bool)
         for partner in missing:
             PARTNER_TIMEOUTS.labels(partner=partner).inc()
-        joined = self._join(pending, usable, bundle, scorer) if usable else None
-        hits = joined.hits if joined is not None else np.zeros(n, dtype=np.int64)
         x_bank = scorer.matrix([c.features for c in pending.candidates])
         if not missing and joined is not None and joined.partner_score is not None:
             pds = scorer.score(x_bank, joined.partner_score)
-            return [Screening(float(pd), bool(h)) for pd, h in zip(pds, hits, strict=True)], []
-        missing = missing or [p for p in pending.partners]  # undecodable fragments
+            return [Screening(float(pd), bool(f)) for pd, f in zip(pds, flagged, strict=True)], []
         if bundle.policy.deadline_outcome == "fallback":
             pds = scorer.score_fallback(x_bank)
             screenings = [
-                Screening(float(pd), bool(h), degraded=True, partner_unavailable=True)
-                for pd, h in zip(pds, hits, strict=True)
+                Screening(float(pd), bool(f), degraded=True, partner_unavailable=True)
+                for pd, f in zip(pds, flagged, strict=True)
             ]
         else:
-            screenings = [Screening(None, bool(h), partner_unavailable=True) for h in hits]
+            screenings = [Screening(None, bool(f), partner_unavailable=True) for f in flagged]
         return screenings, missing
 
     def _join(
         self,
         pending: PendingBatch,
         fragments: dict[str, EncryptedFragment],
+        flags_only: bool,
         bundle: BankBundle,
         scorer: BankScorer,
     ) -> Joined | None:
+        """Multiply the fragments, decrypt once, unpack; None if the sum does not decode."""
+        plaintext_mode = all(f.mode == "plaintext" for f in fragments.values())
         n = len(pending.candidates)
-        features = {p: scorer.features_per_partner[p] for p in fragments}
+        features = {p: 0 if flags_only else scorer.features_per_partner[p] for p in fragments}
         started = time.perf_counter()
         try:
-            if all(f.mode == "plaintext" for f in fragments.values()):
+            if plaintext_mode:
                 plaintext = combine_plain(
                     bundle.packing, [f.plain_slots or [] for f in fragments.values()]
                 )
@@ -305,10 +434,10 @@ class Joiner:
             CRYPTO_SECONDS.labels(service="prescreen", operation="join").observe(
                 time.perf_counter() - started
             )
-        hits = np.array([s.blacklist_hits for s in slots], dtype=np.int64)
-        complete = set(fragments) == set(pending.partners)
+        flagged = np.array([s.flagged for s in slots], dtype=bool)
+        complete = not flags_only and set(fragments) == set(pending.partners)
         score = np.array([s.partner_score for s in slots]) if complete else None
-        return Joined(score, hits, [p for p in pending.partners if p not in fragments])
+        return Joined(score, flagged)
 
     async def _emit(
         self,
@@ -379,7 +508,8 @@ class Joiner:
             loaded = self.bundle_for(self._pending_of(batch_id, state).model_version)
             key_id = loaded[0].key_id if loaded is not None else None
         else:
-            key_id = next((json.loads(f)["key_id"] for f in state["f"].values()), None)
+            texts = (text for by in state["f"].values() for text in by.values())
+            key_id = next((json.loads(text)["key_id"] for text in texts), None)
         key = self.private_keys.get(key_id) if key_id is not None else None
         if key is None:
             return self._fallback_tick_secret
@@ -387,25 +517,29 @@ class Joiner:
             b"fedscreen-deadline-tick|" + int(key.p).to_bytes(512, "big")
         ).digest()
 
-    def tick_for(self, batch_id: str) -> bytes | None:
-        """A signed deadline tick for the batch (None if the batch is gone)."""
+    def tick_for(self, batch_id: str, attempt: int = 1) -> bytes | None:
+        """A signed deadline tick for this attempt of the batch (None if the batch is gone
+        or has moved on to another attempt since :meth:`expired` listed it)."""
         state = self.batches.get(batch_id)
-        if state is None:
+        if state is None or int(state.get("a", 1)) != attempt:
             return None
         fired = datetime.now(UTC)
-        mac = tick_mac(self._tick_secret(batch_id, state), batch_id, fired)
-        return DeadlineTick(batch_id=batch_id, fired_at=fired, mac=mac).model_dump_json().encode()
+        mac = tick_mac(self._tick_secret(batch_id, state), batch_id, attempt, fired)
+        tick = DeadlineTick(batch_id=batch_id, attempt=attempt, fired_at=fired, mac=mac)
+        return tick.model_dump_json().encode()
 
     # -- housekeeping -----------------------------------------------------------
-    def expired(self, now: float) -> list[str]:
-        """Batches whose deadline passed (or orphan fragments that aged out)."""
+    def expired(self, now: float) -> list[tuple[str, int]]:
+        """(batch id, attempt) of every attempt whose deadline passed (or of orphan
+        fragments that aged out)."""
         due = []
         for batch_id, state in list(self.batches.items()):
+            attempt = int(state.get("a", 1))
             if state.get("d") is not None:
                 if now >= state["d"]:
-                    due.append(batch_id)
+                    due.append((batch_id, attempt))
             elif now - state.get("seen", now) >= self.orphan_fragment_s:
-                due.append(batch_id)
+                due.append((batch_id, attempt))
         return due
 
     def sweep(self, partition: int) -> None:
@@ -421,6 +555,6 @@ KIND_HEADER = "fedscreen-kind"
 TICK_KIND = b"deadline-tick"
 
 
-def tick_mac(secret: bytes, batch_id: str, fired_at: datetime) -> str:
-    message = f"{batch_id}|{fired_at.isoformat()}".encode()
+def tick_mac(secret: bytes, batch_id: str, attempt: int, fired_at: datetime) -> str:
+    message = f"{batch_id}|{attempt}|{fired_at.isoformat()}".encode()
     return bytes_to_b64(hmac.new(secret, message, hashlib.sha256).digest())

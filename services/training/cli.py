@@ -38,6 +38,16 @@ def register(app: typer.Typer) -> None:
         ),
         rounds: Annotated[int, typer.Option(min=1, max=200)] = 12,
         key_bits: Annotated[int, typer.Option(min=2048)] = 2048,
+        flag_bits: Annotated[
+            int,
+            typer.Option(
+                min=8,
+                max=64,
+                help="t of the blacklist field: a candidate flagged by several partners "
+                "reads as unflagged, and one flag is told from two, with probability "
+                "1/(2^t - 1) (docs/crypto.md).",
+            ),
+        ] = 24,  # DEFAULT_FLAG_BITS (not imported: the CLI loads gmpy2 only when it runs)
         model_version: Annotated[str | None, typer.Option()] = None,
         rollout: Annotated[bool, typer.Option(help="Publish the bundles over Kafka.")] = True,
     ) -> None:
@@ -64,7 +74,7 @@ def register(app: typer.Typer) -> None:
                 paillier_dir=paillier_dir,
                 policy=load_policy(policy),
                 out_dir=out,
-                params=TrainParams(rounds=rounds),
+                params=TrainParams(rounds=rounds, flag_bits=flag_bits),
                 key_bits=key_bits,
                 model_version=model_version,
                 rollout=rollout,

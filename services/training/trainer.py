@@ -39,7 +39,7 @@ from schemas import (
     TrainWeights,
 )
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
-from services.kernel.crypto.packing import encode_weight, packing_for, unpack
+from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, encode_weight, packing_for, unpack
 from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.crypto.tokens import TokenSource, token_or_decoy
 from services.kernel.model.scoring import sigmoid
@@ -75,6 +75,8 @@ class TrainParams:
     stack_learning_rate: float = 0.02
     stack_max_trees: int = 1000
     stack_early_stopping_trees: int = 50
+    # t of the bundles' blacklist field (docs/crypto.md, "The blacklist field").
+    flag_bits: int = DEFAULT_FLAG_BITS
 
     def lgb_params(self) -> dict[str, object]:
         return {
@@ -233,6 +235,7 @@ class FederatedTrainer:
             self.key.public.bits,
             [len(b) for b in bins.values()],
             weight_clip=max(packing.weight_clip, float(np.ceil(largest))),
+            flag_bits=p.flag_bits,
         )
         fallback = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
         metrics = {
@@ -335,7 +338,8 @@ class FederatedTrainer:
     async def _start(self, fit_ids: Sequence[str], eval_ids: Sequence[str]) -> dict[str, list[int]]:
         # A provisional packing (generous feature count) for the session; the final one
         # is derived from the partners' actual feature counts.
-        session_packing = packing_for(self.key.public.bits, [64] * len(self.partners))
+        # Training's scores carry no blacklist field: the narrowest one, the most slots.
+        session_packing = packing_for(self.key.public.bits, [64] * len(self.partners), flag_bits=1)
         self.session_packing = session_packing
         await self.coord.send_all(
             {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,24 +52,33 @@ class Running:
         )
 
 
+def reference_partners(table: ds.Table) -> list[PartnerData]:
+    return [
+        PartnerData(name, cols, table.select(cols), ds.blacklist(table, name))
+        for name, cols in ds.REFERENCE_PARTNERS.items()
+    ]
+
+
 async def start_pipeline(
-    root: Path, rows: int, policy: PolicyConfig, options: PipelineOptions | None = None
+    root: Path,
+    rows: int,
+    policy: PolicyConfig,
+    options: PipelineOptions | None = None,
+    partners_of: Callable[[ds.Table], list[PartnerData]] = reference_partners,
 ) -> Running:
     table = ds.load().take(np.arange(rows))
     bank = BankData(
         table.ids, ds.BANK_FEATURES, table.select(ds.BANK_FEATURES), table.column(ds.LABEL)
     )
-    partners = [
-        PartnerData(name, cols, table.select(cols), ds.blacklist(table, name))
-        for name, cols in ds.REFERENCE_PARTNERS.items()
-    ]
+    partners = partners_of(table)
+    names = [p.name for p in partners]
     deployment = Deployment.at(root)
     bank_bundle, partner_bundles, _ = build_quick_model(
         deployment, bank, partners, policy, model_version="m-test"
     )
-    broker = EmbeddedBroker(partitions=4, topics=all_topics(PARTNERS), log_path=root / "broker.log")
+    broker = EmbeddedBroker(partitions=4, topics=all_topics(names), log_path=root / "broker.log")
     await broker.start()
-    pipeline = Pipeline(broker, deployment, PARTNERS, options)
+    pipeline = Pipeline(broker, deployment, names, options)
     try:
         await pipeline.start(bank_bundle, partner_bundles)
     except BaseException:

@@ -61,7 +61,7 @@ async def test_tiny_bench_decides_every_candidate(tmp_path: Path) -> None:
 def test_fragment_and_naive_paths_decrypt_the_same_sums() -> None:
     options = MicroOptions(key_bits=1024, hit_rate=0.3, seed=3)
     key = generate_keypair(1024, allow_small=True)
-    workload = make_workload(options, 45, key)  # one full batch of 40 slots and a partial
+    workload = make_workload(options, 45, key)  # two full batches of 21 slots and a partial
     fragment = fragment_path(workload)
     naive = naive_path(workload)
     truth = expected(workload)

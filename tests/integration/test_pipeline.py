@@ -19,6 +19,7 @@ from services.kernel.crypto.packing import encode_weight
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
 from services.kernel.crypto.signing import new_signing_key, sign
 from services.kernel.kafka.topics import (
+    AGREEMENT_KEYS,
     CANDIDATES,
     FRAGMENTS,
     PENDING,
@@ -229,6 +230,7 @@ async def test_forged_fragments_are_rejected_with_a_reason(running: Running) -> 
         model_version="m-test",
         key_id=running.bank_bundle.key_id,
         slot_count=1,
+        participants=["payments"],
         ciphertext="AQ",
         signed_at=datetime.now(UTC),
         signature="",
@@ -258,6 +260,7 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
     for partner in PARTNERS:
         readable += await read_all(running.settings, requests_topic(partner))
         readable += await read_all(running.settings, f"model.rollouts.{partner}.v1")
+    readable += await read_all(running.settings, AGREEMENT_KEYS)  # partners read each other's
     assert readable
     text = b"\n".join(readable).decode(errors="replace")
     for i, customer in enumerate(running.bank.ids[:ROWS]):
@@ -288,6 +291,8 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
             "deadline_at",
             "tokens",
             "attempt",
+            "participants",
+            "flags_only",
         }
 
 

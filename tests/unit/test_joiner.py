@@ -22,13 +22,14 @@ from schemas import (
 )
 from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
 from services.demo import dataset as ds
-from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
+from services.kernel.crypto.codec import b64_to_bytes, b64_to_int, int_to_b64
 from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, sign
 from services.kernel.crypto.tokens import Tokenizer
 from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
 from services.kernel.model.scoring import BankScorer
-from services.partner.serving import FragmentServer, ModelCache, build_model
+from services.partner.agreement import PeerDirectory
+from services.partner.serving import FragmentServer, ModelCache, RequestError, build_model
 from services.partner.store import FeatureStore
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.training.policy_file import load_policy
@@ -88,12 +89,14 @@ class World:
             cache = ModelCache(store, partner=name, allow_plaintext=False)
             cache.models["m1"] = build_model(bundle, store, allow_plaintext=False)
             signing = load_signing_key(self.deployment.signing_keys[name])
-            self.servers[name] = FragmentServer(name, store, cache, signing)
+            peers = self.deployment.peer_directory(name)
+            self.servers[name] = FragmentServer(name, store, cache, signing, peers)
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.batches: dict[str, Any] = {}
         self.decided: dict[str, Any] = {}
         self.quota: dict[str, Any] = {}
         scorer = BankScorer(self.bundle)
+        self.scorer = scorer
         self.joiner = Joiner(
             batches=self.batches,
             decided=self.decided,
@@ -107,6 +110,10 @@ class World:
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> None:
         self.sent.append((topic, key, value))
+
+    def tokenizer(self, partner: str) -> Tokenizer:
+        token_key = (self.deployment.token_dir / f"{partner}.key").read_text().strip()
+        return Tokenizer(b64_to_bytes(token_key))
 
     def pending(
         self, batch_id: str, rows: list[int], campaign: str = "card-upgrade"
@@ -130,24 +137,39 @@ class World:
                 )
                 for i in rows
             ],
+            tokens={
+                partner: [self.tokenizer(partner).token(self.bank.ids[i]) for i in rows]
+                for partner in self.partner_bundles
+            },
         )
 
     def fragment(self, partner: str, pending: PendingBatch) -> bytes:
-        token_key = (self.deployment.token_dir / f"{partner}.key").read_text().strip()
-        tokenizer = Tokenizer(b64_to_bytes(token_key))
-        server = self.servers[partner]
+        """The partner's answer to intake's request (attempt 1, every partner)."""
         request = FragmentRequest(
             batch_id=pending.batch_id,
             partner=partner,
             model_version="m1",
             created_at=pending.created_at,
             deadline_at=pending.deadline_at,
-            tokens=[tokenizer.token(c.customer_id) for c in pending.candidates],
+            tokens=pending.tokens[partner],
+            participants=sorted(self.partner_bundles),
         )
+        return self.answer(request)
+
+    def answer(self, request: FragmentRequest) -> bytes:
+        server = self.servers[request.partner]
         return server.compute(request, server.cache.models["m1"]).model_dump_json().encode()
 
-    async def tick(self, batch_id: str, partition: int) -> None:
-        tick = self.joiner.tick_for(batch_id)
+    def requests(self) -> list[FragmentRequest]:
+        """Re-requests the joiner sent to partners."""
+        return [
+            FragmentRequest.model_validate_json(v)
+            for t, _, v in self.sent
+            if t.startswith("fed.requests.")
+        ]
+
+    async def tick(self, batch_id: str, partition: int, attempt: int = 1) -> None:
+        tick = self.joiner.tick_for(batch_id, attempt)
         assert tick is not None
         await self.joiner.handle(FRAGMENTS, partition, tick, [(KIND_HEADER, TICK_KIND)])
 
@@ -186,23 +208,79 @@ async def test_the_deadline_decides_with_the_partners_that_answered(world: World
     await world.joiner.handle(PENDING, 1, pending.model_dump_json().encode())
     await world.joiner.handle(FRAGMENTS, 1, world.fragment("payments", pending))
     assert world.joiner.expired(pending.deadline_at.timestamp() - 1) == []
-    assert world.joiner.expired(pending.deadline_at.timestamp() + 0.01) == ["b2"]
+    assert world.joiner.expired(pending.deadline_at.timestamp() + 0.01) == [("b2", 1)]
     await world.tick("b2", 1)
     decisions = world.decisions()
     assert [d.reasons for d in decisions] == [[ReasonCode.PARTNER_UNAVAILABLE]] * 2
     assert all(d.missing_partners == ["repayments"] for d in decisions)
+    # "suppress" suppresses every candidate whatever the others said: nothing to re-request
+    assert world.requests() == []
 
 
-async def test_fallback_scores_degraded_and_still_honours_the_blacklist(tmp_path: Path) -> None:
+async def test_a_missed_deadline_re_requests_the_flags_from_the_partners_that_answered(
+    tmp_path: Path,
+) -> None:
+    """Fallback policy: repayments misses the deadline. Payments' first fragment is
+    masked with repayments, so it cannot be read alone: the batch goes back to payments
+    (attempt 2, flags only, masked with nobody else) and is decided on its answer:
+    degraded scores, payments' blacklist still honoured."""
     world = World(tmp_path, outcome="fallback")
     pending = world.pending("b3", [0, 1, 2])
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
-    await world.tick("b3", 0)
+    first_tick = world.joiner.tick_for("b3", 1)
+    assert first_tick is not None
+    await world.joiner.handle(FRAGMENTS, 0, first_tick, [(KIND_HEADER, TICK_KIND)])
+    assert world.decisions() == []
+    (request,) = world.requests()
+    assert (request.partner, request.attempt, request.flags_only) == ("payments", 2, True)
+    assert request.participants == ["payments"]
+    assert request.tokens == pending.tokens["payments"]
+    assert request.deadline_at >= pending.deadline_at + timedelta(seconds=1)
+    assert world.joiner.expired(request.deadline_at.timestamp() - 0.5) == []
+    assert world.joiner.expired(request.deadline_at.timestamp()) == [("b3", 2)]
+
+    # The first attempt is over: its tick again, or a late fragment of it, changes nothing.
+    await world.joiner.handle(FRAGMENTS, 0, first_tick, [(KIND_HEADER, TICK_KIND)])
+    assert world.joiner.tick_for("b3", 1) is None
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert world.decisions() == [] and len(world.requests()) == 1
+    assert set(world.batches["b3"]["f"]) == {"2"}
+
+    await world.joiner.handle(FRAGMENTS, 0, world.answer(request))
     decisions = world.decisions()
     assert decisions[0].reasons == [ReasonCode.BLACKLISTED, ReasonCode.SCORED_DEGRADED]
-    assert all(d.degraded and d.pd is not None for d in decisions)
-    assert all(ReasonCode.SCORED_DEGRADED in d.reasons for d in decisions)
+    assert all(ReasonCode.BLACKLISTED not in d.reasons for d in decisions[1:])
+    assert all(d.degraded and d.missing_partners == ["repayments"] for d in decisions)
+    fallback = world.scorer.score_fallback(
+        world.scorer.matrix([c.features for c in pending.candidates])
+    )
+    assert [d.pd for d in decisions] == pytest.approx(list(fallback))
+
+
+async def test_an_unanswered_re_request_decides_at_the_second_deadline(tmp_path: Path) -> None:
+    world = World(tmp_path, outcome="fallback")
+    pending = world.pending("b9", [0, 1])
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    await world.tick("b9", 0)
+    assert len(world.requests()) == 1 and world.decisions() == []
+    await world.tick("b9", 0, attempt=2)  # payments never answers again
+    decisions = world.decisions()
+    assert len(decisions) == 2 and len(world.requests()) == 1  # re-requested once only
+    # nothing decoded, so no flag applies, not even payments' hit on customer 0
+    assert ReasonCode.BLACKLISTED not in decisions[0].reasons
+    assert all(d.degraded and set(d.missing_partners) == set(pending.partners) for d in decisions)
+
+
+async def test_a_batch_nobody_answered_is_decided_at_the_first_deadline(tmp_path: Path) -> None:
+    world = World(tmp_path, outcome="fallback")
+    pending = world.pending("b10", [0])
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    await world.tick("b10", 0)
+    assert world.requests() == []
+    (decision,) = world.decisions()
+    assert decision.degraded and decision.missing_partners == pending.partners
 
 
 async def test_quota_is_enforced_per_partition_share(tmp_path: Path) -> None:
@@ -278,6 +356,63 @@ async def test_forged_deadline_ticks_are_refused(world: World) -> None:
 async def test_a_tick_for_orphan_fragments_drops_them(world: World) -> None:
     pending = world.pending("b8", [1])
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
-    assert world.joiner.expired(10**12) == ["b8"]  # long after the orphan timeout
+    assert world.joiner.expired(10**12) == [("b8", 1)]  # long after the orphan timeout
     await world.tick("b8", 0)
     assert "b8" not in world.batches and world.decisions() == []
+
+
+async def test_a_partner_refuses_to_mask_for_participants_it_cannot_pair_with(
+    world: World,
+) -> None:
+    pending = world.pending("b11", [1])
+    server = world.servers["payments"]
+
+    def request(participants: list[str]) -> FragmentRequest:
+        return FragmentRequest(
+            batch_id="b11",
+            partner="payments",
+            model_version="m1",
+            created_at=pending.created_at,
+            deadline_at=pending.deadline_at,
+            tokens=pending.tokens["payments"],
+            participants=participants,
+        )
+
+    for participants in (
+        ["repayments"],  # lacks the partner itself
+        ["payments", "mallory"],  # names a partner outside its registry
+        ["payments", "payments"],
+    ):
+        with pytest.raises(RequestError) as caught:
+            await server.answer(request(participants), 0.1)
+        assert caught.value.reason == "bad-participants", participants
+    server.min_participants = 2  # this partner will not answer alone, unmasked
+    with pytest.raises(RequestError) as caught:
+        await server.answer(request(["payments"]), 0.1)
+    assert caught.value.reason == "too-few-participants"
+    # a registered partner whose agreement key never came
+    server.peers = PeerDirectory(
+        "payments",
+        server.peers.own,
+        PartnerKeyRegistry.parse(world.deployment.registry_spec),
+    )
+    with pytest.raises(RequestError) as caught:
+        await server.answer(request(["payments", "repayments"]), 0.05)
+    assert caught.value.reason == "no-agreement-key"
+
+
+async def test_a_redelivered_request_gets_the_same_plaintext_in_a_new_ciphertext(
+    world: World,
+) -> None:
+    """Partners answer at least once. Masks and blacklist tags are derived, not drawn,
+    so two answers to one request differ as ciphertexts only: subtracting them gives
+    the bank nothing."""
+    from schemas import EncryptedFragment
+
+    pending = world.pending("b12", [0, 1, 2])
+    first, second = (
+        EncryptedFragment.model_validate_json(world.fragment("payments", pending)) for _ in range(2)
+    )
+    assert first.ciphertext != second.ciphertext
+    plain = [world.key.decrypt(b64_to_int(f.ciphertext or "")) for f in (first, second)]
+    assert plain[0] == plain[1]

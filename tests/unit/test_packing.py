@@ -28,10 +28,14 @@ SPEC = packing_for(2048, [3, 2])
 
 def test_layout_is_as_tight_as_the_model_allows() -> None:
     spec = packing_for(2048, [12, 6])
-    # 18 features * 2 * 8 * 2^14 < 2^23, plus 2 bits for up to 2 blacklist hits
-    assert (spec.score_bits, spec.slot_bits) == (23, 25)
-    assert spec.slots == 2046 // 25 == 81
-    assert packing_for(3072, [12, 6]).slots == 3070 // 25
+    # 18 features * 2 * 8 * 2^14 < 2^23, plus 25 bits for two partners' values below 2^24
+    assert (spec.score_bits, spec.flag_bits, spec.slot_bits) == (23, 24, 48)
+    assert spec.slots == 2046 // 48 == 42
+    assert packing_for(3072, [12, 6]).slots == 3070 // 48 == 63
+    # three partners need one more carry bit; training's layout (no flags) needs 2 bits
+    assert packing_for(2048, [6, 6, 6]).slot_bits == 23 + 26
+    training = packing_for(2048, [12, 6], flag_bits=1)
+    assert (training.slot_bits, training.slots) == (25, 81)
 
 
 def test_negative_and_extreme_weights_round_trip() -> None:
@@ -67,8 +71,9 @@ def test_impossible_slot_values_are_detected_not_misread() -> None:
     too_big = sum(partners.values()) * 2 * SPEC.entry_offset + 1
     with pytest.raises(PackingOverflowError, match="impossible"):
         unpack(SPEC, pack(SPEC, [0, too_big]), 2, partners)
+    too_many = 2 * ((1 << SPEC.flag_bits) - 1) + 1  # above two partners' largest values
     with pytest.raises(PackingOverflowError, match="impossible"):
-        unpack(SPEC, pack(SPEC, [slot_value(SPEC, 0, 3)]), 1, partners)
+        unpack(SPEC, pack(SPEC, [slot_value(SPEC, 0, too_many)]), 1, partners)
     with pytest.raises(PackingOverflowError, match="outside the used slots"):
         unpack(SPEC, 1 << (3 * SPEC.slot_bits), 3, partners)
     with pytest.raises(PackingOverflowError):
@@ -78,14 +83,16 @@ def test_impossible_slot_values_are_detected_not_misread() -> None:
 
 
 def test_capacity_check_refuses_models_that_could_overflow() -> None:
-    spec = PackingSpec(frac_bits=14, slot_bits=25, score_bits=23, slots=81, weight_clip=8.0)
+    spec = PackingSpec(
+        frac_bits=14, slot_bits=48, score_bits=23, flag_bits=24, slots=42, weight_clip=8.0
+    )
     check_capacity(spec, [12, 6], 2048)
     with pytest.raises(PackingOverflowError, match="score bits"):
         check_capacity(spec, [40, 40], 2048)
     with pytest.raises(PackingOverflowError, match="plaintext space"):
         check_capacity(spec, [12, 6], 1024)
     with pytest.raises(PackingOverflowError, match="blacklist"):
-        check_capacity(spec, [1, 1, 1, 1], 2048)
+        check_capacity(spec, [1, 1, 1], 2048)  # 3 * (2^24 - 1) needs 26 bits, not 25
 
 
 @settings(max_examples=200, deadline=None)
@@ -112,6 +119,7 @@ def test_plaintext_path_sums_partners_exactly(rows) -> None:  # type: ignore[no-
         expected = sum(row[0]) + sum(row[1])
         assert result.partner_score == pytest.approx(expected, abs=5 * 2**-SPEC.frac_bits)
         assert result.blacklist_hits == int(row[2]) + int(row[3])
+        assert result.flagged == (row[2] or row[3])
 
 
 def test_encrypted_fragments_from_two_partners_decrypt_to_the_plaintext_result(

@@ -9,7 +9,9 @@ from services.kernel.config import KafkaSettings
 from services.kernel.model.rollout import BundleWatcher
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-PACKING = PackingSpec(frac_bits=14, slot_bits=25, score_bits=23, slots=81, weight_clip=8.0)
+PACKING = PackingSpec(
+    frac_bits=14, slot_bits=25, score_bits=23, flag_bits=1, slots=81, weight_clip=8.0
+)
 
 
 def bundle(version: str, at: datetime) -> PartnerBundle:

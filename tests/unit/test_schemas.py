@@ -80,6 +80,7 @@ def test_fragment_payload_must_match_its_mode() -> None:
         "model_version": "m",
         "key_id": "k",
         "slot_count": 2,
+        "participants": ["telco"],
         "signed_at": datetime.now(UTC),
         "signature": "",
     }
@@ -89,6 +90,7 @@ def test_fragment_payload_must_match_its_mode() -> None:
         EncryptedFragment(**common, mode="plaintext", plain_slots=[1])
     ok = EncryptedFragment(**common, mode="plaintext", plain_slots=[1, 2])
     assert b"plain_slots=[1, 2]" in ok.signing_bytes()
+    assert b"participants=['telco']" in ok.signing_bytes()
 
 
 def test_decisions_need_a_reason() -> None:

@@ -37,6 +37,7 @@ def _fragment(partner: str = "telco", ciphertext: str = "AQ") -> EncryptedFragme
         model_version="m1",
         key_id="pk-1",
         slot_count=3,
+        participants=[partner],
         ciphertext=ciphertext,
         signed_at=datetime(2026, 1, 1, tzinfo=UTC),
         signature="",

@@ -2,13 +2,16 @@
 
 Layout (see :class:`schemas.PackingSpec`): slot s occupies bits [sW, (s+1)W); in a
 slot the low ``score_bits`` hold a sum of table entries (weights shifted by an
-offset so they are never negative) and the bits above hold blacklist hits.
+offset so they are never negative) and the bits above hold the blacklist field.
 
 Partner side: :class:`FragmentTables` pre-shifts each encrypted table entry into every
 slot (W modular squarings per step), so a batch's fragment is one modular
-multiplication per (slot, feature) plus one re-randomisation.
+multiplication per (slot, feature group), one for the plaintext ``addend`` (blacklist
+tags and secure-aggregation masks, :mod:`services.kernel.crypto.masking`) and one
+re-randomisation.
 Bank side: :func:`unpack` checks every field against its worst case, so an overflow,
-a wrong key or a tampered ciphertext is detected rather than mis-scored.
+a wrong key, a tampered ciphertext or masks that do not cancel are detected rather than
+mis-scored.
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ from services.kernel.crypto.paillier import PublicKey
 
 DEFAULT_FRAC_BITS = 14
 DEFAULT_WEIGHT_CLIP = 8.0
+DEFAULT_FLAG_BITS = 24
+"""t: blacklist tags are uniform in [1, 2^t). A candidate flagged by two or more partners
+reads as unflagged with probability 1/(2^t - 1), and the field tells one flag from two
+with the same advantage (docs/crypto.md, "The blacklist field"): 6e-8 at t = 24, which
+gives 48-bit slots, 42 per 2048-bit plaintext, on the reference split."""
 MAX_SLOTS = 512
 
 
 class PackingOverflowError(OverflowError):
     """A value does not fit its field, or a decrypted slot exceeds what is possible."""
+
+
+def flag_field_bits(partners: int, flag_bits: int) -> int:
+    """Width of the blacklist field: room for the sum of one value below 2^t per partner."""
+    return max(1, (partners * ((1 << flag_bits) - 1)).bit_length())
 
 
 def packing_for(
@@ -37,21 +50,24 @@ def packing_for(
     *,
     frac_bits: int = DEFAULT_FRAC_BITS,
     weight_clip: float = DEFAULT_WEIGHT_CLIP,
+    flag_bits: int = DEFAULT_FLAG_BITS,
 ) -> PackingSpec:
     """The tightest layout for a model: fields exactly wide enough for the worst case,
     so a 2048-bit plaintext carries as many candidates as possible (2 bits of margin
-    below n)."""
+    below n). Training's score messages carry no blacklist field, so their session
+    layout passes ``flag_bits=1``: the narrowest field, as many slots as possible."""
     entry_max = 2 * round(weight_clip * (1 << frac_bits))
     score_bits = max(8, (sum(features_per_partner) * entry_max).bit_length())
-    hit_bits = max(1, len(features_per_partner).bit_length())
-    slot_bits = max(16, score_bits + hit_bits)
+    field_bits = flag_field_bits(len(features_per_partner), flag_bits)
+    slot_bits = max(16, score_bits + field_bits)
     slots = min((key_bits - 2) // slot_bits, MAX_SLOTS)
     if slots < 1:
         raise PackingOverflowError(f"a {key_bits}-bit key cannot hold one {slot_bits}-bit slot")
     spec = PackingSpec(
         frac_bits=frac_bits,
         slot_bits=slot_bits,
-        score_bits=slot_bits - hit_bits,
+        score_bits=slot_bits - field_bits,
+        flag_bits=flag_bits,
         slots=slots,
         weight_clip=weight_clip,
     )
@@ -80,8 +96,24 @@ def check_capacity(spec: PackingSpec, features_per_partner: Sequence[int], key_b
             f"{sum(features_per_partner)} features can sum to {worst_score}, "
             f"which does not fit {spec.score_bits} score bits"
         )
-    if len(features_per_partner) >= 1 << (spec.slot_bits - spec.score_bits):
-        raise PackingOverflowError("too many partners for the blacklist field")
+    partners = len(features_per_partner)
+    if partners * ((1 << spec.flag_bits) - 1) >= 1 << (spec.slot_bits - spec.score_bits):
+        raise PackingOverflowError(
+            f"{partners} partners' blacklist values below 2^{spec.flag_bits} do not fit the "
+            f"{spec.slot_bits - spec.score_bits}-bit blacklist field"
+        )
+
+
+def flag_addend(spec: PackingSpec, fields: Sequence[int]) -> int:
+    """The plaintext that puts ``fields[s]`` (each below 2^flag_bits) into slot s's
+    blacklist field."""
+    limit = 1 << spec.flag_bits
+    addend = 0
+    for s, value in enumerate(fields):
+        if not 0 <= value < limit:
+            raise PackingOverflowError(f"blacklist value {value} outside [0, 2^{spec.flag_bits})")
+        addend |= value << (spec.score_bits + s * spec.slot_bits)
+    return addend
 
 
 def slot_value(spec: PackingSpec, entries_sum: int, hits: int) -> int:
@@ -105,6 +137,10 @@ def pack(spec: PackingSpec, slot_values: Sequence[int]) -> int:
 class SlotResult:
     partner_score: float
     blacklist_hits: int
+    """The raw blacklist field: a hit count where partners add 1 per hit (plaintext
+    benchmark mode, the micro-benchmark), a sum of random tags and masks otherwise."""
+    flagged: bool
+    """Some partner flagged the candidate: the field is non-zero modulo 2^flag_bits."""
 
 
 def unpack(
@@ -116,14 +152,17 @@ def unpack(
     """Decode the sum of the listed partners' fragments.
 
     ``features_per_partner`` names exactly the partners whose fragments were summed;
-    their feature counts give the total offset to remove and the worst case to check.
+    their feature counts give the total offset to remove and the worst case to check
+    (0 features for a flags-only fragment, whose score fields are empty).
     """
     if plaintext < 0 or plaintext >> (slot_count * spec.slot_bits):
         raise PackingOverflowError("plaintext has bits outside the used slots")
     total_features = sum(features_per_partner.values())
     offset_total = total_features * spec.entry_offset
     worst_score = 2 * offset_total
-    max_hits = len(features_per_partner)
+    # Each partner's value in the field is below 2^t; a hit count (1 per hit) is too.
+    flag_mask = (1 << spec.flag_bits) - 1
+    max_field = len(features_per_partner) * flag_mask
     slot_mask = (1 << spec.slot_bits) - 1
     score_mask = (1 << spec.score_bits) - 1
     scale = float(1 << spec.frac_bits)
@@ -133,10 +172,10 @@ def unpack(
         slot = value & slot_mask
         value >>= spec.slot_bits
         score = slot & score_mask
-        hits = slot >> spec.score_bits
-        if score > worst_score or hits > max_hits:
+        field = slot >> spec.score_bits
+        if score > worst_score or field > max_field:
             raise PackingOverflowError(f"slot {s} holds an impossible value")
-        results.append(SlotResult((score - offset_total) / scale, hits))
+        results.append(SlotResult((score - offset_total) / scale, field, bool(field & flag_mask)))
     return results
 
 
@@ -225,13 +264,31 @@ class FragmentTables:
     def features(self) -> int:
         return len(self.bins_per_feature)
 
-    def fragment(self, rows: Sequence[Sequence[int]], hits: Sequence[bool]) -> mpz:
-        """Enc(sum over slots of (sum_j entry[j][bin] + hit * 2^score_bits) * 2^(W s)), fresh."""
-        if len(rows) > self.spec.slots or len(rows) != len(hits):
+    def fragment(
+        self,
+        rows: Sequence[Sequence[int]],
+        hits: Sequence[bool] | None = None,
+        *,
+        addend: int = 0,
+    ) -> mpz:
+        """Enc(sum over slots of (sum_j entry[j][bin] + hit * 2^score_bits) * 2^(W s)
+        + addend), fresh.
+
+        ``hits`` adds 1 per hit to the blacklist field (training sends none; the
+        benchmarks count hits). Serving passes ``addend`` instead: the blacklist tags and
+        the secure-aggregation masks as one plaintext in [0, n), added as the factor
+        ``1 + addend * n``. ``rows`` may be empty (a flags-only fragment).
+        """
+        if len(rows) > self.spec.slots or (hits is not None and len(rows) != len(hits)):
             raise PackingOverflowError(f"{len(rows)} rows for {self.spec.slots} slots")
-        nsquare = self.public_key.nsquare
+        pk = self.public_key
+        if not 0 <= addend < pk.n:
+            raise PackingOverflowError("addend outside [0, n)")
+        nsquare = pk.nsquare
         plan = list(zip(self.groups, self.strides, strict=True))
-        acc = self.public_key.random_factor()
+        # The fresh factor makes the product of known ciphertexts (the bank encrypted
+        # every table entry) unrecognisable; it multiplies in first, like the rest.
+        acc = pk.random_factor()
         for s, bins in enumerate(rows):
             tables = self.combined[s]
             for g, (group, strides) in enumerate(plan):
@@ -239,8 +296,10 @@ class FragmentTables:
                 for j, stride in zip(group, strides, strict=True):
                     index += bins[j] * stride
                 acc = acc * tables[g][index] % nsquare
-            if hits[s]:
+            if hits is not None and hits[s]:
                 acc = acc * self.blacklist[s] % nsquare
+        if addend:
+            acc = acc * pk.encrypt_deterministic(addend) % nsquare
         return acc
 
 

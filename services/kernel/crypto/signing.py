@@ -1,4 +1,5 @@
-"""Ed25519 signatures on fragments: partners sign, the joiner verifies against a registry."""
+"""Ed25519 signatures: partners sign fragments and their agreement keys; the joiner (for
+fragments) and the other partners (for agreement keys) verify against a registry."""
 
 from __future__ import annotations
 
@@ -73,10 +74,14 @@ class PartnerKeyRegistry:
         return set(self._keys)
 
     def verify(self, fragment: EncryptedFragment) -> None:
-        key = self._keys.get(fragment.partner)
+        self.verify_signed(fragment.partner, fragment.signing_bytes(), fragment.signature)
+
+    def verify_signed(self, partner: str, message: bytes, signature: str) -> None:
+        """``signature`` (base64url) is ``partner``'s registered key's over ``message``."""
+        key = self._keys.get(partner)
         if key is None:
-            raise SignatureError(f"no registered key for partner {fragment.partner!r}")
+            raise SignatureError(f"no registered key for partner {partner!r}")
         try:
-            key.verify(b64_to_bytes(fragment.signature), fragment.signing_bytes())
+            key.verify(b64_to_bytes(signature), message)
         except (InvalidSignature, ValueError) as exc:
-            raise SignatureError(f"bad signature from partner {fragment.partner!r}") from exc
+            raise SignatureError(f"bad signature from partner {partner!r}") from exc

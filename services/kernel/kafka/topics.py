@@ -21,6 +21,8 @@ ALIGN_TO_BANK = "fed.align.bank.v1"
 """Partners' PSI answers (docs/psi.md), keyed by session id."""
 INTAKE_CUSTOMERS = "intake.customers.v1"
 """Intake's per-customer state changelog (compacted), co-partitioned with CANDIDATES."""
+AGREEMENT_KEYS = "fed.agreement-keys.v1"
+"""Partners' signed X25519 keys for secure aggregation (compacted, keyed by partner)."""
 
 
 def requests_topic(partner: str) -> str:
@@ -69,6 +71,9 @@ def bank_topics() -> list[TopicSpec]:
         TopicSpec(ROLLOUT_BANK, COMPACTED),
         TopicSpec(MODEL_READY, COMPACTED),
         TopicSpec(INTAKE_CUSTOMERS, COMPACTED),
+        # Written and read by the partners only; created with the bank's topics because
+        # the bank operates the cluster (like model.ready.v1).
+        TopicSpec(AGREEMENT_KEYS, COMPACTED),
     ]
 
 
