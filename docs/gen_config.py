@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 
 from services.intake.settings import IntakeSettings  # noqa: E402
 from services.kernel.config import KafkaSettings  # noqa: E402
+from services.kernel.logs import LogSettings  # noqa: E402
 from services.partner.settings import PartnerSettings  # noqa: E402
 from services.prescreen.settings import PrescreenSettings  # noqa: E402
 from services.receiver.settings import ReceiverSettings  # noqa: E402
@@ -32,6 +33,7 @@ from services.webhooks.settings import WebhooksSettings  # noqa: E402
 
 CLASSES: list[tuple[type[BaseSettings], str]] = [
     (KafkaSettings, "services/kernel/config.py"),
+    (LogSettings, "services/kernel/logs.py"),
     (IntakeSettings, "services/intake/settings.py"),
     (PartnerSettings, "services/partner/settings.py"),
     (PrescreenSettings, "services/prescreen/settings.py"),

@@ -23,3 +23,10 @@ class DlqEnvelope(WireModel):
     consumer: str = Field(description="Service that gave up on the message.")
     failed_at: AwareDatetime
     attempts: int = 1
+    value_size: int | None = Field(
+        default=None,
+        description="Set, with value_sha256, instead of value_b64 when the value was too "
+        "large to copy into the DLQ; the original stays at source_topic/partition/offset "
+        "until the topic's retention removes it.",
+    )
+    value_sha256: str | None = Field(default=None, description="Hex SHA-256 of the value.")

@@ -15,6 +15,12 @@ class PendingCandidate(WireModel):
     campaign_id: Ident
     occurred_at: AwareDatetime
     features: dict[str, float | None]
+    source_partition: int | None = Field(
+        default=None,
+        ge=0,
+        description="The bank.candidates.v1 partition the event came from: a restarted "
+        "intake reads recent pending batches back to recognise events it already batched.",
+    )
 
 
 class PendingBatch(WireModel):

@@ -35,7 +35,8 @@ from services.kernel.config import KafkaSettings
 from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
 from services.kernel.ids import decision_id_for, new_batch_id
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
-from services.kernel.kafka.dlq import DeadLetters
+from services.kernel.kafka.dlq import DeadLetters, oversized
+from services.kernel.kafka.lag import Sample, aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import (
     CANDIDATES,
     DECISIONS,
@@ -116,10 +117,15 @@ class IntakeService:
     async def run(self) -> None:
         self.producer = make_producer(self.kafka)
         await self.producer.start()
-        self.dlq = DeadLetters(self.producer, SERVICE)
+        self.dlq = DeadLetters(self.producer, SERVICE, self.kafka.max_message_bytes)
         http = await start_http(self.settings.metrics_port, self.ready)
         try:
-            await run_until_stopped(self.watcher.run(), self.board.run(), self.consume())
+            await run_until_stopped(
+                self.watcher.run(),
+                self.board.run(),
+                self.consume(),
+                watch_lag(SERVICE, self._lag),
+            )
         finally:
             if self.consumer is not None:
                 # A clean stop hands over no half-filled batch: emit it and commit.
@@ -130,6 +136,9 @@ class IntakeService:
             if http is not None:
                 await http.cleanup()
 
+    async def _lag(self) -> list[Sample]:
+        return [] if self.consumer is None else await aiokafka_samples(self.consumer)
+
     async def consume(self) -> None:
         # No candidate is read before a model is active: a candidate we cannot batch
         # would otherwise have to be suppressed for no reason of its own.
@@ -139,8 +148,8 @@ class IntakeService:
                 await asyncio.wait_for(self.board.changed.wait(), 0.5)
         consumer = make_consumer(self.kafka, group_id=self.settings.group_id)
         consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
+        self.consumer = consumer  # before start: the first assignment's restore uses it
         await consumer.start()
-        self.consumer = consumer
         log.info("intake consuming %s", CANDIDATES)
         while True:
             timeout = 500.0
@@ -167,6 +176,9 @@ class IntakeService:
     async def process(self, tp: TopicPartition, record: object, bundle: BankBundle) -> None:
         assert self.dlq is not None
         value: bytes | None = getattr(record, "value", None)
+        if (too_large := oversized(value, self.kafka.max_message_bytes)) is not None:
+            await self.dlq.send(record, "oversized", too_large)  # type: ignore[arg-type]
+            return
         try:
             event = CandidateEvent.model_validate_json(value or b"")
         except ValidationError as exc:
@@ -205,6 +217,7 @@ class IntakeService:
                 campaign_id=event.campaign_id,
                 occurred_at=event.occurred_at,
                 features=event.features,
+                source_partition=tp.partition,
             )
         )
         for partner, tokens in batch.tokens.items():
@@ -270,8 +283,13 @@ class IntakeService:
         )
 
     async def checkpoint(self) -> None:
-        """Persist customer state, wait for every send, then commit what is safe."""
+        """Wait for every output, then persist customer state, then commit what is safe.
+
+        The order matters under kill -9: a customer state that reached the changelog
+        before its batch's pending record would make the restarted instance take the
+        redelivered candidates for duplicates, and drop them undecided."""
         assert self.producer is not None and self.consumer is not None
+        await self.producer.flush()
         held = self.open.customers if self.open is not None else set()
         for partition, customer_id, state in self.ledger.take_dirty(held):
             await self.producer.send(
@@ -317,5 +335,59 @@ class IntakeService:
                     if await reader.position(tp) >= ends[tp]:
                         remaining.discard(tp)
             log.info("restored %d customer states for partitions %s", restored, partitions)
+            await self._recover_batched(reader, [tp for tp in assigned if tp.topic == CANDIDATES])
         finally:
             await reader.stop()
+
+    async def _recover_batched(self, reader: AIOKafkaConsumer, owned: list[TopicPartition]) -> None:
+        """Mark as seen the redelivered events that a previous owner already batched.
+
+        A crash between flushing a batch's pending record and writing its customers'
+        state (the safe order: outputs first) leaves those events uncommitted but
+        batched. Read back, they would be batched again and decided a second time,
+        perhaps differently. So read the pending records written since the earliest
+        uncommitted event and remember every event of our partitions they carry."""
+        assert self.consumer is not None
+        since: int | None = None
+        for tp in owned:
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                continue  # never committed: nothing was batched by anyone before
+            reader.assign([tp])
+            reader.seek(tp, committed)
+            records = (await reader.getmany(tp, timeout_ms=3000, max_records=1)).get(tp, [])
+            if records:
+                since = min(since or records[0].timestamp, records[0].timestamp)
+        if since is None:
+            return
+        partitions = reader.partitions_for_topic(PENDING) or set()
+        pending = [TopicPartition(PENDING, p) for p in sorted(partitions)]
+        reader.assign(pending)
+        starts = await reader.offsets_for_times({tp: since for tp in pending})
+        ends = await reader.end_offsets(pending)
+        remaining = set()
+        for tp in pending:
+            found = starts.get(tp)
+            if found is not None and found.offset < ends[tp]:
+                reader.seek(tp, found.offset)
+                remaining.add(tp)
+        mine = {tp.partition for tp in owned}
+        marked = 0
+        while remaining:
+            for records in (await reader.getmany(*remaining, timeout_ms=500)).values():
+                for record in records:
+                    try:
+                        batch = PendingBatch.model_validate_json(record.value or b"")
+                    except ValidationError:
+                        continue  # prescreen dead-letters it; nothing of ours to learn
+                    for candidate in batch.candidates:
+                        partition = candidate.source_partition
+                        if partition in mine and partition is not None:
+                            marked += not self.ledger.seen(
+                                partition, candidate.customer_id, candidate.event_id
+                            )
+            for tp in list(remaining):
+                if await reader.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        if marked:
+            log.info("%d redelivered events were batched before the restart: not again", marked)

@@ -9,15 +9,11 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from services.kernel.logs import configure_logging
+
+__all__ = ["configure_logging", "run_until_stopped"]
+
 log = logging.getLogger(__name__)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 async def run_until_stopped(*coroutines: Coroutine[Any, Any, None]) -> None:

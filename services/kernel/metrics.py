@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 MESSAGES_IN = Counter("fedscreen_messages_in_total", "Messages consumed", ["service", "topic"])
 MESSAGES_OUT = Counter("fedscreen_messages_out_total", "Messages produced", ["service", "topic"])
@@ -28,6 +28,17 @@ BATCH_REREQUESTS = Counter(
     "Batches re-requested from the partners that answered, after another missed the deadline",
 )
 WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
+PARTNER_LATENCY = Histogram(
+    "fedscreen_partner_latency_seconds",
+    "From a batch's fragment request to the partner's fragment reaching prescreen",
+    ["partner"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+CONSUMER_LAG = Gauge(
+    "fedscreen_consumer_lag",
+    "Records behind the partition's end, per consumer group member",
+    ["service", "topic", "partition"],
+)
 
 
 async def start_http(

@@ -16,7 +16,8 @@ from services.kernel.config import KafkaSettings
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
-from services.kernel.kafka.dlq import DeadLetters
+from services.kernel.kafka.dlq import DeadLetters, oversized
+from services.kernel.kafka.lag import aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import (
     FRAGMENTS,
     TRAINING_TO_BANK,
@@ -78,7 +79,7 @@ class PartnerService:
     async def run(self) -> None:
         producer = make_producer(self.kafka)
         await producer.start()
-        dlq = DeadLetters(producer, self.service_name)
+        dlq = DeadLetters(producer, self.service_name, self.kafka.max_message_bytes)
         # Published on every start (newest wins), before any request can need it.
         await publish_agreement_key(producer, self.name, self.agreement_key, self.signing_key)
 
@@ -109,6 +110,7 @@ class PartnerService:
                 self.peers.follow(self.kafka),
                 self.serve(requests, producer, dlq),
                 self.train(training, producer, dlq),
+                watch_lag(self.service_name, lambda: aiokafka_samples(requests)),
             )
         finally:
             await requests.stop()
@@ -134,6 +136,9 @@ class PartnerService:
 
     async def _answer(self, record: object, producer: AIOKafkaProducer, dlq: DeadLetters) -> None:
         value = getattr(record, "value", None)
+        if (too_large := oversized(value, self.kafka.max_message_bytes)) is not None:
+            await dlq.send(record, "oversized", too_large)  # type: ignore[arg-type]
+            return
         try:
             request = FragmentRequest.model_validate_json(value or b"")
         except ValidationError as exc:
@@ -142,7 +147,11 @@ class PartnerService:
         remaining = (request.deadline_at - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
             # The joiner has already decided this batch without us; answering is wasted work.
-            log.info("skipping batch %s: deadline passed", request.batch_id)
+            log.info(
+                "skipping batch %s: deadline passed",
+                request.batch_id,
+                extra={"batch_id": request.batch_id},
+            )
             return
         try:
             fragment = await self.server.answer(
@@ -156,7 +165,9 @@ class PartnerService:
             # bank re-requested the batch from the others would let it subtract their
             # answers from the complete first attempt and read this partner's flags.
             log.info(
-                "dropping fragment for batch %s: finished after its deadline", request.batch_id
+                "dropping fragment for batch %s: finished after its deadline",
+                request.batch_id,
+                extra={"batch_id": request.batch_id},
             )
             return
         await producer.send(

@@ -22,7 +22,9 @@ from services.kernel.crypto.paillier import load_private_keys
 from services.kernel.crypto.signing import PartnerKeyRegistry
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.dlq import DeadLetters
+from services.kernel.kafka.lag import Sample, faust_samples, watch_lag
 from services.kernel.kafka.topics import FRAGMENTS, PENDING, ROLLOUT_BANK
+from services.kernel.logs import use_formatter_everywhere
 from services.kernel.metrics import MESSAGES_IN, start_http
 from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announce_ready
 from services.kernel.model.scoring import BankScorer
@@ -32,6 +34,8 @@ from services.prescreen.settings import PrescreenSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "prescreen"
+TICK_RESEND_S = 10.0
+"""A batch still undecided this long after its deadline tick was sent gets another."""
 
 
 def _set_faust_fetch_wait(wait_ms: int) -> None:
@@ -55,8 +59,47 @@ def _set_faust_fetch_wait(wait_ms: int) -> None:
     setattr(thread, "_create_worker_consumer", create)  # noqa: B010  (a method, patched)
 
 
+def _commit_only_what_was_processed() -> None:
+    """Two faust-streaming 0.15 behaviours commit offsets of records no agent processed,
+    which at least once cannot afford (the kill -9 test lost whole batches to them):
+
+    - a jump in offsets is taken for compaction or transaction markers, and the range
+      is committed as if acknowledged (``Consumer._add_gap``). Our input topics are
+      neither compacted nor transactional: a jump there means records were not read.
+    - a record a stream skips because a rebalance began (flow control off, or an older
+      consumer generation) is acknowledged, and its offset becomes committable.
+
+    So gaps are ignored, and a skipped record is marked done without making its offset
+    committable: after the rebalance it is read again from the committed offset."""
+    from faust.transport import consumer as module
+
+    consumer = module.Consumer
+    if getattr(consumer.ack, "__fedscreen__", False):
+        return
+    original_ack = consumer.ack
+
+    async def ignore_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        return None
+
+    def ack(self: Any, message: Any) -> bool:
+        app = self.app
+        if app.flow_control.is_active() and message.generation_id == app.consumer_generation_id:
+            return bool(original_ack(self, message))
+        with getattr(module, "ack_lock"):  # noqa: B009  (faust-internal, not exported)
+            if not message.acked:
+                message.acked = True
+                self._unacked_messages.discard(message)
+                getattr(module, "notify")(self._waiting_for_ack)  # noqa: B009
+        return False
+
+    ack.__fedscreen__ = True  # type: ignore[attr-defined]
+    setattr(consumer, "_add_gap", ignore_gap)  # noqa: B010  (methods, patched)
+    setattr(consumer, "ack", ack)  # noqa: B010
+
+
 def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     _set_faust_fetch_wait(kafka.fetch_max_wait_ms)
+    _commit_only_what_was_processed()
     try:
         private_keys = load_private_keys(settings.private_keys_dir)
     except ValueError:
@@ -111,7 +154,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     batches = app.Table("batches", default=None, partitions=kafka.partitions)
     decided = app.Table("decided", default=None, partitions=kafka.partitions)
     quota = app.Table("quota", default=None, partitions=kafka.partitions)
-    state: dict[str, Any] = {"dlq": None, "ticked": set()}
+    state: dict[str, Any] = {"dlq": None, "ticked": {}}
     dlq_ready = asyncio.Event()
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
@@ -131,10 +174,15 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         orphan_fragment_s=settings.orphan_fragment_s,
         decided_retention_s=settings.decided_retention_s,
         retry_deadline_s=settings.retry_deadline_ms / 1000.0,
+        max_message_bytes=kafka.max_message_bytes,
     )
 
     @app.agent(inputs)
     async def join(stream: faust.StreamT[bytes]) -> None:
+        # After a restart, judge no input by its model version before every bundle
+        # published so far is known: a fragment of a version still being read back
+        # would be dead-lettered, and its batch decided without a model.
+        await watcher.caught_up.wait()
         async for event in stream.events():
             message = event.message
             MESSAGES_IN.labels(service=SERVICE, topic=message.topic).inc()
@@ -157,18 +205,32 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
 
     @app.timer(settings.deadline_check_s)
     async def expire() -> None:
-        # (batch id, attempt): a re-requested batch gets a tick for its second deadline.
-        ticked: set[tuple[str, int]] = state["ticked"]
-        due = joiner.expired(time.time())
-        for batch_id, attempt in due:
-            if (batch_id, attempt) not in ticked and (tick := joiner.tick_for(batch_id, attempt)):
+        if not watcher.caught_up.is_set():
+            # Just restarted: a tick is authenticated with its model's key, and a batch
+            # restored from the changelog may name a model not read back yet. A tick
+            # made now would carry the fallback secret and be refused.
+            return
+        # (batch id, attempt) -> when its tick went out: a re-requested batch gets a tick
+        # for its second deadline, and a batch still undecided long after its tick (the
+        # tick refused, or lost with a crashed instance's buffer) gets another.
+        ticked: dict[tuple[str, int], float] = state["ticked"]
+        now = time.time()
+        for batch_id, attempt in joiner.expired(now):
+            sent = ticked.get((batch_id, attempt))
+            if sent is not None and now - sent < TICK_RESEND_S:
+                continue
+            if tick := joiner.tick_for(batch_id, attempt):
                 # Into the batch's fragment partition: behind every on-time fragment.
                 await fragments.send(
                     key=batch_id.encode(), value=tick, headers=[(KIND_HEADER, TICK_KIND)]
                 )
-                ticked.add((batch_id, attempt))
+                ticked[(batch_id, attempt)] = now
         live = set(batches.keys())
-        state["ticked"] = {t for t in ticked if t[0] in live}
+        state["ticked"] = {t: at for t, at in ticked.items() if t[0] in live}
+
+    async def consumer_lag() -> list[Sample]:
+        consumer = getattr(app, "_consumer", None)
+        return [] if consumer is None else faust_samples(consumer, (PENDING, FRAGMENTS))
 
     def ready() -> bool:
         """A model is rolled out, partitions are assigned and tables are recovered."""
@@ -185,12 +247,14 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         # faust's worker leaves the root logger at DEBUG; aiokafka then builds (and drops)
         # a debug record for every message sent, about a tenth of this process's CPU.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+        use_formatter_everywhere()  # after faust's worker installed its handlers
         producer = make_producer(kafka)
         await producer.start()
-        state["dlq"] = DeadLetters(producer, SERVICE)
+        state["dlq"] = DeadLetters(producer, SERVICE, kafka.max_message_bytes)
         dlq_ready.set()
         await start_http(settings.metrics_port, ready)
         watching = asyncio.create_task(watcher.run())
+        lag = asyncio.create_task(watch_lag(SERVICE, consumer_lag))
         try:
             while True:
                 try:
@@ -203,5 +267,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                 await announce_ready(producer, PRESCREEN_PARTY, version)
         finally:
             watching.cancel()
+            lag.cancel()
+            await producer.stop()
 
     return app

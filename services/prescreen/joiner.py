@@ -17,8 +17,10 @@ attempts are never multiplied together.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import inspect
 import json
 import logging
 import secrets
@@ -48,7 +50,12 @@ from services.kernel.crypto.paillier import CiphertextError, PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError
 from services.kernel.ids import decision_id_for
 from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES, requests_topic
-from services.kernel.metrics import BATCH_REREQUESTS, CRYPTO_SECONDS, PARTNER_TIMEOUTS
+from services.kernel.metrics import (
+    BATCH_REREQUESTS,
+    CRYPTO_SECONDS,
+    PARTNER_LATENCY,
+    PARTNER_TIMEOUTS,
+)
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
 from services.prescreen.policy import Screening, Verdict, decide, quota_share
@@ -56,6 +63,8 @@ from services.prescreen.policy import Screening, Verdict, decide, quota_share
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, bytes, bytes], Awaitable[Any]]
+"""Queue a record for the producer; may return an awaitable that resolves once the
+broker has it (the joiner waits for a batch's decisions before recording it decided)."""
 DeadLetter = Callable[[str, str], Awaitable[None]]
 
 
@@ -91,6 +100,7 @@ class Joiner:
         orphan_fragment_s: float = 60.0,
         decided_retention_s: float = 3600.0,
         retry_deadline_s: float = 1.0,
+        max_message_bytes: int = 1_000_000,
     ) -> None:
         self.batches = batches
         self.decided = decided
@@ -104,6 +114,7 @@ class Joiner:
         self.orphan_fragment_s = orphan_fragment_s
         self.decided_retention_s = decided_retention_s
         self.retry_deadline_s = retry_deadline_s
+        self.max_message_bytes = max_message_bytes
         self._events_since_sweep = 0
         # For batches no private key can sign ticks for (plaintext benchmark mode, or a
         # model this instance does not hold): the instance that owns a partition both
@@ -122,6 +133,12 @@ class Joiner:
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Raises :class:`RejectedInputError` for input that belongs in the DLQ."""
+        if value is not None and len(value) > self.max_message_bytes:
+            # Parsing it would cost memory and CPU for nothing: no well-formed pending
+            # record, fragment or tick comes near the limit.
+            raise RejectedInputError(
+                "oversized", f"{len(value)} bytes, over the {self.max_message_bytes}-byte limit"
+            )
         if topic == PENDING:
             await self.on_pending(partition, self._parse(PendingBatch, value))
         elif topic == FRAGMENTS and (KIND_HEADER, TICK_KIND) in headers:
@@ -155,29 +172,42 @@ class Joiner:
         await self._maybe_decide(pending.batch_id, state)
 
     async def on_fragment(self, partition: int, fragment: EncryptedFragment) -> None:
-        if fragment.batch_id in self.decided:
-            log.info(
-                "late fragment from %s for decided batch %s", fragment.partner, fragment.batch_id
+        self._check_signature(fragment)
+        if (decided := self.decided.get(fragment.batch_id)) is not None:
+            # Nothing can change a decided batch. Whether the partner's answer was part
+            # of the decision tells a replay (or a redelivery after a restart) from an
+            # answer that came too late; both are kept in the DLQ for the record.
+            used = decided[2] if len(decided) > 2 else []
+            if fragment.partner in used:
+                raise RejectedInputError(
+                    "replayed-fragment",
+                    f"{fragment.partner}'s fragment for batch {fragment.batch_id} was already "
+                    "used in its decision (a replay, or a redelivery after a restart)",
+                )
+            raise RejectedInputError(
+                "late-fragment",
+                f"{fragment.partner}'s fragment for batch {fragment.batch_id} arrived after "
+                "the batch was decided without it",
             )
-            return
         self._check_fragment(fragment)
         state = self.batches.get(fragment.batch_id) or self._new_state(partition)
         if fragment.attempt < state.get("a", 1):
             # Its attempt was re-requested already: it could only ever be combined with
             # fragments of its own attempt, which are gone.
-            log.info(
-                "late fragment from %s for attempt %d of batch %s",
-                fragment.partner,
-                fragment.attempt,
-                fragment.batch_id,
+            raise RejectedInputError(
+                "late-fragment",
+                f"{fragment.partner}'s fragment for attempt {fragment.attempt} of batch "
+                f"{fragment.batch_id} arrived after the batch was re-requested",
             )
-            return
         fragments = {attempt: dict(by) for attempt, by in state["f"].items()}
         current = fragments.setdefault(str(fragment.attempt), {})
         if fragment.partner in current:
             return  # duplicate delivery
         current[fragment.partner] = fragment.model_dump_json()
         state["f"] = fragments
+        if fragment.attempt == 1 and state.get("p") is not None:
+            requested = self._pending_of(fragment.batch_id, state).created_at.timestamp()
+            PARTNER_LATENCY.labels(partner=fragment.partner).observe(time.time() - requested)
         self.batches[fragment.batch_id] = state
         await self._maybe_decide(fragment.batch_id, state)
 
@@ -193,7 +223,9 @@ class Joiner:
             return  # a redelivered tick of an attempt that has been re-requested since
         if state.get("p") is None:
             log.warning(
-                "dropping fragments of batch %s: its pending record never came", tick.batch_id
+                "dropping fragments of batch %s: its pending record never came",
+                tick.batch_id,
+                extra={"batch_id": tick.batch_id},
             )
             del self.batches[tick.batch_id]
             return
@@ -201,11 +233,18 @@ class Joiner:
             return
         await self._decide(tick.batch_id, state)
 
-    def _check_fragment(self, fragment: EncryptedFragment) -> None:
+    def _check_signature(self, fragment: EncryptedFragment) -> None:
         try:
             self.registry.verify(fragment)
         except SignatureError as exc:
             raise RejectedInputError("bad-signature", str(exc)) from exc
+
+    def _check_fragment(self, fragment: EncryptedFragment) -> None:
+        """Everything but the signature (checked first, by the caller)."""
+        if self.bundle_for(fragment.model_version) is None:
+            raise RejectedInputError(
+                "unknown-model-version", f"no model {fragment.model_version} is loaded"
+            )
         if fragment.mode == "plaintext":
             if not self.allow_plaintext:
                 raise RejectedInputError(
@@ -306,6 +345,7 @@ class Joiner:
             batch_id,
             sorted(set(participants) - set(answered)),
             answered,
+            extra={"batch_id": batch_id, "attempt": 2},
         )
         return True
 
@@ -324,7 +364,12 @@ class Joiner:
         loaded = self.bundle_for(pending.model_version)
         missing: list[str] = []
         if loaded is None:
-            log.error("batch %s: model %s not available", batch_id, pending.model_version)
+            log.error(
+                "batch %s: model %s not available",
+                batch_id,
+                pending.model_version,
+                extra={"batch_id": batch_id, "model_version": pending.model_version},
+            )
             screenings = [Screening(pd=None, blacklisted=False)] * len(pending.candidates)
             bundle = None
         else:
@@ -332,9 +377,25 @@ class Joiner:
             screenings, missing = self._screen(
                 pending, fragments, participants, attempt, bundle, scorer
             )
+        # The outputs must be on the broker before the tables say "decided": the table
+        # changelog is flushed in the background, so otherwise a crash could leave the
+        # batch recorded as decided with its decisions lost, and the reprocessed inputs
+        # would then be ignored as replays.
         await self._emit(pending, screenings, missing, bundle, now, state["part"])
+        log.info(
+            "batch %s decided",
+            batch_id,
+            extra={
+                "batch_id": batch_id,
+                "model_version": pending.model_version,
+                "candidates": len(pending.candidates),
+                "attempt": attempt,
+                "missing_partners": missing,
+            },
+        )
         del self.batches[batch_id]
-        self.decided[batch_id] = [now.timestamp(), state["part"]]
+        # Who had answered: a later copy of one of these answers is a replay.
+        self.decided[batch_id] = [now.timestamp(), state["part"], sorted(fragments)]
 
     @staticmethod
     def _usable(
@@ -428,6 +489,7 @@ class Joiner:
                 "batch %s: fragments do not decode (%s); treating partners as missing",
                 pending.batch_id,
                 exc,
+                extra={"batch_id": pending.batch_id},
             )
             return None
         finally:
@@ -448,6 +510,7 @@ class Joiner:
         now: datetime,
         partition: int,
     ) -> None:
+        acks: list[Any] = []
         for candidate, screening in zip(pending.candidates, screenings, strict=True):
             if bundle is None:
                 verdict = Verdict("suppressed", (ReasonCode.MODEL_UNAVAILABLE,))
@@ -474,8 +537,22 @@ class Joiner:
                 decided_by="prescreen",
             )
             DECISION_COUNT.labels(outcome=verdict.outcome, reason=reasons[0].value).inc()
-            await self.send(
-                DECISIONS, candidate.event_id.encode(), decision.model_dump_json().encode()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "decision %s: %s",
+                    decision_id,
+                    verdict.outcome,
+                    extra={
+                        "batch_id": pending.batch_id,
+                        "decision_id": decision_id,
+                        "event_id": candidate.event_id,
+                        "reason": reasons[0].value,
+                    },
+                )
+            acks.append(
+                await self.send(
+                    DECISIONS, candidate.event_id.encode(), decision.model_dump_json().encode()
+                )
             )
             if verdict.outcome == "released":
                 assert verdict.score_band is not None and verdict.expires_at is not None
@@ -487,7 +564,12 @@ class Joiner:
                     released_at=now,
                     expires_at=verdict.expires_at,
                 )
-                await self.send(RELEASES, decision_id.encode(), release.model_dump_json().encode())
+                acks.append(
+                    await self.send(
+                        RELEASES, decision_id.encode(), release.model_dump_json().encode()
+                    )
+                )
+        await asyncio.gather(*(ack for ack in acks if inspect.isawaitable(ack)))
 
     def _take_quota(self, campaign: CampaignPolicy, partition: int) -> bool:
         if campaign.quota is None:
@@ -546,7 +628,7 @@ class Joiner:
         """Forget decided batch ids of this partition past retention (only keys of the
         current event's partition: a table write lands in that partition's changelog)."""
         cutoff = time.time() - self.decided_retention_s
-        for batch_id, (decided_at, part) in list(self.decided.items()):
+        for batch_id, (decided_at, part, *_) in list(self.decided.items()):
             if part == partition and decided_at < cutoff:
                 del self.decided[batch_id]
 

@@ -47,7 +47,17 @@ class Receiver:
 
     async def _open(self, _: web.Application) -> None:
         self.settings.out.parent.mkdir(parents=True, exist_ok=True)
+        # What was processed before a restart stays processed: a redelivery of it is a
+        # duplicate, not a second campaign contact.
+        before = self.settings.out.read_text("utf-8") if self.settings.out.exists() else ""
+        for line in before.splitlines():
+            try:
+                self.seen.add(json.loads(line)["webhook_id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
         self._out = self.settings.out.open("a", encoding="utf-8")
+        if before and not before.endswith("\n"):
+            self._out.write("\n")  # close the line a crash cut short
 
     async def _close(self, _: web.Application) -> None:
         if self._out is not None:

@@ -103,6 +103,7 @@ class Deliverer:
                 attempt.result,
                 attempt.status,
                 delay,
+                extra={"decision_id": msg_id, "endpoint": endpoint.name},
             )
             await asyncio.sleep(delay)
 

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from schemas import Release
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.clients import make_consumer, make_producer
-from services.kernel.kafka.dlq import DeadLetters
+from services.kernel.kafka.dlq import DeadLetters, oversized
+from services.kernel.kafka.lag import aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import RELEASES
 from services.kernel.metrics import MESSAGES_IN, start_http
 from services.webhooks.delivery import Deliverer
@@ -90,7 +91,7 @@ class WebhookService:
 
             self._consumer = consumer
             stack.callback(self._detach)
-            self._dead_letters = DeadLetters(producer, SERVICE)
+            self._dead_letters = DeadLetters(producer, SERVICE, self.kafka.max_message_bytes)
             self._deliverer = Deliverer(session, self.settings)
             self._ready = True
             log.info(
@@ -99,6 +100,8 @@ class WebhookService:
                 self.settings.group_id,
                 len(self.subscriptions.endpoints),
             )
+            lag = asyncio.create_task(watch_lag(SERVICE, lambda: aiokafka_samples(consumer)))
+            stack.callback(lag.cancel)
             try:
                 await self._consume(stop)
             finally:
@@ -140,6 +143,11 @@ class WebhookService:
         MESSAGES_IN.labels(service=SERVICE, topic=RELEASES).inc()
         progress = self._progress.setdefault(partition, PartitionProgress())
         progress.started(record.offset)
+        if (too_large := oversized(record.value, self.kafka.max_message_bytes)) is not None:
+            self._spawn(
+                partition, progress, record, self._dead_letter(record, "oversized", too_large, 1)
+            )
+            return
         try:
             release = Release.model_validate_json(record.value or b"")
         except ValidationError as exc:

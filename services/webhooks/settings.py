@@ -30,9 +30,12 @@ class WebhooksSettings(BaseSettings):
         description="Releases fetched but not finished before fetching pauses (backpressure).",
     )
     request_timeout_s: float = Field(default=10.0, gt=0, description="Per attempt.")
-    max_attempts: int = Field(default=6, ge=1)
+    # Doubling from 0.5 s, capped at 60 s, over 12 attempts: at least ~150 s (and at
+    # most ~300 s) of retrying before a release is dead-lettered, so an endpoint that
+    # is down for a minute or two loses nothing.
+    max_attempts: int = Field(default=12, ge=1)
     initial_backoff_s: float = Field(default=0.5, ge=0)
-    max_backoff_s: float = Field(default=30.0, ge=0)
+    max_backoff_s: float = Field(default=60.0, ge=0)
     max_retry_after_s: float = Field(
         default=60.0, ge=0, description="A receiver's Retry-After is honoured up to this."
     )

@@ -3,7 +3,12 @@ embedded broker, with real Paillier keys."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
+import signal
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -14,10 +19,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import Decision, EncryptedFragment, FragmentRequest, ReasonCode, Release
-from services.kernel.crypto.codec import int_to_b64
+from services.kernel.crypto.codec import b64_to_int, int_to_b64
 from services.kernel.crypto.packing import encode_weight
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
-from services.kernel.crypto.signing import new_signing_key, sign
+from services.kernel.crypto.signing import load_signing_key, new_signing_key, sign
+from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.topics import (
     AGREEMENT_KEYS,
     CANDIDATES,
@@ -249,6 +255,113 @@ async def test_forged_fragments_are_rejected_with_a_reason(running: Running) -> 
         if reasons:
             break
     assert reasons == {"bad-signature"}
+
+
+async def rejections(running: Running, topic: str, value: bytes) -> set[str]:
+    """The DLQ reasons recorded for this exact value (by its bytes or, when too large to
+    copy, by its digest), waiting a little for the consumer to get to it."""
+    digest = hashlib.sha256(value).hexdigest()
+    for _ in range(40):
+        reasons = {
+            e.reason
+            for e in await dead_letters(running.settings, topic)
+            if original_value(e) == value or e.value_sha256 == digest
+        }
+        if reasons:
+            return reasons
+        await asyncio.sleep(0.25)
+    return set()
+
+
+async def test_replayed_unknown_version_and_out_of_group_fragments_are_dead_lettered(
+    running: Running,
+) -> None:
+    """A partner (or anyone who can write fed.fragments.v1) re-sends a fragment that was
+    already used, or sends validly signed ones the bank must not use."""
+    events = [running.candidate(100 + i, event_id=f"replay-{i}") for i in range(3)]
+    await send_candidates(running.settings, events)
+    decided = await wait_for_decisions(running.settings, [e.event_id for e in events])
+    batch_ids = {d[0].batch_id for d in decided.values()}
+    used = [
+        EncryptedFragment.model_validate_json(v)
+        for v in await read_all(running.settings, FRAGMENTS)
+        if b'"signature"' in v and json.loads(v).get("batch_id") in batch_ids
+    ]
+    assert used, "no fragment of the decided batches on the topic"
+    replayed = used[0].model_dump_json().encode()
+    await produce(running.settings, FRAGMENTS, [(used[0].batch_id.encode(), replayed)])
+    assert await rejections(running, FRAGMENTS, replayed) == {"replayed-fragment"}
+
+    signing = load_signing_key(running.pipeline.deployment.signing_keys[used[0].partner])
+    n = b64_to_int(running.bank_bundle.public_key_n)
+
+    def resigned(**update: object) -> bytes:
+        changed = used[0].model_copy(update={"batch_id": f"b-{uuid.uuid4().hex[:12]}", **update})
+        changed = changed.model_copy(update={"signature": sign(signing, changed.signing_bytes())})
+        return changed.model_dump_json().encode()
+
+    cases = {
+        "unknown-model-version": resigned(model_version="m-never-rolled-out"),
+        "invalid-ciphertext": resigned(ciphertext=int_to_b64(n)),  # gcd(n, n) != 1
+    }
+    for reason, value in cases.items():
+        await produce(running.settings, FRAGMENTS, [(b"x", value)])
+        assert await rejections(running, FRAGMENTS, value) == {reason}
+
+
+async def test_oversized_messages_are_dead_lettered_with_their_digest(running: Running) -> None:
+    """Over KAFKA_MAX_MESSAGE_BYTES (1 MB): never parsed, and too large to copy whole
+    into the DLQ, so the envelope keeps the size and SHA-256 and the original offset."""
+    big = b'{"batch_id": "oversized", "padding": "' + b"x" * 1_100_000 + b'"}'
+    after = running.candidate(111, event_id="oversized-after")
+    producer = make_producer(running.settings, max_request_size=4_000_000)
+    await producer.start()
+    try:
+        for topic in (CANDIDATES, FRAGMENTS, requests_topic(PARTNERS[0])):
+            await producer.send_and_wait(topic, key=b"big", value=big)
+    finally:
+        await producer.stop()
+    await send_candidates(running.settings, [after])
+    for topic in (CANDIDATES, FRAGMENTS, requests_topic(PARTNERS[0])):
+        assert await rejections(running, topic, big) == {"oversized"}, topic
+        (envelope,) = [
+            e
+            for e in await dead_letters(running.settings, topic)
+            if e.value_sha256 == hashlib.sha256(big).hexdigest()
+        ]
+        assert envelope.value_b64 is None and envelope.value_size == len(big)
+    assert "oversized-after" in await wait_for_decisions(running.settings, ["oversized-after"])
+
+
+async def test_a_partner_that_stalls_yields_the_deadline_outcome_then_recovers(
+    running: Running,
+) -> None:
+    """SIGSTOP: the partner process is alive and in its consumer group but answers
+    nothing (a GC pause, a saturated host). Batches in that window get the configured
+    deadline outcome; once it resumes, it skips requests whose deadline passed and
+    candidates are scored in full again."""
+    partner = running.pipeline.fleet["partner-repayments"]
+    assert partner.process is not None
+    os.kill(partner.process.pid, signal.SIGSTOP)
+    try:
+        stalled = running.candidate(120, event_id="stall-1")
+        await send_candidates(running.settings, [stalled])
+        decision = (await wait_for_decisions(running.settings, ["stall-1"], timeout_s=30))[
+            "stall-1"
+        ][0]
+    finally:
+        os.kill(partner.process.pid, signal.SIGCONT)
+    assert running.bank_bundle.policy.deadline_outcome == "suppress"
+    assert decision.outcome == "suppressed"
+    assert decision.reasons == [ReasonCode.PARTNER_UNAVAILABLE]
+    assert decision.missing_partners == ["repayments"]
+    for attempt in range(20):
+        probe = running.candidate(121, event_id=f"stall-after-{attempt}")
+        await send_candidates(running.settings, [probe])
+        after = (await wait_for_decisions(running.settings, [probe.event_id]))[probe.event_id][0]
+        if not after.missing_partners:
+            break
+    assert after.missing_partners == [] and after.pd is not None and not after.degraded
 
 
 async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running: Running) -> None:

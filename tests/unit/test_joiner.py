@@ -196,10 +196,13 @@ async def test_a_batch_is_decided_when_the_last_fragment_arrives(world: World) -
     assert released == [k.decode() for t, k, _ in world.sent if t == RELEASES]
     assert "b1" in world.decided and "b1" not in world.batches
 
-    # redelivered inputs after the decision change nothing
+    # redelivered inputs after the decision change nothing; a fragment the decision
+    # used, arriving again, is a replay for the DLQ
     count = len(world.sent)
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
-    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    assert caught.value.reason == "replayed-fragment"
     assert len(world.sent) == count
 
 
@@ -243,7 +246,9 @@ async def test_a_missed_deadline_re_requests_the_flags_from_the_partners_that_an
     # The first attempt is over: its tick again, or a late fragment of it, changes nothing.
     await world.joiner.handle(FRAGMENTS, 0, first_tick, [(KIND_HEADER, TICK_KIND)])
     assert world.joiner.tick_for("b3", 1) is None
-    await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert caught.value.reason == "late-fragment"
     assert world.decisions() == [] and len(world.requests()) == 1
     assert set(world.batches["b3"]["f"]) == {"2"}
 
@@ -311,6 +316,11 @@ async def test_bad_fragments_are_rejected_with_reasons(world: World) -> None:
     cases = {
         "invalid-ciphertext": resigned(ciphertext=int_to_b64(int(world.key.public.n))),
         "unknown-key": resigned(key_id="pk-unknown"),
+        "unknown-model-version": resigned(model_version="m-never-rolled-out"),
+        # multiples of p are not in Z*_{n^2}; n^2 itself is out of range (the keys of
+        # this dict are padded to stay distinct)
+        "invalid-ciphertext ": resigned(ciphertext=int_to_b64(int(world.key.p) * 7)),
+        "invalid-ciphertext  ": resigned(ciphertext=int_to_b64(int(world.key.public.nsquare))),
         "plaintext-refused": resigned(mode="plaintext", ciphertext=None, plain_slots=[1]),
         "bad-signature": fragment.model_copy(update={"attempt": 2}).model_dump_json().encode(),
         "invalid-schema": b'{"batch_id": 1}',
@@ -318,8 +328,31 @@ async def test_bad_fragments_are_rejected_with_reasons(world: World) -> None:
     for reason, value in cases.items():
         with pytest.raises(RejectedInputError) as caught:
             await world.joiner.handle(FRAGMENTS, 0, value)
-        assert caught.value.reason == reason
+        assert caught.value.reason == reason.strip()
     assert world.batches == {}
+
+
+async def test_oversized_input_is_rejected_before_parsing(world: World) -> None:
+    world.joiner.max_message_bytes = 10_000
+    pending = world.pending("b13", [1])
+    padded = pending.model_dump_json().encode() + b" " * 10_000  # still valid JSON
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(PENDING, 0, padded)
+    assert caught.value.reason == "oversized"
+    assert world.batches == {}
+
+
+async def test_a_fragment_after_a_deadline_decision_is_late_not_replayed(world: World) -> None:
+    pending = world.pending("b14", [1])
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    await world.tick("b14", 0)
+    assert len(world.decisions()) == 1
+    for partner, reason in (("repayments", "late-fragment"), ("payments", "replayed-fragment")):
+        with pytest.raises(RejectedInputError) as caught:
+            await world.joiner.handle(FRAGMENTS, 0, world.fragment(partner, pending))
+        assert caught.value.reason == reason
+    assert len(world.decisions()) == 1
 
 
 async def test_a_fragment_that_does_not_decode_counts_as_missing(world: World) -> None:

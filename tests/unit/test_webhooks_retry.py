@@ -82,3 +82,26 @@ def test_retry_after_is_read_only_on_429_and_503() -> None:
     assert classify(429, "5").retry_after_s == 5.0
     assert classify(503, "5").retry_after_s == 5.0
     assert classify(500, "5").retry_after_s is None
+
+
+def test_the_default_schedule_outlasts_an_endpoint_down_for_two_minutes() -> None:
+    """A release is dead-lettered only after every attempt failed: with the defaults,
+    the shortest possible retry span (every jitter at its minimum) exceeds 120 s."""
+
+    class Lowest(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return a
+
+    from services.webhooks.settings import WebhooksSettings
+
+    settings = WebhooksSettings()
+    span = sum(
+        backoff_s(
+            attempt,
+            initial_s=settings.initial_backoff_s,
+            max_s=settings.max_backoff_s,
+            rng=Lowest(),
+        )
+        for attempt in range(1, settings.max_attempts)
+    )
+    assert span > 120.0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,10 +32,21 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
+def oversized(value: bytes | None, limit: int) -> str | None:
+    """Why ``value`` is too large to process, or None. Producers chunk anything larger
+    than the limit (services/kernel/kafka/chunks.py), so one record over it is suspect."""
+    if value is not None and len(value) > limit:
+        return f"{len(value)} bytes, over the {limit}-byte message limit"
+    return None
+
+
 class DeadLetters:
-    def __init__(self, producer: AIOKafkaProducer, consumer: str) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, consumer: str, max_bytes: int = 1_000_000
+    ) -> None:
         self.producer = producer
         self.consumer = consumer
+        self.max_bytes = max_bytes
 
     def envelope(
         self,
@@ -103,11 +115,27 @@ class DeadLetters:
             attempts=attempts,
         )
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s", topic, partition, offset, reason, error[:200]
+            "dead-lettered %s[%d]@%d: %s: %s",
+            topic,
+            partition,
+            offset,
+            reason,
+            error[:200],
+            extra={"topic": topic, "partition": partition, "offset": offset, "reason": reason},
         )
         DLQ_MESSAGES.labels(topic=topic, reason=reason).inc()
+        body = envelope.model_dump_json().encode()
+        if len(body) > self.max_bytes and value is not None:
+            # Base64 makes it a third larger than what the broker accepted: keep a digest
+            # and where the original is, which is enough to find and replay it.
+            envelope = envelope.model_copy(
+                update={
+                    "value_b64": None,
+                    "value_size": len(value),
+                    "value_sha256": hashlib.sha256(value).hexdigest(),
+                }
+            )
+            body = envelope.model_dump_json().encode()
         # Wait for the broker's acknowledgement: the consumer commits past the original
         # message right after this, so a dead letter that silently failed would be lost.
-        await self.producer.send_and_wait(
-            dlq_topic(topic), value=envelope.model_dump_json().encode(), key=key
-        )
+        await self.producer.send_and_wait(dlq_topic(topic), value=body, key=key)

@@ -50,9 +50,11 @@ async def follow_topic(
     settings: KafkaSettings,
     topic: str,
     handle: Callable[[int, bytes | None, list[tuple[str, bytes]]], None],
+    caught_up: asyncio.Event | None = None,
 ) -> None:
     """Read every partition of a topic from the beginning, forever, with no consumer
-    group: every instance of every service sees every message."""
+    group: every instance of every service sees every message. ``caught_up`` is set once
+    everything that was on the topic at the start has been handled."""
     consumer = make_consumer(
         settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=IDLE_FETCH_WAIT_MS
     )
@@ -66,11 +68,18 @@ async def follow_topic(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     handle(record.partition, record.value, list(record.headers or []))
+            if (
+                caught_up is not None
+                and not caught_up.is_set()
+                and all([await consumer.position(tp) >= ends[tp] for tp in tps])
+            ):
+                caught_up.set()
     finally:
         await consumer.stop()
 
@@ -130,6 +139,9 @@ class BundleWatcher(Generic[BundleT]):
         self.keep = keep
         self.bundles: dict[str, BundleT] = {}
         self.latest: BundleT | None = None
+        self.caught_up = asyncio.Event()
+        """Set once every bundle published before the watcher started has been seen: a
+        restarted service waits for it before it judges inputs by their model version."""
 
     def get(self, version: str) -> BundleT | None:
         return self.bundles.get(version)
@@ -166,4 +178,4 @@ class BundleWatcher(Generic[BundleT]):
             except (ChunkError, ValidationError, ValueError) as exc:
                 log.error("ignoring unusable bundle on %s: %s", self.topic, exc)
 
-        await follow_topic(self.settings, self.topic, handle)
+        await follow_topic(self.settings, self.topic, handle, self.caught_up)
