@@ -30,6 +30,7 @@ from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announ
 from services.kernel.model.scoring import BankScorer
 from services.partner.serving import PLAINTEXT_KEY_ID
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
+from services.prescreen.recovery import recover_skipped
 from services.prescreen.settings import PrescreenSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def _commit_only_what_was_processed() -> None:
 def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     _set_faust_fetch_wait(kafka.fetch_max_wait_ms)
     _commit_only_what_was_processed()
+    started_at = time.time()
     try:
         private_keys = load_private_keys(settings.private_keys_dir)
     except ValueError:
@@ -228,6 +230,13 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         live = set(batches.keys())
         state["ticked"] = {t: at for t, at in ticked.items() if t[0] in live}
 
+    def inputs_caught_up() -> bool:
+        consumer = getattr(app, "_consumer", None)
+        if consumer is None or not ready() or not watcher.caught_up.is_set():
+            return False
+        samples = faust_samples(consumer, (PENDING, FRAGMENTS))
+        return bool(samples) and all(lag == 0 for _, _, lag in samples)
+
     async def consumer_lag() -> list[Sample]:
         consumer = getattr(app, "_consumer", None)
         return [] if consumer is None else faust_samples(consumer, (PENDING, FRAGMENTS))
@@ -255,6 +264,19 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         await start_http(settings.metrics_port, ready)
         watching = asyncio.create_task(watcher.run())
         lag = asyncio.create_task(watch_lag(SERVICE, consumer_lag))
+        recovering = asyncio.create_task(
+            recover_skipped(
+                kafka,
+                producer,
+                started_at=started_at,
+                assigned=lambda: {
+                    tp.partition for tp in app.consumer.assignment() if tp.topic == PENDING
+                },
+                caught_up=inputs_caught_up,
+                known=lambda b: b in decided or (batches.get(b) or {}).get("p") is not None,
+                state_of=lambda b: batches.get(b),
+            )
+        )
         try:
             while True:
                 try:
@@ -268,6 +290,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         finally:
             watching.cancel()
             lag.cancel()
+            recovering.cancel()
             await producer.stop()
 
     return app

@@ -20,9 +20,24 @@ from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics, dlq_topic
+from services.training.policy_file import load_policy
 
 PARTNERS = list(ds.REFERENCE_PARTNERS)
 POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "policy.toml"
+
+
+def uncapped_policy(max_screenings: int = 1000) -> PolicyConfig:
+    """deploy/policy.toml without quotas, and a frequency cap no test reaches: for tests
+    about the data path, where every candidate should get a screening."""
+    policy = load_policy(POLICY_FILE)
+    return policy.model_copy(
+        update={
+            "campaigns": [c.model_copy(update={"quota": None}) for c in policy.campaigns],
+            "frequency_cap": policy.frequency_cap.model_copy(
+                update={"max_screenings": max_screenings}
+            ),
+        }
+    )
 
 
 @dataclass

@@ -17,18 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from schemas import Decision
 from services.bench.pipeline import PipelineOptions
 from services.kernel.kafka.clients import make_producer
-from services.kernel.kafka.topics import CANDIDATES, DECISIONS
+from services.kernel.kafka.topics import CANDIDATES
 from services.kernel.procs import ServiceProcess
-from services.training.policy_file import load_policy
 from tests.integration.harness import (
-    POLICY_FILE,
     Running,
-    read_all,
     start_pipeline,
     stop_pipeline,
+    uncapped_policy,
+    wait_for_decisions,
 )
 
 pytestmark = pytest.mark.integration
@@ -42,13 +40,7 @@ SECRET = "whsec_" + base64.b64encode(b"fault-tolerance-test-secret!").decode()
 
 @pytest.fixture(scope="module")
 async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    policy = load_policy(POLICY_FILE)
-    policy = policy.model_copy(
-        update={
-            "campaigns": [c.model_copy(update={"quota": None}) for c in policy.campaigns],
-            "frequency_cap": policy.frequency_cap.model_copy(update={"max_screenings": 10_000}),
-        }
-    )
+    policy = uncapped_policy(max_screenings=10_000)
     options = PipelineOptions(
         webhooks=True,
         webhook_secret=SECRET,
@@ -110,21 +102,6 @@ def delivered_ids(path: Path) -> list[str]:
     return ids
 
 
-async def final_decisions(
-    running: Running, ids: set[str], timeout_s: float
-) -> dict[str, list[Decision]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found: dict[str, list[Decision]] = {}
-        for value in await read_all(running.settings, DECISIONS, idle_s=1.0):
-            decision = Decision.model_validate_json(value)
-            if decision.event_id in ids:
-                found.setdefault(decision.event_id, []).append(decision)
-        if set(found) >= ids or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(2.0)
-
-
 async def test_every_candidate_is_decided_once_and_every_release_delivered_through_kill_9(
     running: Running,
 ) -> None:
@@ -142,7 +119,7 @@ async def test_every_candidate_is_decided_once_and_every_release_delivered_throu
     restart_s = [s for s in results[1:] if s is not None]
     assert all(s.alive for s in fleet.services.values()), "a restarted service died"
 
-    decisions = await final_decisions(running, set(ids), timeout_s=240.0)
+    decisions = await wait_for_decisions(running.settings, ids, timeout_s=240.0)
     missing = set(ids) - set(decisions)
     assert not missing, f"{len(missing)} candidates never decided, e.g. {sorted(missing)[:5]}"
     # At least once underneath, exactly once in effect: every copy of an event's decision

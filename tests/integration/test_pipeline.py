@@ -34,10 +34,8 @@ from services.kernel.kafka.topics import (
 )
 from services.kernel.model.scoring import BankScorer, sigmoid
 from services.partner.store import FeatureStore
-from services.training.policy_file import load_policy
 from tests.integration.harness import (
     PARTNERS,
-    POLICY_FILE,
     Running,
     dead_letters,
     original_value,
@@ -46,6 +44,7 @@ from tests.integration.harness import (
     send_candidates,
     start_pipeline,
     stop_pipeline,
+    uncapped_policy,
     wait_for_decisions,
 )
 
@@ -56,15 +55,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    policy = load_policy(POLICY_FILE)
-    # Large quotas and no frequency cap here: these tests are about the data path.
-    policy = policy.model_copy(
-        update={
-            "campaigns": [c.model_copy(update={"quota": None}) for c in policy.campaigns],
-            "frequency_cap": policy.frequency_cap.model_copy(update={"max_screenings": 1000}),
-        }
-    )
-    running = await start_pipeline(tmp_path_factory.mktemp("pipeline"), ROWS, policy)
+    running = await start_pipeline(tmp_path_factory.mktemp("pipeline"), ROWS, uncapped_policy())
     try:
         yield running
     finally:
