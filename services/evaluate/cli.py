@@ -31,6 +31,18 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Scratch (keys, stores, logs); empty or new. Default: temp in OUT."),
         ] = None,
+        cross_fit: Annotated[
+            bool | None,
+            typer.Option(
+                "--cross-fit/--no-cross-fit",
+                help="Passed to fedscreen train: the stacker learns from out-of-fold "
+                "partner scores. Default: the trainer's.",
+                show_default=False,
+            ),
+        ] = None,
+        cross_fit_folds: Annotated[
+            int | None, typer.Option(min=2, max=20, help="Folds for --cross-fit.")
+        ] = None,
     ) -> None:
         """Federated model vs bank-only floor and pooled ceiling on one stratified split,
         through the real protocol (embedded broker, a process per party)."""
@@ -51,6 +63,8 @@ def register(app: typer.Typer) -> None:
             out_dir=out,
             rounds=rounds,
             workdir=workdir,
+            cross_fit=cross_fit,
+            cross_fit_folds=cross_fit_folds,
         )
         dataset = read_dataset(spec)
         from services.evaluate.run import evaluate as run_evaluation
@@ -59,6 +73,13 @@ def register(app: typer.Typer) -> None:
         e = outputs.evaluation
         for key, model in e.models.items():
             typer.echo(f"{key}: AUC {model.auc:.4f}, KS {model.ks:.4f}")
+        m = e.training.metrics
+        if "test_auc_stacked_in_sample" in m:
+            typer.echo(
+                f"stacker on out-of-fold partner scores: test AUC {m['test_auc_stacked']:.4f}; "
+                f"on in-sample scores: {m['test_auc_stacked_in_sample']:.4f} "
+                f"(kept: {'stacked' if m.get('stacked') else 'additive'})"
+            )
         typer.echo(
             f"training {e.training.seconds:.0f}s, rounds {e.training.rounds_run} run / "
             f"{e.training.rounds_kept} kept; wrote {outputs.predictions}, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 FEDERATED, FLOOR, CEILING = "federated", "bank_only_floor", "pooled_ceiling"
@@ -31,6 +31,8 @@ class Training:
     test_auc: float | None  # as the training run computed it (from logits)
     bytes_sent_to_partner: dict[str, int]
     bytes_received_from_partner: dict[str, int]
+    # Every metric the training run reported (stacking, cross-fitting, per-model AUCs).
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def bytes_per_party(self) -> dict[str, dict[str, int]]:
         """What each party put on (sent) and took off (received) Kafka in the session."""
@@ -82,6 +84,7 @@ class Evaluation:
                 "rounds_kept": t.rounds_kept,
                 "validation_auc": t.validation_auc,
                 "test_auc_reported_by_training": t.test_auc,
+                "metrics": t.metrics,
             },
             "bytes": {
                 "sent_to_partner": t.bytes_sent_to_partner,

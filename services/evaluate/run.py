@@ -148,6 +148,12 @@ def train_command(spec: EvaluateSpec, workdir: Path, deployment: Deployment) -> 
         "--model-version",
         MODEL_VERSION,
         "--no-rollout",
+        *(
+            []
+            if spec.cross_fit is None
+            else ["--cross-fit" if spec.cross_fit else "--no-cross-fit"]
+        ),
+        *([] if spec.cross_fit_folds is None else ["--cross-fit-folds", str(spec.cross_fit_folds)]),
     ]
 
 
@@ -241,6 +247,7 @@ def training_summary(report: dict[str, Any], rounds_max: int) -> Training:
         bytes_received_from_partner={
             k: int(v) for k, v in report["bytes_received_from_partner"].items()
         },
+        metrics={k: float(v) for k, v in m.items()},
     )
 
 

@@ -1,5 +1,10 @@
 """The bank's side of the training conversation: send to each partner's training
-topic, collect every partner's reply for a step, fail loudly on errors or timeouts."""
+topic, collect every partner's reply for a step, fail loudly on errors or timeouts.
+
+One coordinator can hold more than one session (cross-fitting runs a second one next
+to the main session, see ``services/training/crossfit.py``): replies are matched by
+session, kind and round, and a reply that does not match the current collection waits
+in the inbox for the one it belongs to."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas import TrainError, TrainHistograms, TrainReady, TrainScores
@@ -24,6 +30,22 @@ log = logging.getLogger(__name__)
 ReplyT = TypeVar("ReplyT", TrainReady, TrainScores, TrainHistograms)
 
 
+async def _stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer, what: str) -> None:
+    """Close a client after the conversation is over. On an overloaded broker,
+    aiokafka's consumer can let the cancellation of its own in-flight fetch escape
+    from ``stop()`` (seen once: a finished training run lost at exit); that must not
+    discard a finished training. A cancellation of this task itself still propagates."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("closing the training %s was interrupted by a cancelled fetch", what)
+    except KafkaError as exc:
+        log.warning("closing the training %s failed: %s", what, exc)
+
+
 class TrainingError(RuntimeError):
     pass
 
@@ -34,6 +56,7 @@ class Coordinator:
     ) -> None:
         self.kafka = kafka
         self.session_id = session_id
+        self.sessions = {session_id}
         self.partners = partners
         self.timeout_s = timeout_s
         self.bytes_sent: dict[str, int] = dict.fromkeys(partners, 0)
@@ -68,10 +91,16 @@ class Coordinator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        try:
+            if self._consumer is not None:
+                await _stop_quietly(self._consumer, "reply consumer")
+        finally:
+            if self._producer is not None:
+                await _stop_quietly(self._producer, "producer")
+
+    def add_session(self, session_id: str) -> None:
+        """Accept replies for another session too (its messages carry their own id)."""
+        self.sessions.add(session_id)
 
     async def send(self, partner: str, message: ToPartner) -> None:
         assert self._producer is not None
@@ -80,7 +109,7 @@ class Coordinator:
         await send_large(
             self._producer,
             training_topic(partner),
-            self.session_id.encode(),
+            message.session_id.encode(),
             payload,
             limit=self.kafka.max_message_bytes - 4096,
         )
@@ -90,20 +119,27 @@ class Coordinator:
         for partner, message in messages.items():
             await self.send(partner, message)
 
-    async def collect(self, kind: type[ReplyT], round_: int | None = None) -> dict[str, ReplyT]:
-        """One reply of ``kind`` from every partner (for ``round_`` where it has one)."""
+    async def collect(
+        self, kind: type[ReplyT], round_: int | None = None, session_id: str | None = None
+    ) -> dict[str, ReplyT]:
+        """One reply of ``kind`` from every partner (for ``round_`` where it has one) in
+        ``session_id`` (default: the main session)."""
+        session = session_id or self.session_id
         replies: dict[str, ReplyT] = {}
         try:
             async with asyncio.timeout(self.timeout_s):
                 while len(replies) < len(self.partners):
+                    pending: list[ToBank] = []
                     for message in self._take_inbox():
                         if isinstance(message, TrainError):
                             raise TrainingError(f"partner {message.partner}: {message.error}")
-                        if not isinstance(message, kind):
-                            continue
-                        if round_ is not None and getattr(message, "round", None) != round_:
-                            continue
-                        replies[message.partner] = message
+                        if message.session_id != session:
+                            pending.append(message)  # another session's: keep it for later
+                        elif isinstance(message, kind) and (
+                            round_ is None or getattr(message, "round", None) == round_
+                        ):
+                            replies[message.partner] = message
+                    self._inbox = pending + self._inbox
                     if len(replies) < len(self.partners):
                         await self._poll()
         except TimeoutError as exc:
@@ -130,7 +166,7 @@ class Coordinator:
                 except (ChunkError, ValidationError) as exc:
                     log.error("unreadable training reply: %s", exc)
                     continue
-                if message.session_id != self.session_id or message.partner not in self.partners:
+                if message.session_id not in self.sessions or message.partner not in self.partners:
                     continue
                 self.bytes_received[message.partner] += len(whole)
                 self._inbox.append(message)

@@ -58,7 +58,8 @@ async def trained(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tra
             paillier_dir=deployment.paillier_dir,
             policy=load_policy(POLICY_FILE),
             out_dir=root / "models",
-            params=TrainParams(rounds=2, patience=2),
+            # With cross-fitting: the second session runs over Kafka next to the first.
+            params=TrainParams(rounds=2, patience=2, cross_fit=True),
             model_version="m-train-test",
             timeout_s=300,
         )
@@ -135,3 +136,24 @@ async def test_partners_receive_no_label_gradient_or_bank_feature(trained: Train
                 assert all(B64.match(c) and len(c) > 500 for c in message["ciphertexts"])
             if message["kind"] == "weights":
                 assert all(B64.match(c) and len(c) > 500 for r in message["tables"] for c in r)
+
+
+async def test_cross_fitting_runs_a_second_session_over_the_same_rows(trained: Trained) -> None:
+    metrics = trained.result.trained.metrics
+    assert metrics["cross_fit_folds"] == 3.0
+    assert 0.5 < metrics["test_auc_stacked"] <= 1.0
+    assert 0.5 < metrics["test_auc_stacked_in_sample"] <= 1.0
+    assert all("cross_fit_val_auc" in h for h in trained.result.trained.history[1:])
+    session = "train-m-train-test"
+    for partner in PARTNERS:
+        received = await read_all(trained.broker.settings(), training_topic(partner))
+        messages = [json.loads(v) for v in received if v.startswith(b"{")]
+        starts = {m["session_id"]: m for m in messages if m["kind"] == "start"}
+        assert set(starts) == {session, f"{session}.xf"}
+        main, second = starts[session], starts[f"{session}.xf"]
+        assert second["tokens"] == main["tokens"]  # the same fit rows: the same bins
+        assert second["eval_tokens"] == main["eval_tokens"][: len(second["eval_tokens"])]
+        rounds = {(m["session_id"], m["round"]) for m in messages if m["kind"] == "weights"}
+        assert rounds == {(s, r) for s in (session, f"{session}.xf") for r in (1, 2)}
+        finished = {m["session_id"] for m in messages if m["kind"] == "finish"}
+        assert finished == {session, f"{session}.xf"}
