@@ -1,5 +1,6 @@
 """``fedscreen bench``: pipeline throughput and latency per mode, the crypto
-micro-benchmark, and every number with the machine in one JSON file."""
+micro-benchmark, and every number with the machine in one JSON file; ``--soak``: a long
+steady run for memory growth and latency drift (services/bench/soak.py)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,20 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="Candidates in the throughput run, per mode.")
         ] = 40_000,
         rate: Annotated[
-            float, typer.Option(help="Offered load of the latency run, candidates/s.")
-        ] = 500.0,
-        duration: Annotated[float, typer.Option(help="Length of the latency run, s.")] = 20.0,
+            float | None,
+            typer.Option(
+                help="Offered load of the latency run (default 500) or of the soak "
+                "(default 300), candidates/s.",
+                show_default=False,
+            ),
+        ] = None,
+        duration: Annotated[
+            float | None,
+            typer.Option(
+                help="Length of the latency run (default 20) or of the soak (default 600), s.",
+                show_default=False,
+            ),
+        ] = None,
         modes: Annotated[
             str, typer.Option(help="Comma-separated: federated, plaintext.")
         ] = "federated,plaintext",
@@ -45,15 +57,23 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--pipeline/--no-pipeline", help="Run the pipeline benchmark."),
         ] = True,
-        out: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path(
-            "bench-results.json"
-        ),
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                help="Where to write the JSON results (default bench-results.json, "
+                "or soak-results.json with --soak).",
+                show_default=False,
+            ),
+        ] = None,
         workdir: Annotated[
             Path, typer.Option(help="Scratch directory: keys, stores, logs per mode.")
         ] = Path(".fedscreen/bench"),
         rows: Annotated[
             int | None,
-            typer.Option(help="Customers: the first N of the 30,000 (default all)."),
+            typer.Option(
+                help="Customers: the first N of the 30,000 (default all; 2,000 with --soak).",
+                show_default=False,
+            ),
         ] = None,
         training: Annotated[
             bool,
@@ -65,10 +85,31 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(help="Intake's batch linger (INTAKE_LINGER_MS): latency vs batch size."),
         ] = 20.0,
+        soak: Annotated[
+            bool,
+            typer.Option(
+                "--soak",
+                help="Instead: the federated pipeline at a steady --rate for --duration, "
+                "sampled every --interval (RSS per process, latency per window, lag, DLQ); "
+                "reports memory growth and latency drift against thresholds "
+                "(docs/benchmarks.md#soak). --modes, --candidates, --micro and --training "
+                "do not apply.",
+            ),
+        ] = False,
+        interval: Annotated[
+            float, typer.Option(help="--soak: seconds per sampling window.")
+        ] = 10.0,
     ) -> None:
-        """Benchmark the pipeline (federated and plaintext) and the crypto; write JSON."""
+        """Benchmark the pipeline (federated and plaintext) and the crypto; write JSON.
+        With --soak, a long steady run for memory growth and latency drift instead."""
+        if soak:
+            run_soak_command(rate, duration, interval, rows, out, workdir, linger_ms, training)
+            return
         from services.bench.run import BenchRequest, run_bench
 
+        rate = 500.0 if rate is None else rate
+        duration = 20.0 if duration is None else duration
+        out = Path("bench-results.json") if out is None else out
         if candidates < 1:
             raise CliError("--candidates must be at least 1")
         if not 0 < rate <= 100_000:
@@ -104,3 +145,52 @@ def register(app: typer.Typer) -> None:
             raise CliError(f"the benchmark could not run: {exc}") from exc
         if code != 0:
             raise CliError(f"the benchmark found problems (listed above; results in {out})")
+
+
+def run_soak_command(
+    rate: float | None,
+    duration: float | None,
+    interval: float,
+    rows: int | None,
+    out: Path | None,
+    workdir: Path,
+    linger_ms: float,
+    training: bool,
+) -> None:
+    from services.bench.soak import SoakRequest, run_soak
+
+    rate = 300.0 if rate is None else rate
+    duration = 600.0 if duration is None else duration
+    out = Path("soak-results.json") if out is None else out
+    rows = 2000 if rows is None else rows
+    if training:
+        raise CliError("--training does not apply to --soak")
+    if not 0 < rate <= 100_000:
+        raise CliError("--rate must be in (0, 100000] candidates/s")
+    if not 0 < duration <= 3600:
+        raise CliError("--duration must be in (0, 3600] seconds")
+    if not 1 <= interval <= 600:
+        raise CliError("--interval must be in [1, 600] seconds")
+    if duration < 4 * interval:
+        raise CliError("--duration must be at least 4 x --interval (warm-up, two halves)")
+    if not 100 <= rows <= 30_000:
+        raise CliError("--rows must be between 100 and 30000")
+    if not 0 < linger_ms <= 10_000:
+        raise CliError("--linger-ms must be in (0, 10000]")
+    if out.exists() and out.is_dir():
+        raise CliError(f"--out {out} is a directory")
+    request = SoakRequest(
+        duration_s=duration,
+        rate=rate,
+        interval_s=interval,
+        rows=rows,
+        out=out,
+        workdir=workdir,
+        linger_ms=linger_ms,
+    )
+    try:
+        code = run_soak(request)
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        raise CliError(f"the soak could not run: {exc}") from exc
+    if code != 0:
+        raise CliError(f"the soak run broke (problems listed above; results in {out})")

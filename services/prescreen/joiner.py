@@ -394,6 +394,9 @@ class Joiner:
             },
         )
         del self.batches[batch_id]
+        # Again: the deadline timer may have parsed the pending record back into the
+        # cache while _emit awaited the broker (tick_for), and nothing else removes it.
+        self._pending.pop(batch_id, None)
         # Who had answered: a later copy of one of these answers is a replay.
         self.decided[batch_id] = [now.timestamp(), state["part"], sorted(fragments)]
 

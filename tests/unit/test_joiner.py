@@ -449,3 +449,22 @@ async def test_a_redelivered_request_gets_the_same_plaintext_in_a_new_ciphertext
     assert first.ciphertext != second.ciphertext
     plain = [world.key.decrypt(b64_to_int(f.ciphertext or "")) for f in (first, second)]
     assert plain[0] == plain[1]
+
+
+async def test_a_timer_tick_during_the_decision_leaves_nothing_cached(world: World) -> None:
+    """The deadline timer runs while a decision awaits the broker; the batch it looks at
+    must not stay in the joiner's parsed-record cache once decided (the soak found
+    prescreen growing by one cached batch per batch decided late)."""
+    pending = world.pending("b15", [1, 2])
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    send = world.joiner.send
+
+    async def send_while_the_timer_runs(topic: str, key: bytes, value: bytes) -> None:
+        world.joiner.tick_for("b15", 1)  # what expire() does between two awaits
+        await send(topic, key, value)
+
+    world.joiner.send = send_while_the_timer_runs
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert len(world.decisions()) == 2
+    assert "b15" not in world.joiner._pending and "b15" not in world.batches
