@@ -62,7 +62,8 @@ def _set_faust_fetch_wait(wait_ms: int) -> None:
 
 def _commit_only_what_was_processed() -> None:
     """Two faust-streaming 0.15 behaviours commit offsets of records no agent processed,
-    which at least once cannot afford (the kill -9 test lost whole batches to them):
+    which at least once cannot afford (either lets a restart begin after records that
+    nobody decided):
 
     - a jump in offsets is taken for compaction or transaction markers, and the range
       is committed as if acknowledged (``Consumer._add_gap``). Our input topics are
