@@ -34,7 +34,12 @@ from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
 from services.kernel.ids import decision_id_for, new_batch_id
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
+from services.kernel.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
+    make_consumer,
+    make_producer,
+    partitions_of,
+)
 from services.kernel.kafka.dlq import DeadLetters, oversized
 from services.kernel.kafka.lag import Sample, aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import (
@@ -319,6 +324,11 @@ class IntakeService:
         reader = make_consumer(self.kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await reader.start()
         try:
+            try:  # before the first assign(): see partitions_of
+                pending = await partitions_of(reader, PENDING, timeout_s=30.0)
+            except TimeoutError:
+                log.warning("no %s topic: no batches to read back", PENDING)
+                pending = []
             tps = [TopicPartition(INTAKE_CUSTOMERS, p) for p in partitions]
             reader.assign(tps)
             ends = await reader.end_offsets(tps)
@@ -335,11 +345,14 @@ class IntakeService:
                     if await reader.position(tp) >= ends[tp]:
                         remaining.discard(tp)
             log.info("restored %d customer states for partitions %s", restored, partitions)
-            await self._recover_batched(reader, [tp for tp in assigned if tp.topic == CANDIDATES])
+            owned = [tp for tp in assigned if tp.topic == CANDIDATES]
+            await self._recover_batched(reader, owned, pending)
         finally:
             await reader.stop()
 
-    async def _recover_batched(self, reader: AIOKafkaConsumer, owned: list[TopicPartition]) -> None:
+    async def _recover_batched(
+        self, reader: AIOKafkaConsumer, owned: list[TopicPartition], pending_partitions: list[int]
+    ) -> None:
         """Mark as seen the redelivered events that a previous owner already batched.
 
         A crash between flushing a batch's pending record and writing its customers'
@@ -359,9 +372,9 @@ class IntakeService:
             if records:
                 since = min(since or records[0].timestamp, records[0].timestamp)
         if since is None:
+            log.info("no committed offsets yet: no batches to read back")
             return
-        partitions = reader.partitions_for_topic(PENDING) or set()
-        pending = [TopicPartition(PENDING, p) for p in sorted(partitions)]
+        pending = [TopicPartition(PENDING, p) for p in pending_partitions]
         reader.assign(pending)
         starts = await reader.offsets_for_times({tp: since for tp in pending})
         ends = await reader.end_offsets(pending)
@@ -372,10 +385,11 @@ class IntakeService:
                 reader.seek(tp, found.offset)
                 remaining.add(tp)
         mine = {tp.partition for tp in owned}
-        marked = 0
+        marked = read = 0
         while remaining:
             for records in (await reader.getmany(*remaining, timeout_ms=500)).values():
                 for record in records:
+                    read += 1
                     try:
                         batch = PendingBatch.model_validate_json(record.value or b"")
                     except ValidationError:
@@ -389,5 +403,10 @@ class IntakeService:
             for tp in list(remaining):
                 if await reader.position(tp) >= ends[tp]:
                     remaining.discard(tp)
-        if marked:
-            log.info("%d redelivered events were batched before the restart: not again", marked)
+        log.info(
+            "read back %d pending records since %s: %d redelivered events were batched "
+            "before the restart, not again",
+            read,
+            datetime.fromtimestamp(since / 1000, UTC).isoformat(),
+            marked,
+        )

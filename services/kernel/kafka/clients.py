@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -51,3 +52,21 @@ def make_consumer(
     }
     kwargs.update(overrides)
     return AIOKafkaConsumer(*topics, **kwargs)
+
+
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float | None = None
+) -> list[int]:
+    """The topic's partitions, waiting until it exists (raises TimeoutError after
+    ``timeout_s``, if given).
+
+    Call it on a started consumer before ``assign``: once assigned, a consumer keeps
+    metadata for its assigned topics only, and ``partitions_for_topic`` then answers
+    None for every other topic (intake once read no pending records back for that)."""
+    async with asyncio.timeout(timeout_s):
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            await asyncio.sleep(0.2)
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+    return sorted(partitions)

@@ -20,7 +20,12 @@ from pydantic import ValidationError
 from schemas import BankBundle, ModelReady, PartnerBundle
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
+from services.kernel.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
+    make_consumer,
+    make_producer,
+    partitions_of,
+)
 from services.kernel.kafka.topics import MODEL_READY
 
 log = logging.getLogger(__name__)
@@ -60,12 +65,7 @@ async def follow_topic(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            await asyncio.sleep(0.2)
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
