@@ -29,8 +29,9 @@ from services.kernel.metrics import MESSAGES_IN, start_http
 from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announce_ready
 from services.kernel.model.scoring import BankScorer
 from services.partner.serving import PLAINTEXT_KEY_ID
+from services.prescreen import faust_patches
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
-from services.prescreen.recovery import recover_skipped
+from services.prescreen.recovery import JoinerView, keep_recovering
 from services.prescreen.settings import PrescreenSettings
 
 log = logging.getLogger(__name__)
@@ -39,69 +40,8 @@ TICK_RESEND_S = 10.0
 """A batch still undecided this long after its deadline tick was sent gets another."""
 
 
-def _set_faust_fetch_wait(wait_ms: int) -> None:
-    """faust-streaming 0.15 builds its worker consumer with fetch_max_wait_ms=1500 fixed.
-    On the embedded broker that delays every batch by up to that long, so wrap the
-    factory and set aiokafka's attribute before the consumer starts (it is read in
-    AIOKafkaConsumer.start)."""
-    from faust.transport.drivers import aiokafka as driver
-
-    thread = driver.AIOKafkaConsumerThread
-    original = thread._create_worker_consumer
-    if getattr(original, "__fedscreen__", False):
-        return
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = wait_ms
-        return consumer
-
-    create.__fedscreen__ = True  # type: ignore[attr-defined]
-    setattr(thread, "_create_worker_consumer", create)  # noqa: B010  (a method, patched)
-
-
-def _commit_only_what_was_processed() -> None:
-    """Two faust-streaming 0.15 behaviours commit offsets of records no agent processed,
-    which at least once cannot afford (either lets a restart begin after records that
-    nobody decided):
-
-    - a jump in offsets is taken for compaction or transaction markers, and the range
-      is committed as if acknowledged (``Consumer._add_gap``). Our input topics are
-      neither compacted nor transactional: a jump there means records were not read.
-    - a record a stream skips because a rebalance began (flow control off, or an older
-      consumer generation) is acknowledged, and its offset becomes committable.
-
-    So gaps are ignored, and a skipped record is marked done without making its offset
-    committable: after the rebalance it is read again from the committed offset."""
-    from faust.transport import consumer as module
-
-    consumer = module.Consumer
-    if getattr(consumer.ack, "__fedscreen__", False):
-        return
-    original_ack = consumer.ack
-
-    async def ignore_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        return None
-
-    def ack(self: Any, message: Any) -> bool:
-        app = self.app
-        if app.flow_control.is_active() and message.generation_id == app.consumer_generation_id:
-            return bool(original_ack(self, message))
-        with getattr(module, "ack_lock"):  # noqa: B009  (faust-internal, not exported)
-            if not message.acked:
-                message.acked = True
-                self._unacked_messages.discard(message)
-                getattr(module, "notify")(self._waiting_for_ack)  # noqa: B009
-        return False
-
-    ack.__fedscreen__ = True  # type: ignore[attr-defined]
-    setattr(consumer, "_add_gap", ignore_gap)  # noqa: B010  (methods, patched)
-    setattr(consumer, "ack", ack)  # noqa: B010
-
-
 def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
-    _set_faust_fetch_wait(kafka.fetch_max_wait_ms)
-    _commit_only_what_was_processed()
+    faust_patches.apply(kafka.fetch_max_wait_ms)
     started_at = time.time()
     try:
         private_keys = load_private_keys(settings.private_keys_dir)
@@ -158,6 +98,9 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     decided = app.Table("decided", default=None, partitions=kafka.partitions)
     quota = app.Table("quota", default=None, partitions=kafka.partitions)
     state: dict[str, Any] = {"dlq": None, "ticked": {}}
+    # The last offset the agent handled, by (topic, partition): what was fetched may
+    # still wait in faust's buffers, this has been through the joiner.
+    processed: dict[tuple[str, int], int] = {}
     dlq_ready = asyncio.Event()
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
@@ -193,6 +136,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                 await joiner.handle(
                     message.topic, message.partition, message.value, list(message.headers or [])
                 )
+                processed[(message.topic, message.partition)] = message.offset
             except RejectedInputError as exc:
                 await dlq_ready.wait()  # bad input may beat the side task's producer
                 await state["dlq"].send_raw(
@@ -205,6 +149,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                     reason=exc.reason,
                     error=str(exc),
                 )
+                processed[(message.topic, message.partition)] = message.offset
 
     @app.timer(settings.deadline_check_s)
     async def expire() -> None:
@@ -230,13 +175,6 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                 ticked[(batch_id, attempt)] = now
         live = set(batches.keys())
         state["ticked"] = {t: at for t, at in ticked.items() if t[0] in live}
-
-    def inputs_caught_up() -> bool:
-        consumer = getattr(app, "_consumer", None)
-        if consumer is None or not ready() or not watcher.caught_up.is_set():
-            return False
-        samples = faust_samples(consumer, (PENDING, FRAGMENTS))
-        return bool(samples) and all(lag == 0 for _, _, lag in samples)
 
     async def consumer_lag() -> list[Sample]:
         consumer = getattr(app, "_consumer", None)
@@ -266,16 +204,20 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         watching = asyncio.create_task(watcher.run())
         lag = asyncio.create_task(watch_lag(SERVICE, consumer_lag))
         recovering = asyncio.create_task(
-            recover_skipped(
+            keep_recovering(
                 kafka,
                 producer,
+                JoinerView(
+                    ready=lambda: ready() and watcher.caught_up.is_set(),
+                    assigned=lambda: {
+                        tp.partition for tp in app.consumer.assignment() if tp.topic == PENDING
+                    },
+                    processed=lambda partition: processed.get((PENDING, partition)),
+                    known=lambda b: b in decided or (batches.get(b) or {}).get("p") is not None,
+                    state_of=lambda b: batches.get(b),
+                ),
+                group_id=settings.app_id,
                 started_at=started_at,
-                assigned=lambda: {
-                    tp.partition for tp in app.consumer.assignment() if tp.topic == PENDING
-                },
-                caught_up=inputs_caught_up,
-                known=lambda b: b in decided or (batches.get(b) or {}).get("p") is not None,
-                state_of=lambda b: batches.get(b),
             )
         )
         try:

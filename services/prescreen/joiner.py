@@ -213,7 +213,12 @@ class Joiner:
 
     async def on_deadline(self, tick: DeadlineTick) -> None:
         state = self.batches.get(tick.batch_id)
-        if state is None or tick.batch_id in self.decided:
+        if state is None:
+            return
+        if tick.batch_id in self.decided:
+            # Left over from a crash between the two writes that end a decision.
+            del self.batches[tick.batch_id]
+            self._pending.pop(tick.batch_id, None)
             return
         secret = self._tick_secret(tick.batch_id, state)
         expected = tick_mac(secret, tick.batch_id, tick.attempt, tick.fired_at)
@@ -393,12 +398,15 @@ class Joiner:
                 "missing_partners": missing,
             },
         )
+        # Who had answered: a later copy of one of these answers is a replay. Written
+        # before the batch is deleted: a crash between the two changelog writes then
+        # leaves a decided batch that is still held (its next tick removes it), never
+        # one that is in neither table and would look skipped after the restart.
+        self.decided[batch_id] = [now.timestamp(), state["part"], sorted(fragments)]
         del self.batches[batch_id]
         # Again: the deadline timer may have parsed the pending record back into the
         # cache while _emit awaited the broker (tick_for), and nothing else removes it.
         self._pending.pop(batch_id, None)
-        # Who had answered: a later copy of one of these answers is a replay.
-        self.decided[batch_id] = [now.timestamp(), state["part"], sorted(fragments)]
 
     @staticmethod
     def _usable(

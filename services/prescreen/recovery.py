@@ -1,12 +1,18 @@
-"""After a restart, find batches whose inputs the previous instance's commits skipped,
-and put their records back on the topics so the joiner decides them.
+"""After a restart, find batches whose pending record the joiner never kept, and put
+their records back on the topics so the joiner decides them.
 
 Why: without transactions, what faust commits and what reached its table changelog
-can disagree after a kill -9, and the kill -9 test showed a restarted instance
-starting past pending records nobody had decided. The joiner keeps every batch it
-knows (``batches``) or decided (``decided``); any pending record of the last minutes
-in neither is one that was skipped. Sending it again is safe: the joiner ignores a
-pending record or fragment it already holds.
+can disagree after a kill -9. faust flushed its changelog only partly before
+committing (see ``faust_patches.flush_completely``), and the kill -9 test showed a
+restarted instance starting past pending records whose batches were in neither
+table. The patches close the causes found; this sweep is the check that nothing
+slipped through, and it says in the log when something did.
+
+The check is exact: once the joiner has *processed* every pending record that was
+on the broker when the sweep began (not merely fetched it: faust buffers thousands
+of records between its fetcher and the agent), any pending record of the window in
+neither ``batches`` nor ``decided`` was skipped. Sending it again is safe: the
+joiner ignores a pending record or fragment it already holds, and a decided batch's.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from services.kernel.config import KafkaSettings
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer
+from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, partitions_of
 from services.kernel.kafka.topics import FRAGMENTS, PENDING
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 300.0
 """How far before this instance started to look for skipped records."""
+RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class Record:
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    offset: int = -1
 
 
 def skipped_batches(
@@ -58,10 +66,58 @@ def fragments_of(fragments: list[Record], batch_ids: Collection[str]) -> list[Re
     ]
 
 
+def processed_through(
+    ends: Mapping[int, int],
+    processed: Callable[[int], int | None],
+    committed: Mapping[int, int],
+) -> bool:
+    """Has the joiner processed every record below ``ends`` (by partition)? A partition
+    it has processed nothing of is done when nothing was there past the committed
+    offset it started from."""
+    for partition, end in ends.items():
+        last = processed(partition)
+        start = committed.get(partition, 0)
+        if (last + 1 if last is not None else start) < end:
+            return False
+    return True
+
+
+async def committed_offsets(kafka: KafkaSettings, group_id: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets for a topic, by partition (as the broker has them)."""
+    reader = make_consumer(kafka, group_id=group_id)
+    await reader.start()
+    try:
+        found = {}
+        for partition in await partitions_of(reader, topic):
+            offset = await reader.committed(TopicPartition(topic, partition))
+            if offset is not None:
+                found[partition] = offset
+        return found
+    finally:
+        await reader.stop()
+
+
+async def end_offsets(
+    kafka: KafkaSettings, topic: str, partitions: Collection[int]
+) -> dict[int, int]:
+    reader = make_consumer(kafka, group_id=None)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
+    finally:
+        await reader.stop()
+
+
 async def read_window(
-    kafka: KafkaSettings, topic: str, partitions: Collection[int], since: float, until: float
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: Collection[int],
+    since: float,
+    ends: Mapping[int, int] | None = None,
 ) -> list[Record]:
-    """Records of these partitions appended between ``since`` and ``until`` (seconds)."""
+    """Records of these partitions appended since ``since`` (seconds), below ``ends``
+    (by partition; the current end when not given)."""
     reader = make_consumer(kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
     await reader.start()
     try:
@@ -70,63 +126,86 @@ async def read_window(
             return []
         reader.assign(tps)
         starts = await reader.offsets_for_times({tp: int(since * 1000) for tp in tps})
-        ends = await reader.end_offsets(tps)
+        stops = await reader.end_offsets(tps)
+        if ends is not None:
+            stops = {tp: min(stops[tp], ends.get(tp.partition, stops[tp])) for tp in tps}
         remaining = set()
         for tp in tps:
             found = starts.get(tp)
-            if found is not None and found.offset < ends[tp]:
+            if found is not None and found.offset < stops[tp]:
                 reader.seek(tp, found.offset)
                 remaining.add(tp)
         records: list[Record] = []
         while remaining:
             for tp, batch in (await reader.getmany(*remaining, timeout_ms=500)).items():
                 for r in batch:
-                    if r.timestamp <= until * 1000 and r.key is not None and r.value is not None:
+                    if r.offset < stops[tp] and r.key is not None and r.value is not None:
                         headers = tuple((k, v) for k, v in (r.headers or ()))
-                        records.append(Record(topic, tp.partition, r.key, r.value, headers))
+                        records.append(
+                            Record(topic, tp.partition, r.key, r.value, headers, r.offset)
+                        )
             for tp in list(remaining):
-                if await reader.position(tp) >= ends[tp]:
+                if await reader.position(tp) >= stops[tp]:
                     remaining.discard(tp)
         return records
     finally:
         await reader.stop()
 
 
+@dataclass
+class JoinerView:
+    """What the sweep may ask of the running joiner."""
+
+    ready: Callable[[], bool]
+    """Tables recovered, partitions assigned, every model bundle read back."""
+    assigned: Callable[[], Collection[int]]
+    """Pending partitions this instance owns."""
+    processed: Callable[[int], int | None]
+    """The last pending offset of a partition the joiner handled."""
+    known: Callable[[str], bool]
+    """The batch is decided, or held with its pending record."""
+    state_of: Callable[[str], Mapping[str, object] | None]
+
+
 async def recover_skipped(
     kafka: KafkaSettings,
     producer: AIOKafkaProducer,
+    joiner: JoinerView,
     *,
     started_at: float,
-    assigned: Callable[[], Collection[int]],
-    caught_up: Callable[[], bool],
-    known: Callable[[str], bool],
-    state_of: Callable[[str], Mapping[str, object] | None],
+    committed_at_start: Mapping[int, int],
     settle_s: float = 1.0,
     give_up_s: float = 600.0,
 ) -> int:
-    """Once the joiner has caught up with its inputs, re-send the pending records (and
-    the fragments the joiner lacks) of batches it never saw. Returns how many batches."""
+    """Re-send the pending records (and the fragments the joiner lacks) of batches the
+    joiner never kept. Returns how many batches."""
     deadline = time.monotonic() + give_up_s
-    while True:
-        while not caught_up():
-            if time.monotonic() > deadline:
-                log.warning("skipped-batch recovery gave up: the inputs never caught up")
-                return 0
-            await asyncio.sleep(settle_s)
-        # Read is not yet processed: give the agent time to work off its buffer.
-        await asyncio.sleep(5 * settle_s)
-        if caught_up():
-            break
-    partitions = set(assigned())
-    pending = await read_window(kafka, PENDING, partitions, started_at - WINDOW_S, started_at)
-    missing = skipped_batches(pending, known)
+    while not joiner.ready():
+        if time.monotonic() > deadline:
+            log.warning("skipped-batch recovery gave up: prescreen never became ready")
+            return 0
+        await asyncio.sleep(settle_s)
+    partitions = set(joiner.assigned())
+    ends = await end_offsets(kafka, PENDING, partitions)
+    while not processed_through(
+        {p: e for p, e in ends.items() if p in joiner.assigned()},
+        joiner.processed,
+        committed_at_start,
+    ):
+        if time.monotonic() > deadline:
+            log.warning("skipped-batch recovery gave up: the joiner never caught up")
+            return 0
+        await asyncio.sleep(settle_s)
+    pending = await read_window(kafka, PENDING, partitions, started_at - WINDOW_S, ends)
+    missing = skipped_batches(pending, joiner.known)
     if not missing:
+        log.info("no pending record of the last %.0f s was skipped", WINDOW_S)
         return 0
-    fragments = await read_window(kafka, FRAGMENTS, partitions, started_at - WINDOW_S, time.time())
+    fragments = await read_window(kafka, FRAGMENTS, partitions, started_at - WINDOW_S)
     for record in missing.values():
         await producer.send(PENDING, key=record.key, value=record.value, partition=record.partition)
     for record in fragments_of(fragments, missing):
-        state = state_of(record.key.decode()) or {}
+        state = joiner.state_of(record.key.decode()) or {}
         held = state.get("f") or {}
         partner = json.loads(record.value).get("partner")
         attempt = str(json.loads(record.value).get("attempt", 1))
@@ -140,9 +219,45 @@ async def recover_skipped(
             headers=list(record.headers),
         )
     await producer.flush()
+    # Where they were against the offsets committed when this instance started tells
+    # who skipped them: below, the previous instance committed past them; at or above,
+    # this instance passed them by.
+    behind = sum(r.offset < committed_at_start.get(r.partition, 0) for r in missing.values())
     log.warning(
-        "%d batches were skipped by the previous instance's commits: sent again",
+        "%d batches were skipped (%d below the offsets committed at start): sent again",
         len(missing),
-        extra={"batch_ids": sorted(missing)[:20]},
+        behind,
+        extra={
+            "batch_ids": sorted(missing)[:20],
+            "committed_at_start": dict(committed_at_start),
+            "skipped_at": sorted((r.partition, r.offset) for r in missing.values())[:40],
+        },
     )
     return len(missing)
+
+
+async def keep_recovering(
+    kafka: KafkaSettings,
+    producer: AIOKafkaProducer,
+    joiner: JoinerView,
+    *,
+    group_id: str,
+    started_at: float,
+    attempts: int = 5,
+) -> int:
+    """:func:`recover_skipped`, again after a failure (a broker timeout on a busy
+    machine must not quietly cancel the check). Call it before this instance can have
+    committed anything: the committed offsets it reads first mark where this instance
+    began."""
+    committed: dict[int, int] | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            if committed is None:
+                committed = await committed_offsets(kafka, group_id, PENDING)
+            return await recover_skipped(
+                kafka, producer, joiner, started_at=started_at, committed_at_start=committed
+            )
+        except Exception:
+            log.exception("skipped-batch recovery failed (attempt %d of %d)", attempt, attempts)
+            await asyncio.sleep(RETRY_S)
+    return 0

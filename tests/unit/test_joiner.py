@@ -468,3 +468,39 @@ async def test_a_timer_tick_during_the_decision_leaves_nothing_cached(world: Wor
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
     assert len(world.decisions()) == 2
     assert "b15" not in world.joiner._pending and "b15" not in world.batches
+
+
+async def test_a_decision_is_recorded_before_its_batch_is_forgotten(world: World) -> None:
+    """A kill -9 between the two changelog writes that end a decision must leave the
+    batch decided and still held, never in neither table: a restarted prescreen would
+    take it for skipped and decide it again, perhaps differently."""
+    order: list[str] = []
+
+    class Recording(dict[str, Any]):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            order.append(f"{self.name}[{key}] =")
+            super().__setitem__(key, value)
+
+        def __delitem__(self, key: str) -> None:
+            order.append(f"del {self.name}[{key}]")
+            super().__delitem__(key)
+
+    world.joiner.batches = batches = Recording("batches")
+    world.joiner.decided = decided = Recording("decided")
+    pending = world.pending("b20", [1, 2])
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert order.index("decided[b20] =") < order.index("del batches[b20]")
+
+    # The crash state (both written, the deletion lost): the batch's next tick removes
+    # it without a second decision.
+    batches["b20"] = {**world.joiner._new_state(0), "d": 0.0, "p": pending.model_dump_json()}
+    count = len(world.sent)
+    await world.tick("b20", 0)
+    assert "b20" not in batches and "b20" in decided
+    assert len(world.sent) == count
