@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas import BankBundle, CandidateEvent, Decision, DlqEnvelope, PartnerBundle, PolicyConfig
 from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
@@ -131,6 +131,13 @@ async def send_candidates(settings: KafkaSettings, events: Sequence[CandidateEve
 
 async def read_all(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:
     """Every value on a topic, read from the beginning until it stays quiet."""
+    return [r.value for r in await read_records(settings, topic, idle_s) if r.value is not None]
+
+
+async def read_records(
+    settings: KafkaSettings, topic: str, idle_s: float = 1.5
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record on a topic, read from the beginning until it stays quiet."""
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
@@ -138,14 +145,14 @@ async def read_all(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> 
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        values: list[bytes] = []
+        values: list[ConsumerRecord[bytes, bytes]] = []
         ends = await consumer.end_offsets(tps)
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         while True:
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
-                values.extend(r.value for r in records if r.value is not None)
+                values.extend(records)
             if batch:
                 quiet_since = loop.time()
             caught_up = all([await consumer.position(tp) >= ends[tp] for tp in tps])

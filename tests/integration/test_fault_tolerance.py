@@ -12,15 +12,17 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
 
+from schemas import Decision
 from services.bench.pipeline import PipelineOptions
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.topics import CANDIDATES
 from services.kernel.procs import ServiceProcess
+from tests.integration.diagnose import explain_copies, explain_undecided
 from tests.integration.harness import (
     Running,
     start_pipeline,
@@ -90,6 +92,25 @@ async def bounce(service: ServiceProcess, after_s: float, down_s: float = 0.0) -
     return time.monotonic() - started
 
 
+def describe(copies: list[Decision]) -> str:
+    """One line per copy of a decision: enough to tell a batch decided twice from an
+    event batched twice."""
+    return "; ".join(
+        f"{d.event_id} in {d.batch_id}: {d.outcome} {[r.value for r in d.reasons]} "
+        f"missing={d.missing_partners} at {d.decided_at:%H:%M:%S.%f} by {d.decided_by}"
+        for d in copies
+    )
+
+
+async def diagnosis(explaining: Awaitable[str]) -> str:
+    """What a diagnosis found, or why it could not: never a second failure that hides
+    the first."""
+    try:
+        return await explaining
+    except Exception as exc:  # reported in the failure message
+        return f"(no diagnosis: {exc!r})"
+
+
 def delivered_ids(path: Path) -> list[str]:
     if not path.exists():
         return []
@@ -121,12 +142,20 @@ async def test_every_candidate_is_decided_once_and_every_release_delivered_throu
 
     decisions = await wait_for_decisions(running.settings, ids, timeout_s=240.0)
     missing = set(ids) - set(decisions)
-    assert not missing, f"{len(missing)} candidates never decided, e.g. {sorted(missing)[:5]}"
+    if missing:
+        logs = running.pipeline.fleet["prescreen"].log_path.parent
+        why = await diagnosis(
+            explain_undecided(running.settings, missing, running.pipeline.partners, logs)
+        )
+        pytest.fail(f"{len(missing)} candidates never decided\n{why}")
     # At least once underneath, exactly once in effect: every copy of an event's decision
     # (a redelivery after a crash) carries the same id and says the same thing.
     for event_id, copies in decisions.items():
         assert len({d.decision_id for d in copies}) == 1, event_id
-        assert len({(d.outcome, tuple(d.reasons)) for d in copies}) == 1, (event_id, copies)
+        if len({(d.outcome, tuple(d.reasons)) for d in copies}) > 1:
+            batches = {d.batch_id for d in copies if d.batch_id is not None}
+            where = await diagnosis(explain_copies(running.settings, event_id, batches))
+            pytest.fail(f"decided two ways: {describe(copies)}\n{where}")
     outcomes = {event_id: copies[0] for event_id, copies in decisions.items()}
     released = {d.decision_id for d in outcomes.values() if d.outcome == "released"}
     # While a partner is down its batches get the deadline outcome (suppress), so how
