@@ -4,6 +4,7 @@ steady run for memory growth and latency drift (services/bench/soak.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -112,14 +113,8 @@ def register(app: typer.Typer) -> None:
         out = Path("bench-results.json") if out is None else out
         if candidates < 1:
             raise CliError("--candidates must be at least 1")
-        if not 0 < rate <= 100_000:
-            raise CliError("--rate must be in (0, 100000] candidates/s")
-        if not 0 < duration <= 3600:
-            raise CliError("--duration must be in (0, 3600] seconds")
-        if rows is not None and not 100 <= rows <= 30_000:
-            raise CliError("--rows must be between 100 and 30000")
-        if not 0 < linger_ms <= 10_000:
-            raise CliError("--linger-ms must be in (0, 10000]")
+        check_load(rate, duration)
+        check_setup(rows, linger_ms)
         if not micro and not pipeline and not training:
             raise CliError("nothing to run: --no-micro and --no-pipeline without --training")
         if out.exists() and out.is_dir():
@@ -137,14 +132,40 @@ def register(app: typer.Typer) -> None:
             linger_ms=linger_ms,
             training=training,
         )
-        try:
-            code = run_bench(request)
-        except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
-            # A service that would not start, a broker port, the data file: the message
-            # (with the failing service's log tail) is the useful part, not the traceback.
-            raise CliError(f"the benchmark could not run: {exc}") from exc
-        if code != 0:
-            raise CliError(f"the benchmark found problems (listed above; results in {out})")
+        run_or_fail(
+            lambda: run_bench(request),
+            could_not="the benchmark could not run",
+            broke=f"the benchmark found problems (listed above; results in {out})",
+        )
+
+
+def check_load(rate: float, duration: float) -> None:
+    """--rate and --duration, as the benchmark and --soak both bound them."""
+    if not 0 < rate <= 100_000:
+        raise CliError("--rate must be in (0, 100000] candidates/s")
+    if not 0 < duration <= 3600:
+        raise CliError("--duration must be in (0, 3600] seconds")
+
+
+def check_setup(rows: int | None, linger_ms: float) -> None:
+    """--rows and --linger-ms, as the benchmark and --soak both bound them."""
+    if rows is not None and not 100 <= rows <= 30_000:
+        raise CliError("--rows must be between 100 and 30000")
+    if not 0 < linger_ms <= 10_000:
+        raise CliError("--linger-ms must be in (0, 10000]")
+
+
+def run_or_fail(run: Callable[[], int], *, could_not: str, broke: str) -> None:
+    """Run the benchmark or the soak; a run that could not start or found problems is a
+    CliError (``could_not: <why>``, or ``broke``)."""
+    try:
+        code = run()
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        # A service that would not start, a broker port, the data file: the message
+        # (with the failing service's log tail) is the useful part, not the traceback.
+        raise CliError(f"{could_not}: {exc}") from exc
+    if code != 0:
+        raise CliError(broke)
 
 
 def run_soak_command(
@@ -165,18 +186,12 @@ def run_soak_command(
     rows = 2000 if rows is None else rows
     if training:
         raise CliError("--training does not apply to --soak")
-    if not 0 < rate <= 100_000:
-        raise CliError("--rate must be in (0, 100000] candidates/s")
-    if not 0 < duration <= 3600:
-        raise CliError("--duration must be in (0, 3600] seconds")
+    check_load(rate, duration)
     if not 1 <= interval <= 600:
         raise CliError("--interval must be in [1, 600] seconds")
     if duration < 4 * interval:
         raise CliError("--duration must be at least 4 x --interval (warm-up, two halves)")
-    if not 100 <= rows <= 30_000:
-        raise CliError("--rows must be between 100 and 30000")
-    if not 0 < linger_ms <= 10_000:
-        raise CliError("--linger-ms must be in (0, 10000]")
+    check_setup(rows, linger_ms)
     if out.exists() and out.is_dir():
         raise CliError(f"--out {out} is a directory")
     request = SoakRequest(
@@ -188,9 +203,8 @@ def run_soak_command(
         workdir=workdir,
         linger_ms=linger_ms,
     )
-    try:
-        code = run_soak(request)
-    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
-        raise CliError(f"the soak could not run: {exc}") from exc
-    if code != 0:
-        raise CliError(f"the soak run broke (problems listed above; results in {out})")
+    run_or_fail(
+        lambda: run_soak(request),
+        could_not="the soak could not run",
+        broke=f"the soak run broke (problems listed above; results in {out})",
+    )

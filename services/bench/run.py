@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,10 +27,11 @@ import numpy as np
 from rich.console import Console
 
 from schemas import PolicyConfig
-from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
+from services.bench.fixtures import BankData, PartnerData
 from services.bench.load import CandidateTemplates, DecisionCollector, now_iso, send_messages
 from services.bench.micro import MicroOptions, MicroResult, run_micro
-from services.bench.pipeline import Pipeline, PipelineOptions
+from services.bench.pipeline import PipelineOptions
+from services.bench.session import running_pipeline
 from services.bench.stats import Accounting, CpuMeter, parse_ts, percentiles_ms, steady_rate
 from services.bench.training_crypto import (
     TrainingCryptoResult,
@@ -39,9 +39,6 @@ from services.bench.training_crypto import (
     run_training_crypto,
 )
 from services.demo import dataset as ds
-from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.clients import make_producer
-from services.kernel.kafka.topics import all_topics
 from services.training.policy_file import load_policy
 
 MODES = ("federated", "plaintext")
@@ -108,15 +105,6 @@ def scoring_policy() -> PolicyConfig:
     )
 
 
-def pipeline_pids(broker: EmbeddedBroker, pipeline: Pipeline) -> dict[str, int]:
-    pids = {
-        name: s.process.pid for name, s in pipeline.fleet.services.items() if s.process is not None
-    }
-    if broker.process is not None:
-        pids["broker (tansu)"] = broker.process.pid
-    return pids
-
-
 # -- one mode -------------------------------------------------------------------------
 @dataclass
 class ModeRun:
@@ -143,60 +131,32 @@ class ModeBench:
         self.result = ModeRun(mode)
 
     async def run(self) -> ModeRun:
-        o, w = self.options, self.world
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True)
-        plaintext = self.mode == "plaintext"
-        self.say(f"[{self.mode}] building the model ({'no keys' if plaintext else 'Paillier'})")
-        started = time.monotonic()
-        deployment = Deployment.at(self.root)
-        bank_bundle, partner_bundles, _ = build_quick_model(
-            deployment,
-            w.bank,
-            w.partners,
-            w.policy,
+        o = self.options
+        options = PipelineOptions(
+            plaintext=self.mode == "plaintext",
+            linger_ms=o.linger_ms,
+            deadline_ms=o.deadline_ms,
+            log_level="WARNING",  # per-request logging would cost measured CPU
+        )
+        async with running_pipeline(
+            self.root,
+            self.world,
+            options,
+            self.result,
+            label=self.mode,
             model_version=f"m-bench-{self.mode}",
             key_bits=o.key_bits,
-            plaintext=plaintext,
-        )
-        self.result.model_build_s = time.monotonic() - started
-        names = [p.name for p in w.partners]
-        broker = EmbeddedBroker(
-            partitions=o.partitions, topics=all_topics(names), log_path=self.root / "broker.log"
-        )
-        async with broker:
-            pipeline = Pipeline(
-                broker,
-                deployment,
-                names,
-                PipelineOptions(
-                    plaintext=plaintext,
-                    linger_ms=o.linger_ms,
-                    deadline_ms=o.deadline_ms,
-                    log_level="WARNING",  # per-request logging would cost measured CPU
-                ),
-            )
-            collector = DecisionCollector(broker.settings())
-            producer = make_producer(broker.settings())
-            try:
-                started = time.monotonic()
-                await pipeline.start(bank_bundle, partner_bundles)
-                self.result.pipeline_start_s = time.monotonic() - started
-                self.say(f"[{self.mode}] pipeline ready in {self.result.pipeline_start_s:.1f}s")
-                await collector.start()
-                await producer.start()
-                await self.warm_up(producer, collector)
-                meter = CpuMeter(pipeline_pids(broker, pipeline))
-                await self.throughput(producer, collector)
-                self.result.throughput["cpu"] = meter.read()
-                meter = CpuMeter(pipeline_pids(broker, pipeline))
-                await self.latency(producer, collector)
-                self.result.latency["cpu"] = meter.read()
-            finally:
-                await producer.stop()
-                await collector.stop()
-                pipeline.stop()
+            partitions=o.partitions,
+            say=self.say,
+        ) as session:
+            producer, collector = session.producer, session.collector
+            await self.warm_up(producer, collector)
+            meter = CpuMeter(session.pids())
+            await self.throughput(producer, collector)
+            self.result.throughput["cpu"] = meter.read()
+            meter = CpuMeter(session.pids())
+            await self.latency(producer, collector)
+            self.result.latency["cpu"] = meter.read()
         return self.result
 
     def sample(self, count: int) -> list[int]:

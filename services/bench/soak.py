@@ -38,7 +38,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -56,15 +55,14 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import PolicyConfig
-from services.bench.fixtures import Deployment, build_quick_model
 from services.bench.load import DecisionCollector, Seen, now_iso, send_messages, tag_of
 from services.bench.pipeline import Pipeline, PipelineOptions
-from services.bench.run import BenchOptions, World, finite, pipeline_pids, prepare_world
+from services.bench.run import BenchOptions, World, finite, prepare_world
+from services.bench.session import running_pipeline
 from services.bench.stats import Accounting, parse_ts, percentiles_ms
 from services.kernel.config import KafkaSettings
-from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.clients import make_consumer, make_producer
-from services.kernel.kafka.topics import FRAGMENTS, PENDING, all_topics, requests_topic
+from services.kernel.kafka.clients import make_consumer
+from services.kernel.kafka.topics import FRAGMENTS, PENDING, requests_topic
 
 Say = Callable[[str], None]
 HOUR_S = 3600.0
@@ -369,57 +367,41 @@ class SoakBench:
         self.probes: list[asyncio.Task[None]] = []
 
     async def run(self) -> SoakResult:
-        o, w = self.options, self.world
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True)
-        self.say("[soak] building the model (Paillier)")
-        started = time.monotonic()
-        deployment = Deployment.at(self.root)
-        bank_bundle, partner_bundles, _ = build_quick_model(
-            deployment, w.bank, w.partners, w.policy, model_version="m-soak", key_bits=o.key_bits
+        o = self.options
+        options = PipelineOptions(
+            linger_ms=o.linger_ms,
+            deadline_ms=o.deadline_ms,
+            log_level="WARNING",
+            extra_env={
+                **o.extra_env,
+                "prescreen": {
+                    "PRESCREEN_DECIDED_RETENTION_S": str(o.decided_retention_s),
+                    **o.extra_env.get("prescreen", {}),
+                },
+            },
         )
-        self.result.model_build_s = time.monotonic() - started
-        names = [p.name for p in w.partners]
-        broker = EmbeddedBroker(
-            partitions=o.partitions, topics=all_topics(names), log_path=self.root / "broker.log"
-        )
-        async with broker:
-            pipeline = Pipeline(
-                broker,
-                deployment,
-                names,
-                PipelineOptions(
-                    linger_ms=o.linger_ms,
-                    deadline_ms=o.deadline_ms,
-                    log_level="WARNING",
-                    extra_env={
-                        **o.extra_env,
-                        "prescreen": {
-                            "PRESCREEN_DECIDED_RETENTION_S": str(o.decided_retention_s),
-                            **o.extra_env.get("prescreen", {}),
-                        },
-                    },
-                ),
-            )
-            collector = DecisionCollector(broker.settings())
-            producer = make_producer(broker.settings())
+        async with running_pipeline(
+            self.root,
+            self.world,
+            options,
+            self.result,
+            label="soak",
+            model_version="m-soak",
+            key_bits=o.key_bits,
+            partitions=o.partitions,
+            say=self.say,
+        ) as session:
+            collector = session.collector
             groups = {
                 "fedscreen-intake": ["bank.candidates.v1"],
                 "fedscreen-prescreen": [PENDING, FRAGMENTS],
-                **{f"fedscreen-partner-{n}": [requests_topic(n)] for n in names},
+                **{f"fedscreen-partner-{n}": [requests_topic(n)] for n in session.partners},
             }
-            probe = KafkaProbe(broker.settings(), groups)
-            try:
-                started = time.monotonic()
-                await pipeline.start(bank_bundle, partner_bundles)
-                self.result.pipeline_start_s = time.monotonic() - started
-                self.say(f"[soak] pipeline ready in {self.result.pipeline_start_s:.1f}s")
-                await collector.start()
-                await producer.start()
+            probe = KafkaProbe(session.broker.settings(), groups)
+            try:  # the probe stops first: before the producer, collector and pipeline
                 await probe.start()
-                sampler = ProcessSampler(pipeline_pids(broker, pipeline), {HARNESS: os.getpid()})
-                await self.load(pipeline, producer, collector, sampler, probe)
+                sampler = ProcessSampler(session.pids(), {HARNESS: os.getpid()})
+                await self.load(session.pipeline, session.producer, collector, sampler, probe)
                 await self.drain(collector)
                 for task in self.probes:
                     await task
@@ -427,9 +409,6 @@ class SoakBench:
                     await delivery
             finally:
                 await probe.stop()
-                await producer.stop()
-                await collector.stop()
-                pipeline.stop()
         self.leftovers(collector)
         self.result.problems += self.problems()
         return self.result
