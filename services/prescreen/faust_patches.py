@@ -185,9 +185,12 @@ def fetch_again_what_suspended_flow_swallowed() -> None:
         changelogs = self.app.tables.changelog_topics
         thread = self._thread  # the aiokafka driver's; its seek is synchronous
         for tp in self.assignment():
-            committed = self._committed_offset.get(tp)
-            if tp.topic not in changelogs and committed is not None:
-                thread.seek(tp, committed)
+            # The agents' input topics only: not the changelogs, which table recovery
+            # has positioned, nor faust's leader topic (acks off).
+            if tp.topic not in changelogs and self.app.topics.acks_enabled_for(tp.topic):
+                # None: nothing committed (faust also maps a committed 0 to None). The
+                # app reads from the earliest offset then, so 0 is where it begins.
+                thread.seek(tp, self._committed_offset.get(tp) or 0)
         original(self)
 
     setattr(consumer, "resume_flow", _mark(resume_flow))  # noqa: B010  (a method, patched)

@@ -93,16 +93,20 @@ class SeekRecorder:
 
 def test_resuming_flow_fetches_the_stream_partitions_again_from_their_commits() -> None:
     faust_patches.fetch_again_what_suspended_flow_swallowed()
-    pending, fragments, changelog = (
+    pending, fragments, changelog, leader = (
         TP("prescreen.pending.v1", 1),
         TP("fed.fragments.v1", 1),
         TP("fedscreen-prescreen-batches-changelog", 1),
+        TP("fedscreen-prescreen-__assignor-__leader", 0),
     )
     thread = SeekRecorder()
     consumer = SimpleNamespace(
-        app=SimpleNamespace(tables=SimpleNamespace(changelog_topics={changelog.topic})),
-        assignment=lambda: {pending, fragments, changelog},
-        _committed_offset={pending: 76, changelog: 5},  # fragments: never committed
+        app=SimpleNamespace(
+            tables=SimpleNamespace(changelog_topics={changelog.topic}),
+            topics=SimpleNamespace(acks_enabled_for=lambda t: t != leader.topic),
+        ),
+        assignment=lambda: {pending, fragments, changelog, leader},
+        _committed_offset={pending: 76, changelog: 5},  # fragments: nothing committed
         _thread=thread,
         flow_active=False,
         can_resume_flow=asyncio.Event(),
@@ -110,7 +114,8 @@ def test_resuming_flow_fetches_the_stream_partitions_again_from_their_commits() 
     )
     consumer.suspend_flow.set()
     consumer_module.Consumer.resume_flow(consumer)  # type: ignore[arg-type]
-    # Records the fetch loop swallowed while flow was suspended are read again; a
-    # changelog is left where table recovery put it.
-    assert thread.seeks == [(pending, 76)]
+    # Records the fetch loop swallowed while flow was suspended are read again (from
+    # the start where nothing was committed); a changelog is left where table
+    # recovery put it, and faust's leader topic alone.
+    assert sorted(thread.seeks) == [(fragments, 0), (pending, 76)]
     assert consumer.flow_active and not consumer.suspend_flow.is_set()
