@@ -233,6 +233,11 @@ def print_targets(console: Console, found: list[Target], info: dict[str, Any]) -
         measured = "-" if t.status == "NOT RUN" else f"{_f(t.measured, 2)} {t.unit}"
         table.add_row(t.name, t.goal, measured, f"[{colours[t.status]}]{t.status}")
     console.print(table)
+    print_machine(console, info)
+
+
+def print_machine(console: Console, info: dict[str, Any]) -> None:
+    """The machine a run was measured on (``machine()``), in one line."""
     load = info.get("load_average_at_start")
     console.print(
         f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs, {info['memory_gib']} GiB, "

@@ -57,6 +57,7 @@ from rich.table import Table
 from schemas import PolicyConfig
 from services.bench.load import DecisionCollector, Seen, now_iso, send_messages, tag_of
 from services.bench.pipeline import Pipeline, PipelineOptions
+from services.bench.report import print_machine
 from services.bench.run import BenchOptions, World, finite, prepare_world
 from services.bench.session import running_pipeline
 from services.bench.stats import Accounting, parse_ts, percentiles_ms
@@ -1076,9 +1077,4 @@ def print_soak(
         measured = "-" if c.measured is None else f"{_f(c.measured, 1)} {c.unit}"
         table.add_row(c.name, c.goal, measured, f"[{colours[c.status]}]{c.status}")
     console.print(table)
-    load = info.get("load_average_at_start")
-    console.print(
-        f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs, {info['memory_gib']} GiB, "
-        f"{info['platform']}, Python {info['python']}"
-        + (f"; load average at start {load[0]:.2f}" if load else "")
-    )
+    print_machine(console, info)

@@ -50,6 +50,7 @@ from services.kernel.kafka.topics import (
     ROLLOUT_BANK,
     requests_topic,
 )
+from services.kernel.kafka.window import read_window
 from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.metrics import MESSAGES_IN, start_http
@@ -374,39 +375,24 @@ class IntakeService:
         if since is None:
             log.info("no committed offsets yet: no batches to read back")
             return
-        pending = [TopicPartition(PENDING, p) for p in pending_partitions]
-        reader.assign(pending)
-        starts = await reader.offsets_for_times({tp: since for tp in pending})
-        ends = await reader.end_offsets(pending)
-        remaining = set()
-        for tp in pending:
-            found = starts.get(tp)
-            if found is not None and found.offset < ends[tp]:
-                reader.seek(tp, found.offset)
-                remaining.add(tp)
+        records = await read_window(self.kafka, PENDING, pending_partitions, since / 1000)
         mine = {tp.partition for tp in owned}
-        marked = read = 0
-        while remaining:
-            for records in (await reader.getmany(*remaining, timeout_ms=500)).values():
-                for record in records:
-                    read += 1
-                    try:
-                        batch = PendingBatch.model_validate_json(record.value or b"")
-                    except ValidationError:
-                        continue  # prescreen dead-letters it; nothing of ours to learn
-                    for candidate in batch.candidates:
-                        partition = candidate.source_partition
-                        if partition in mine and partition is not None:
-                            marked += not self.ledger.seen(
-                                partition, candidate.customer_id, candidate.event_id
-                            )
-            for tp in list(remaining):
-                if await reader.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        marked = 0
+        for record in records:
+            try:
+                batch = PendingBatch.model_validate_json(record.value)
+            except ValidationError:
+                continue  # prescreen dead-letters it; nothing of ours to learn
+            for candidate in batch.candidates:
+                partition = candidate.source_partition
+                if partition in mine and partition is not None:
+                    marked += not self.ledger.seen(
+                        partition, candidate.customer_id, candidate.event_id
+                    )
         log.info(
             "read back %d pending records since %s: %d redelivered events were batched "
             "before the restart, not again",
-            read,
+            len(records),
             datetime.fromtimestamp(since / 1000, UTC).isoformat(),
             marked,
         )

@@ -27,24 +27,15 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from services.kernel.config import KafkaSettings
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, partitions_of
+from services.kernel.kafka.clients import make_consumer, partitions_of
 from services.kernel.kafka.topics import FRAGMENTS, PENDING
+from services.kernel.kafka.window import Record, read_window
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 300.0
 """How far before this instance started to look for skipped records."""
 RETRY_S = 10.0
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    key: bytes
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-    offset: int = -1
 
 
 def skipped_batches(
@@ -105,49 +96,6 @@ async def end_offsets(
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
-    finally:
-        await reader.stop()
-
-
-async def read_window(
-    kafka: KafkaSettings,
-    topic: str,
-    partitions: Collection[int],
-    since: float,
-    ends: Mapping[int, int] | None = None,
-) -> list[Record]:
-    """Records of these partitions appended since ``since`` (seconds), below ``ends``
-    (by partition; the current end when not given)."""
-    reader = make_consumer(kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
-    await reader.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        reader.assign(tps)
-        starts = await reader.offsets_for_times({tp: int(since * 1000) for tp in tps})
-        stops = await reader.end_offsets(tps)
-        if ends is not None:
-            stops = {tp: min(stops[tp], ends.get(tp.partition, stops[tp])) for tp in tps}
-        remaining = set()
-        for tp in tps:
-            found = starts.get(tp)
-            if found is not None and found.offset < stops[tp]:
-                reader.seek(tp, found.offset)
-                remaining.add(tp)
-        records: list[Record] = []
-        while remaining:
-            for tp, batch in (await reader.getmany(*remaining, timeout_ms=500)).items():
-                for r in batch:
-                    if r.offset < stops[tp] and r.key is not None and r.value is not None:
-                        headers = tuple((k, v) for k, v in (r.headers or ()))
-                        records.append(
-                            Record(topic, tp.partition, r.key, r.value, headers, r.offset)
-                        )
-            for tp in list(remaining):
-                if await reader.position(tp) >= stops[tp]:
-                    remaining.discard(tp)
-        return records
     finally:
         await reader.stop()
 

@@ -4,8 +4,9 @@ neither holds nor decided, and their partners' fragments, never deadline ticks."
 from __future__ import annotations
 
 from services.kernel.kafka.topics import FRAGMENTS, PENDING
+from services.kernel.kafka.window import Record
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND
-from services.prescreen.recovery import Record, fragments_of, processed_through, skipped_batches
+from services.prescreen.recovery import fragments_of, processed_through, skipped_batches
 
 
 def test_only_batches_the_joiner_does_not_know_are_sent_again() -> None:
