@@ -94,6 +94,11 @@ class IntakeService:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.dlq: DeadLetters | None = None
+        # Set once the ledger of the assigned partitions is restored. aiokafka runs the
+        # rebalance listener beside getmany(), which can already return records of the
+        # new assignment: processed before the read-back, events batched just before a
+        # crash were batched again (the kill -9 test decided one event two ways).
+        self.restored = asyncio.Event()
 
     def _load_tokens(self, bundle: BankBundle) -> None:
         """Refuse a bundle naming a partner we hold no tokens for."""
@@ -115,9 +120,12 @@ class IntakeService:
         return None
 
     def ready(self) -> bool:
-        """A model is active and this instance owns candidate partitions."""
-        return self.active() is not None and bool(
-            self.consumer is not None and self.consumer.assignment()
+        """A model is active and this instance owns candidate partitions, with their
+        ledger restored."""
+        return (
+            self.active() is not None
+            and bool(self.consumer is not None and self.consumer.assignment())
+            and self.restored.is_set()
         )
 
     async def run(self) -> None:
@@ -165,9 +173,14 @@ class IntakeService:
             batches = await consumer.getmany(
                 timeout_ms=int(timeout), max_records=self.settings.max_poll_records
             )
+            if batches and not self.restored.is_set():
+                await self.restored.wait()
+            owned = consumer.assignment()  # records of partitions revoked meanwhile are not ours
             bundle = self.active()  # once per poll: a rollout takes effect between polls
             assert bundle is not None
             for tp, records in batches.items():
+                if tp not in owned:
+                    continue
                 for record in records:
                     await self.process(tp, record, bundle)
                     self.positions[tp] = record.offset + 1
@@ -310,6 +323,7 @@ class IntakeService:
             await self.consumer.commit(offsets)
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.restored.clear()
         if self.consumer is not None and self.producer is not None:
             await self.emit()
             await self.checkpoint()
@@ -321,6 +335,7 @@ class IntakeService:
         """Rebuild the ledger for newly owned partitions from the changelog."""
         partitions = [tp.partition for tp in assigned if tp.topic == CANDIDATES]
         if not partitions:
+            self.restored.set()
             return
         reader = make_consumer(self.kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await reader.start()
@@ -350,6 +365,7 @@ class IntakeService:
             await self._recover_batched(reader, owned, pending)
         finally:
             await reader.stop()
+        self.restored.set()
 
     async def _recover_batched(
         self, reader: AIOKafkaConsumer, owned: list[TopicPartition], pending_partitions: list[int]
