@@ -170,10 +170,9 @@ def fetch_again_what_suspended_flow_swallowed() -> None:
     its committed offsets).
 
     (Records a stream received meanwhile were skipped the same way: the app's flow
-    control was suspended too.) So just before flow resumes, the stream partitions
-    are put back to their committed offsets, synchronously: nothing has been
-    processed since faust's own seek, and a record delivered meanwhile is seen once
-    more at worst."""
+    control was suspended too.) So as flow resumes, the stream partitions are put
+    back to their committed offsets: nothing had been processed since faust's own
+    seek, and a record delivered meanwhile is seen once more at worst."""
     from faust.transport import consumer as module
 
     consumer = module.Consumer
@@ -183,14 +182,20 @@ def fetch_again_what_suspended_flow_swallowed() -> None:
 
     def resume_flow(self: Any) -> None:
         changelogs = self.app.tables.changelog_topics
-        thread = self._thread  # the aiokafka driver's; its seek is synchronous
-        for tp in self.assignment():
-            # The agents' input topics only: not the changelogs, which table recovery
-            # has positioned, nor faust's leader topic (acks off).
-            if tp.topic not in changelogs and self.app.topics.acks_enabled_for(tp.topic):
-                # None: nothing committed (faust also maps a committed 0 to None). The
-                # app reads from the earliest offset then, so 0 is where it begins.
-                thread.seek(tp, self._committed_offset.get(tp) or 0)
+        # The agents' input topics only: not the changelogs, which table recovery has
+        # positioned, nor faust's leader topic (acks off). None: nothing committed
+        # (faust also maps a committed 0 to None); the app then reads from the
+        # earliest offset, so 0 is where it begins.
+        offsets = {
+            tp: self._committed_offset.get(tp) or 0
+            for tp in self.assignment()
+            if tp.topic not in changelogs and self.app.topics.acks_enabled_for(tp.topic)
+        }
         original(self)
+        if offsets:
+            # On the client's own thread (aiokafka's fetcher is not thread-safe: a seek
+            # from here once broke a fetch in progress). Records delivered before it
+            # lands are delivered again after it, which the joiner ignores.
+            self._fedscreen_reseek = asyncio.ensure_future(self._thread.seek_wait(offsets))
 
     setattr(consumer, "resume_flow", _mark(resume_flow))  # noqa: B010  (a method, patched)

@@ -87,11 +87,11 @@ class SeekRecorder:
     def __init__(self) -> None:
         self.seeks: list[tuple[TP, int]] = []
 
-    def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.extend(partitions.items())
 
 
-def test_resuming_flow_fetches_the_stream_partitions_again_from_their_commits() -> None:
+async def test_resuming_flow_fetches_the_stream_partitions_again_from_their_commits() -> None:
     faust_patches.fetch_again_what_suspended_flow_swallowed()
     pending, fragments, changelog, leader = (
         TP("prescreen.pending.v1", 1),
@@ -114,6 +114,7 @@ def test_resuming_flow_fetches_the_stream_partitions_again_from_their_commits() 
     )
     consumer.suspend_flow.set()
     consumer_module.Consumer.resume_flow(consumer)  # type: ignore[arg-type]
+    await consumer._fedscreen_reseek  # on the client's thread, after flow resumed
     # Records the fetch loop swallowed while flow was suspended are read again (from
     # the start where nothing was committed); a changelog is left where table
     # recovery put it, and faust's leader topic alone.
