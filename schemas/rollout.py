@@ -1,9 +1,10 @@
 """Model bundles, rolled out as versioned events on compacted topics.
 
-The bank bundle (``model.rollouts.bank.v1``) holds everything in plaintext and never
-leaves the bank. Each partner's bundle (``model.rollouts.<partner>.v1``) holds only the
-public key and that partner's weight tables encrypted under it; the partner's bin
-edges never travel at all (the partner keeps them, keyed by ``binning_id``).
+The bank bundle (``model.rollouts.bank.v1``) holds the bank's models in plaintext and
+never leaves the bank; it holds no partner weight (nobody holds those in plaintext).
+Each partner's bundle (``model.rollouts.<partner>.v1``) holds the public key and the
+slot layout, and names the training session whose bin edges and encrypted weights the
+partner kept (``binning_id``): neither ever travels.
 """
 
 from __future__ import annotations
@@ -82,12 +83,11 @@ class PolicyConfig(WireModel):
 
 
 class PartnerScorecard(WireModel):
-    """Partner k's scorecard as the bank holds it: weights by feature position and bin,
-    with no feature names and no bin edges."""
+    """What the bank knows of partner k's scorecard: how many bins each of its (unnamed)
+    features has. The weights exist only encrypted, held by the partner."""
 
     partner: PartnerName
     bins_per_feature: list[int] = Field(min_length=1)
-    weights: list[list[float]] = Field(description="weights[j][b]; the last bin is 'missing'.")
 
 
 class BankBundle(WireModel):
@@ -126,10 +126,10 @@ class PartnerBundle(WireModel):
     model_version: Ident
     created_at: AwareDatetime
     partner: PartnerName
-    binning_id: Ident = Field(description="Which of the partner's locally kept binnings to use.")
+    binning_id: Ident = Field(
+        description="The training session whose bin edges and encrypted weights, kept by "
+        "the partner, this model serves with."
+    )
     key_id: Ident
     public_key_n: B64Int
     packing: PackingSpec
-    tables: list[list[B64Int]] = Field(
-        min_length=1, description="tables[j][b] = Enc(entry(w[j][b])), unshifted (slot 0)."
-    )

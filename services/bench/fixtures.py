@@ -21,7 +21,7 @@ import numpy as np
 
 from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
 from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
-from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, encode_weight, packing_for
+from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, DEFAULT_FRAC_BITS, packing_for
 from services.kernel.crypto.paillier import (
     PrivateKey,
     generate_keypair,
@@ -171,6 +171,47 @@ def quick_scorecard(
     return weights
 
 
+def install_model(
+    store: FeatureStore,
+    scorecard_id: str,
+    binning: Binning,
+    weights: Sequence[Sequence[float]],
+    key: PrivateKey | None,
+) -> None:
+    """What a training session leaves with a partner: its bins and its weights,
+    encrypted under the model's key (fixed point, no offset), or in plaintext for the
+    benchmark's crypto-off mode. For tests and benchmarks that skip training."""
+    fixed = [round(w * (1 << DEFAULT_FRAC_BITS)) for row in weights for w in row]
+    if key is not None:
+        n = int(key.public.n)
+        fixed = [int(c) for c in key.encrypt_many([w % n for w in fixed])]
+    store.save_binning(scorecard_id, binning)
+    store.save_scorecard(
+        scorecard_id, key.key_id if key else PLAINTEXT_KEY_ID, binning.bins_per_feature, fixed
+    )
+
+
+def stored_weights(db: Path, scorecard_id: str, key: PrivateKey | None) -> list[list[float]]:
+    """A partner's stored weights in plaintext, decrypted with the bank's key: the test
+    harness's view of both parties, never a service's."""
+    store = FeatureStore(db)
+    try:
+        scorecard = store.scorecard(scorecard_id)
+    finally:
+        store.close()
+    if scorecard is None:
+        raise ValueError(f"{db} holds no weights {scorecard_id}")
+    scale = float(1 << DEFAULT_FRAC_BITS)
+    if key is None:
+        return [[w / scale for w in row] for row in scorecard.rows()]
+    n = int(key.public.n)
+    out = []
+    for row in scorecard.rows():
+        plain = [int(key.decrypt(c)) for c in row]
+        out.append([(m - n if m > n // 2 else m) / scale for m in plain])
+    return out
+
+
 def build_quick_model(
     deployment: Deployment,
     bank: BankData,
@@ -187,23 +228,19 @@ def build_quick_model(
     key = None if plaintext else generate_keypair(key_bits)
     if key is not None:
         save_private_key(key, deployment.paillier_dir / f"{key.key_id}.json")
-    cards, partner_scores, binnings = [], np.zeros(len(bank.ids)), {}
+    key_id = key.key_id if key else PLAINTEXT_KEY_ID
+    cards, partner_scores = [], np.zeros(len(bank.ids))
     for data in partners:
         store = deployment.load_partner_store(data, bank.ids)
         binning = Binning.fit(data.values, max_bins)
-        store.save_binning(model_version, binning)
-        store.close()
         bins = binning.transform(data.values)
         weights = quick_scorecard(bins, binning.bins_per_feature, bank.labels)
-        binnings[data.name] = (binning, weights)
+        install_model(store, model_version, binning, weights, key)
+        store.close()
         partner_scores += np.array(
             [sum(weights[j][b] for j, b in enumerate(row)) for row in bins.tolist()]
         )
-        cards.append(
-            PartnerScorecard(
-                partner=data.name, bins_per_feature=binning.bins_per_feature, weights=weights
-            )
-        )
+        cards.append(PartnerScorecard(partner=data.name, bins_per_feature=binning.bins_per_feature))
     packing = packing_for(
         key.public.bits if key else key_bits,
         [len(p.features) for p in partners],
@@ -215,7 +252,6 @@ def build_quick_model(
     )
     fallback = lgb.train(params, lgb.Dataset(bank.values, bank.labels), trees)
     now = datetime.now(UTC)
-    key_id = key.key_id if key else PLAINTEXT_KEY_ID
     public_n = key.public.to_b64() if key else int_to_b64(1)
     bank_bundle = BankBundle(
         model_version=model_version,
@@ -230,27 +266,18 @@ def build_quick_model(
         fallback_booster=fallback.model_to_string(),
         policy=policy,
     )
-    partner_bundles = {}
-    for name, (_, weights) in binnings.items():
-        entries = [[encode_weight(packing, w) for w in row] for row in weights]
-        if key is None:
-            tables = [[int_to_b64(e) for e in row] for row in entries]
-        else:
-            enc = key.encrypt_many([e for row in entries for e in row])
-            tables, start = [], 0
-            for row in entries:
-                tables.append([int_to_b64(c) for c in enc[start : start + len(row)]])
-                start += len(row)
-        partner_bundles[name] = PartnerBundle(
+    partner_bundles = {
+        data.name: PartnerBundle(
             model_version=model_version,
             created_at=now,
-            partner=name,
+            partner=data.name,
             binning_id=model_version,
             key_id=key_id,
             public_key_n=public_n,
             packing=packing,
-            tables=tables,
         )
+        for data in partners
+    }
     return bank_bundle, partner_bundles, key
 
 

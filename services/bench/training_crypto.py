@@ -1,17 +1,19 @@
-"""The crypto of one training round: fedscreen's protocol against the naive
-python-paillier protocol, measured in one run, on the reference split's sizes.
+"""The crypto of one training round: fedscreen's protocol against the same protocol
+written naively with python-paillier, measured in one run, on the reference split's
+sizes.
 
-One round, per the protocol (DESIGN.md section 3): the bank encrypts every fit row's
-gradients, each partner sums them per (feature, bin), the bank decrypts the sums,
-encrypts a weight table, each partner scores every row with it, and the bank decrypts
-the scores.
+One round (docs/protocol.md, "Training"): the bank encrypts every session row's
+gradient (zero for held-out rows), each partner sums them per (feature, bin) and
+turns each sum into an encrypted direction with its bin count, scores every row with
+those directions, and the bank decrypts the scores (their sum over partners).
 
-- **fedscreen**: one packed (g, h) plaintext per row, owner-side CRT + short-exponent
-  encryption, raw gmpy2 products for the bin sums, slot-packed scores with grouped,
-  pre-shifted tables and one re-randomisation per ciphertext, CRT decryption.
-- **naive python-paillier**: ``phe`` as one would first write it: g and h encrypted as
-  separate ``EncryptedNumber`` floats, ``EncryptedNumber`` additions for the bin sums
-  and for each row's score, one decryption per bin sum and per row.
+- **fedscreen**: owner-side CRT + short-exponent encryption, raw gmpy2 products for the
+  bin sums, one exponentiation per bin, slot-packed scores with grouped, pre-shifted
+  tables and one re-randomisation per ciphertext, CRT decryption of the product of the
+  partners' answers (the partners' own code: ``services/partner/training.py``).
+- **naive python-paillier**: ``phe`` as one would first write it: one ``EncryptedNumber``
+  per row, ``EncryptedNumber`` additions for the bin sums, a scalar multiplication per
+  bin, additions for each row's score, one decryption per row and partner.
 
 Both run single-threaded in this process (the real trainer also spreads the bank's
 part over a process pool). The naive protocol is timed on a sample of rows and scaled
@@ -32,20 +34,23 @@ import phe
 from rich.console import Console
 from rich.table import Table
 
-from services.kernel.crypto.packing import FragmentTables, encode_weight, packing_for, unpack
+from services.kernel.crypto.blind import (
+    blind_training,
+    decode_scores,
+    direction_multipliers,
+    encode_gradients,
+    score_layout,
+)
 from services.kernel.crypto.paillier import PrivateKey, generate_keypair
-from services.training.gradients import decode_plaintexts, encode, gradient_packing
+from services.partner.training import direction_scores, encrypted_directions
 
-# The reference split: 21,000 training rows, 20 % of them the validation fold; every
-# row (fit, validation, test) is scored each round. Bins as the partners fit them.
+# The reference split: 21,000 training rows (20 % of them the validation fold) and
+# 9,000 test rows, all in the session's one list; every row is scored each round.
 FIT_ROWS = 16_800
 SCORED_ROWS = 30_000
 STEPS = (
     "bank: encrypt gradients",
-    "partners: encrypted bin sums",
-    "bank: decrypt bin sums",
-    "bank: encrypt weight tables",
-    "partners: build slot tables",
+    "partners: encrypted directions",
     "partners: score every row",
     "bank: decrypt scores",
 )
@@ -91,91 +96,81 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 
 
 # -- fedscreen's protocol -------------------------------------------------------------
-def _bin_sums(
-    key: PrivateKey, gradients: list[Any], columns: list[np.ndarray], bins: list[int], fit_rows: int
-) -> list[Any]:
-    pk = key.public
-    nsquare = pk.nsquare
-    out: list[Any] = []
-    for column, count in zip(columns, bins, strict=True):
-        sums = [1] * count
-        for i, b in enumerate(column[:fit_rows].tolist()):
-            sums[b] = sums[b] * gradients[i] % nsquare
-        out.extend(pk.rerandomize(s) for s in sums)
-    return out
-
-
-def _score_rows(tables: FragmentTables, rows: list[list[int]], slots: int) -> list[Any]:
-    return [
-        tables.fragment(rows[i : i + slots], [False] * len(rows[i : i + slots]))
-        for i in range(0, len(rows), slots)
-    ]
-
-
-def _decrypt_scores(
-    key: PrivateKey, scores: list[Any], packing: Any, rows: int, features: int
-) -> int:
-    count, slots = 0, packing.slots
-    for i, c in enumerate(scores):
-        n = min(slots, rows - i * slots)
-        count += len(unpack(packing, int(key.decrypt(c)), n, {"p": features}))
-    return count
-
-
 def fedscreen_round(key: PrivateKey, fit_rows: int, scored_rows: int, seed: int) -> RoundCost:
     rng = np.random.default_rng(seed)
     pk = key.public
-    spec = gradient_packing()
+    n = int(pk.n)
+    blind = blind_training(12)
+    features = sum(len(b) for b in PARTNER_BINS.values())
+    layout = score_layout(pk.bits, blind, features)
     prob = rng.random(fit_rows)
     y = (rng.random(fit_rows) < 0.22).astype(float)
-    plaintexts = encode(spec, prob - y, prob * (1 - prob))
-    gradients, encrypt_s = _timed(key.encrypt_many, plaintexts)
-    # Training's scores carry no blacklist field (the trainer's session layout: flag_bits=1).
-    packing = packing_for(pk.bits, [len(b) for b in PARTNER_BINS.values()], flag_bits=1)
+    g = np.concatenate([prob - y, np.zeros(scored_rows - fit_rows)])
+    gradients, encrypt_s = _timed(key.encrypt_many, encode_gradients(blind, g, n))
     seconds = dict.fromkeys(STEPS, 0.0)
     seconds["bank: encrypt gradients"] = encrypt_s
+    product: list[Any] | None = None
     for bins in PARTNER_BINS.values():
-        columns = [rng.integers(0, b, size=scored_rows) for b in bins]
-        sums, t = _timed(_bin_sums, key, gradients, columns, bins, fit_rows)
-        seconds["partners: encrypted bin sums"] += t
-        plain, t = _timed(lambda c: [int(key.decrypt(x)) for x in c], sums)
-        seconds["bank: decrypt bin sums"] += t
-        decode_plaintexts(spec, int(pk.n), plain)
-        weights = [[float(rng.uniform(-1, 1)) for _ in range(b)] for b in bins]
-        entries = [encode_weight(packing, w) for row in weights for w in row]
-        encrypted, t = _timed(key.encrypt_many, entries)
-        seconds["bank: encrypt weight tables"] += t
-        flat = iter(encrypted)
-        tables, t = _timed(FragmentTables, pk, packing, [[next(flat) for _ in r] for r in weights])
-        seconds["partners: build slot tables"] += t
-        scores, t = _timed(_score_rows, tables, np.column_stack(columns).tolist(), packing.slots)
+        rows = np.column_stack([rng.integers(0, b, size=scored_rows) for b in bins])
+        counts = [int(c) for j, b in enumerate(bins) for c in np.bincount(rows[:, j], minlength=b)]
+        multipliers = direction_multipliers(blind, counts)
+        directions, t = _timed(encrypted_directions, pk, rows, bins, multipliers, gradients)
+        seconds["partners: encrypted directions"] += t
+        # One random mask per ciphertext stands in for the pairwise masks (same cost).
+        scores, t = _timed(
+            direction_scores,
+            pk,
+            layout,
+            blind,
+            bins,
+            directions,
+            rows.tolist(),
+            lambda _chunk: int(rng.integers(1, 1 << 62)),
+        )
         seconds["partners: score every row"] += t
-        _, t = _timed(_decrypt_scores, key, scores, packing, scored_rows, len(bins))
-        seconds["bank: decrypt scores"] += t
+        product = (
+            scores
+            if product is None
+            else [a * b % pk.nsquare for a, b in zip(product, scores, strict=True)]
+        )
+    assert product is not None
+
+    def decrypt() -> int:
+        count = 0
+        for i, c in enumerate(product):
+            slots = min(layout.slots, scored_rows - i * layout.slots)
+            try:
+                count += len(decode_scores(layout, blind, int(key.decrypt(c)), slots, features))
+            except ValueError:
+                count += slots  # the stand-in masks do not cancel; the cost is the same
+        return count
+
+    _, t = _timed(decrypt)
+    seconds["bank: decrypt scores"] = t
     return RoundCost(seconds)
 
 
 # -- the naive python-paillier protocol -------------------------------------------------
-def _naive_bin_sums(
-    encrypted: list[tuple[Any, Any]], columns: Sequence[list[int]], bins: list[int]
-) -> list[Any]:
-    out: list[Any] = []
+def _naive_directions(
+    encrypted: list[Any], columns: Sequence[list[int]], bins: list[int]
+) -> list[list[Any]]:
+    out: list[list[Any]] = []
     for column, count in zip(columns, bins, strict=True):
-        g_sums: list[Any] = [0] * count
-        h_sums: list[Any] = [0] * count
-        for (eg, eh), b in zip(encrypted, column, strict=True):
-            g_sums[b] = eg + g_sums[b]
-            h_sums[b] = eh + h_sums[b]
-        out.extend(s for s in g_sums + h_sums if not isinstance(s, int))
+        sums: list[Any] = [0] * count
+        for e, b in zip(encrypted, column, strict=True):
+            sums[b] = e + sums[b]
+        out.append([s * -1e-3 if not isinstance(s, int) else s for s in sums])
     return out
 
 
-def _naive_scores(weights: list[list[Any]], columns: Sequence[list[int]], rows: int) -> list[Any]:
+def _naive_scores(
+    directions: list[list[Any]], columns: Sequence[list[int]], rows: int
+) -> list[Any]:
     out = []
     for i in range(rows):
-        total = weights[0][columns[0][i]]
+        total = directions[0][columns[0][i]]
         for j in range(1, len(columns)):
-            total = total + weights[j][columns[j][i]]
+            total = total + directions[j][columns[j][i]]
         out.append(total)
     return out
 
@@ -190,30 +185,22 @@ def naive_round(
 ) -> RoundCost:
     """phe on ``sample_rows`` rows, each per-row step scaled to its full size."""
     rng = random.Random(seed)
-    fit_scale = fit_rows / sample_rows
-    score_scale = scored_rows / sample_rows
-    g = [rng.uniform(-1, 1) for _ in range(sample_rows)]
-    h = [rng.uniform(0, 0.25) for _ in range(sample_rows)]
+    scale = scored_rows / sample_rows
+    g = [
+        rng.uniform(-1, 1) if i < sample_rows * fit_rows / scored_rows else 0.0
+        for i in range(sample_rows)
+    ]
     seconds = dict.fromkeys(STEPS, 0.0)
-    encrypted, t = _timed(
-        lambda: [(public.encrypt(a), public.encrypt(b)) for a, b in zip(g, h, strict=True)]
-    )
-    seconds["bank: encrypt gradients"] = t * fit_scale
+    encrypted, t = _timed(lambda: [public.encrypt(a) for a in g])
+    seconds["bank: encrypt gradients"] = t * scale
     for bins in PARTNER_BINS.values():
         columns = [[rng.randrange(b) for _ in range(sample_rows)] for b in bins]
-        sums, t = _timed(_naive_bin_sums, encrypted, columns, bins)
-        seconds["partners: encrypted bin sums"] += t * fit_scale
-        # Bin sums do not grow with the rows: decrypting them is timed as is.
-        _, t = _timed(lambda c: [private.decrypt(x) for x in c], sums)
-        seconds["bank: decrypt bin sums"] += t
-        weights, t = _timed(
-            lambda b: [[public.encrypt(rng.uniform(-1, 1)) for _ in range(n)] for n in b], bins
-        )
-        seconds["bank: encrypt weight tables"] += t
-        scores, t = _timed(_naive_scores, weights, columns, sample_rows)
-        seconds["partners: score every row"] += t * score_scale
+        directions, t = _timed(_naive_directions, encrypted, columns, bins)
+        seconds["partners: encrypted directions"] += t * scale
+        scores, t = _timed(_naive_scores, directions, columns, sample_rows)
+        seconds["partners: score every row"] += t * scale
         _, t = _timed(lambda c: [private.decrypt(x) for x in c], scores)
-        seconds["bank: decrypt scores"] += t * score_scale
+        seconds["bank: decrypt scores"] += t * scale
     return RoundCost(seconds)
 
 

@@ -31,18 +31,6 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Scratch (keys, stores, logs); empty or new. Default: temp in OUT."),
         ] = None,
-        cross_fit: Annotated[
-            bool | None,
-            typer.Option(
-                "--cross-fit/--no-cross-fit",
-                help="Passed to fedscreen train: the stacker learns from out-of-fold "
-                "partner scores. Default: the trainer's.",
-                show_default=False,
-            ),
-        ] = None,
-        cross_fit_folds: Annotated[
-            int | None, typer.Option(min=2, max=20, help="Folds for --cross-fit.")
-        ] = None,
     ) -> None:
         """Federated model vs bank-only floor and pooled ceiling on one stratified split,
         through the real protocol (embedded broker, a process per party)."""
@@ -63,8 +51,6 @@ def register(app: typer.Typer) -> None:
             out_dir=out,
             rounds=rounds,
             workdir=workdir,
-            cross_fit=cross_fit,
-            cross_fit_folds=cross_fit_folds,
         )
         dataset = read_dataset(spec)
         from services.evaluate.run import evaluate as run_evaluation

@@ -148,12 +148,6 @@ def train_command(spec: EvaluateSpec, workdir: Path, deployment: Deployment) -> 
         "--model-version",
         MODEL_VERSION,
         "--no-rollout",
-        *(
-            []
-            if spec.cross_fit is None
-            else ["--cross-fit" if spec.cross_fit else "--no-cross-fit"]
-        ),
-        *([] if spec.cross_fit_folds is None else ["--cross-fit-folds", str(spec.cross_fit_folds)]),
     ]
 
 

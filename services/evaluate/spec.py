@@ -23,8 +23,6 @@ class EvaluateSpec:
     out_dir: Path
     rounds: int = 12
     workdir: Path | None = None
-    cross_fit: bool | None = None  # None: the trainer's default
-    cross_fit_folds: int | None = None
 
     @property
     def party_columns(self) -> dict[str, list[str]]:
@@ -65,8 +63,6 @@ def build_spec(
     out_dir: Path,
     rounds: int = 12,
     workdir: Path | None = None,
-    cross_fit: bool | None = None,
-    cross_fit_folds: int | None = None,
 ) -> EvaluateSpec:
     """Everything that can be checked without reading the data; raises :class:`CliError`."""
     if not 0.0 < test_size < 1.0:
@@ -93,8 +89,6 @@ def build_spec(
         out_dir=out_dir,
         rounds=rounds,
         workdir=workdir,
-        cross_fit=cross_fit,
-        cross_fit_folds=cross_fit_folds,
     )
     owner: dict[str, str] = {}
     for party, columns in spec.party_columns.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,6 +79,36 @@ class UnknownPeerError(KeyError):
     def __init__(self, names: list[str]) -> None:
         super().__init__(names)
         self.names = names
+
+
+class ParticipantsError(ValueError):
+    """A participant list this partner will not mask for; ``reason`` is the DLQ reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def acceptable_participants(
+    me: str, names: Sequence[str], registered: set[str], min_participants: int
+) -> list[str]:
+    """The participants, sorted, once this partner may mask with them: masking for a list
+    that lacks this partner or names a partner outside its registry would pair masks
+    with nobody, or with a key the bank may hold; fewer than ``min_participants`` would
+    hand the bank this partner's own contribution."""
+    if me not in names:
+        raise ParticipantsError("bad-participants", f"participants {list(names)} lack {me!r}")
+    if len(set(names)) != len(names):
+        raise ParticipantsError("bad-participants", f"participants {list(names)} repeat a name")
+    unknown = sorted(set(names) - registered - {me})
+    if unknown:
+        raise ParticipantsError("bad-participants", f"unregistered participants {unknown}")
+    if len(names) < min_participants:
+        raise ParticipantsError(
+            "too-few-participants",
+            f"{len(names)} participants, this partner needs {min_participants}",
+        )
+    return sorted(names)
 
 
 class PeerDirectory:

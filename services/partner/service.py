@@ -65,7 +65,13 @@ class PartnerService:
             self.peers,
             min_participants=settings.min_participants,
         )
-        self.trainer = TrainingWorker(self.name, self.store, settings.max_bins)
+        self.trainer = TrainingWorker(
+            self.name,
+            self.store,
+            settings.max_bins,
+            self.peers,
+            min_participants=settings.min_participants,
+        )
         self.watcher = BundleWatcher(
             kafka, rollout_topic(self.name), PartnerBundle, on_bundle=self.cache.offer
         )

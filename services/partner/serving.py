@@ -13,13 +13,18 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import EncryptedFragment, FragmentRequest, PartnerBundle
-from services.kernel.crypto.codec import b64_to_int, int_to_b64
+from services.kernel.crypto.codec import int_to_b64
 from services.kernel.crypto.masking import MaskContext, fragment_addend
 from services.kernel.crypto.packing import FragmentTables, PlainTables, slot_value
 from services.kernel.crypto.paillier import PublicKey
 from services.kernel.crypto.signing import sign
 from services.kernel.metrics import CRYPTO_SECONDS
-from services.partner.agreement import PeerDirectory, UnknownPeerError
+from services.partner.agreement import (
+    ParticipantsError,
+    PeerDirectory,
+    UnknownPeerError,
+    acceptable_participants,
+)
 from services.partner.binning import Binning
 from services.partner.store import FeatureStore
 
@@ -53,23 +58,38 @@ class LoadedModel:
 def build_model(
     bundle: PartnerBundle, store: FeatureStore, *, allow_plaintext: bool
 ) -> LoadedModel:
-    """CPU-heavy (W squarings per slot and entry); call it off the event loop."""
+    """CPU-heavy (W squarings per slot and entry); call it off the event loop.
+
+    The weights are this partner's own, kept from the training session the bundle
+    names: the bundle brings the key and the layout, and adds each feature's offset."""
     binning = store.binning(bundle.binning_id)
-    if binning is None:
+    scorecard = store.scorecard(bundle.binning_id)
+    if binning is None or scorecard is None:
         raise ValueError(
-            f"bundle {bundle.model_version} needs binning {bundle.binning_id}, unknown"
+            f"bundle {bundle.model_version} needs the binning and weights of "
+            f"{bundle.binning_id}, unknown here"
         )
-    if binning.bins_per_feature != [len(row) for row in bundle.tables]:
-        raise ValueError(f"bundle {bundle.model_version} tables do not match the binning")
+    if binning.bins_per_feature != scorecard.bins_per_feature:
+        raise ValueError(f"the weights of {bundle.binning_id} do not match its binning")
+    if scorecard.key_id != bundle.key_id:
+        raise ValueError(
+            f"bundle {bundle.model_version} names key {bundle.key_id}; the weights of "
+            f"{bundle.binning_id} are under {scorecard.key_id}"
+        )
+    offset = bundle.packing.entry_offset
     if bundle.key_id == PLAINTEXT_KEY_ID:
         if not allow_plaintext:
             raise ValueError("plaintext bundles are refused (benchmark-only mode is off)")
-        entries = [[b64_to_int(c) for c in row] for row in bundle.tables]
+        entries = [[w + offset for w in row] for row in scorecard.rows()]
         return LoadedModel(bundle, binning, PlainTables(bundle.packing, entries))
     public_key = PublicKey.from_b64(bundle.public_key_n)
     if public_key.key_id != bundle.key_id:
         raise ValueError("bundle key_id does not match its public key")
-    tables = [[b64_to_int(c) for c in row] for row in bundle.tables]
+    shift = public_key.encrypt_deterministic(offset)
+    tables = [
+        [public_key.validate(w) * shift % public_key.nsquare for w in row]
+        for row in scorecard.rows()
+    ]
     return LoadedModel(bundle, binning, FragmentTables(public_key, bundle.packing, tables))
 
 
@@ -172,23 +192,13 @@ class FragmentServer:
         return self.compute(request, model)
 
     def participants(self, request: FragmentRequest) -> list[str]:
-        """The request's participants, sorted, once they are acceptable: masking for a
-        list that lacks this partner or names a partner outside its registry would pair
-        masks with nobody, or with a key the bank may hold."""
-        names = request.participants
-        if self.partner not in names:
-            raise RequestError("bad-participants", f"participants {names} lack {self.partner!r}")
-        if len(set(names)) != len(names):
-            raise RequestError("bad-participants", f"participants {names} repeat a name")
-        unknown = sorted(set(names) - self.peers.registered - {self.partner})
-        if unknown:
-            raise RequestError("bad-participants", f"unregistered participants {unknown}")
-        if len(names) < self.min_participants:
-            raise RequestError(
-                "too-few-participants",
-                f"{len(names)} participants, this partner needs {self.min_participants}",
+        """The request's participants, sorted, once they are acceptable."""
+        try:
+            return acceptable_participants(
+                self.partner, request.participants, self.peers.registered, self.min_participants
             )
-        return sorted(names)
+        except ParticipantsError as exc:
+            raise RequestError(exc.reason, str(exc)) from exc
 
     def compute(self, request: FragmentRequest, model: LoadedModel) -> EncryptedFragment:
         participants = self.participants(request)

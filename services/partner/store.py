@@ -3,16 +3,19 @@
 Raw customer ids never enter it: ``load_csv`` tokenises them with the partner's token
 key on the way in. Each feature is a REAL column; the blacklist flag is a column too.
 Bin edges fitted during training are kept here (``binnings``), so they survive
-restarts and never travel.
+restarts and never travel, and so are the encrypted weights training leaves with the
+partner (``scorecards``): the bank never holds them, and a bundle only names them.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,6 +57,10 @@ class FeatureStore:
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS binnings (
                 binning_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, spec TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS scorecards (
+                scorecard_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, key_id TEXT NOT NULL,
+                spec TEXT NOT NULL
             );
             """
         )
@@ -190,3 +197,54 @@ class FeatureStore:
             "SELECT spec FROM binnings WHERE binning_id = ?", (binning_id,)
         ).fetchone()
         return Binning.from_json(row[0]) if row else None
+
+    # -- scorecards -------------------------------------------------------------
+    def save_scorecard(
+        self,
+        scorecard_id: str,
+        key_id: str,
+        bins_per_feature: Sequence[int],
+        weights: Sequence[int],
+    ) -> None:
+        """The encrypted weights of one training session (flat, feature by feature, at
+        scale 2^frac_bits, no offset), or plaintext ones under the key id ``plaintext``
+        for the benchmark's crypto-off mode."""
+        if len(weights) != sum(bins_per_feature):
+            raise StoreError("one weight per bin")
+        spec = {
+            "bins_per_feature": list(bins_per_feature),
+            "weights": [str(int(w)) for w in weights],  # signed in plaintext mode
+        }
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO scorecards VALUES (?, ?, ?, ?)",
+                (scorecard_id, datetime.now(UTC).isoformat(), key_id, json.dumps(spec)),
+            )
+
+    def scorecard(self, scorecard_id: str) -> Scorecard | None:
+        row = self.db.execute(
+            "SELECT key_id, spec FROM scorecards WHERE scorecard_id = ?", (scorecard_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        spec = json.loads(row[1])
+        return Scorecard(
+            key_id=row[0],
+            bins_per_feature=list(spec["bins_per_feature"]),
+            weights=[int(w) for w in spec["weights"]],
+        )
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    key_id: str
+    bins_per_feature: list[int]
+    weights: list[int]
+
+    def rows(self) -> list[list[int]]:
+        """The weights feature by feature."""
+        out, start = [], 0
+        for count in self.bins_per_feature:
+            out.append(self.weights[start : start + count])
+            start += count
+        return out

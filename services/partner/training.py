@@ -1,33 +1,54 @@
-"""The partner side of federated training (DESIGN.md section 3).
+"""The partner side of federated training (DESIGN.md section 3; docs/protocol.md).
 
-Per session: fit private bins on the fit rows; per round, answer the bank's encrypted
-weight tables with packed, re-randomised per-row scores, and the bank's encrypted
-per-row (g, h) with encrypted per-bin sums. Nothing the partner computes here is in
-plaintext except its own features and bins.
+Per session: fit private bins on the session's rows (one shuffled list: the partner
+cannot tell the rows the bank fits on from those it holds out). Per round: sum the
+bank's encrypted gradients per bin, turn each sum into an encrypted Newton direction
+with the bin's row count (which only this partner knows), and return the per-row
+direction scores, slot-packed, masked pairwise with the session's other partners so
+that the bank can decrypt only their sum. At the end: combine the kept rounds'
+directions with the bank's steps into the final weights, have the bank drop their low
+bits from a statistically masked copy, and store them, encrypted, for serving.
+
+Nothing here is ever in plaintext but this partner's own features, bins and counts,
+the bank's step sizes, and random masks.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
-from schemas import (
-    PackingSpec,
-    TrainFinish,
-    TrainGradients,
-    TrainHistograms,
-    TrainReady,
-    TrainScores,
-    TrainStart,
-    TrainWeights,
+from schemas import TrainDone, TrainFinish, TrainReady, TrainScores, TrainStart
+from schemas.training import (
+    BlindTraining,
+    ScoreLayout,
+    ToBank,
+    ToPartner,
+    TrainRound,
+    TrainTruncate,
+    TrainTruncated,
 )
-from schemas.training import ToBank, ToPartner
+from services.kernel.crypto.blind import (
+    direction_multipliers,
+    direction_offset,
+    truncation_mask,
+    unmask_constant,
+)
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
+from services.kernel.crypto.masking import TrainingMaskContext, training_mask
 from services.kernel.crypto.packing import FragmentTables
 from services.kernel.crypto.paillier import PublicKey
+from services.partner.agreement import (
+    ParticipantsError,
+    PeerDirectory,
+    UnknownPeerError,
+    acceptable_participants,
+)
 from services.partner.binning import Binning
 from services.partner.store import FeatureStore
 
@@ -38,20 +59,88 @@ class TrainingProtocolError(ValueError):
     pass
 
 
+def encrypted_directions(
+    pk: PublicKey,
+    bins: np.ndarray,
+    bins_per_feature: Sequence[int],
+    multipliers: Sequence[int],
+    gradients: Sequence[mpz],
+) -> list[mpz]:
+    """Enc(D_e) = Enc(G_e)^(-q_e) for every bin e, feature by feature: the gradients of
+    the rows in each bin multiplied together (their encrypted sum), raised to q_e and
+    inverted (the negated product)."""
+    nsquare = pk.nsquare
+    out: list[mpz] = []
+    flat = 0
+    for j, size in enumerate(bins_per_feature):
+        sums = [mpz(1)] * size
+        for i, b in enumerate(bins[:, j].tolist()):
+            sums[b] = sums[b] * gradients[i] % nsquare
+        for b in range(size):
+            scaled = gmpy2.powmod(sums[b], multipliers[flat + b], nsquare)
+            out.append(gmpy2.invert(scaled, nsquare))
+        flat += size
+    return out
+
+
+def direction_scores(
+    pk: PublicKey,
+    layout: ScoreLayout,
+    blind: BlindTraining,
+    bins_per_feature: Sequence[int],
+    directions: Sequence[mpz],
+    rows: Sequence[Sequence[int]],
+    mask: Callable[[int], int],
+) -> list[mpz]:
+    """Slot-packed Enc(sum_j (D_j[bin_j] + 2^V) + mask(chunk)) for every chunk of
+    ``layout.slots`` rows, each re-randomised."""
+    offset = pk.encrypt_deterministic(direction_offset(blind))
+    entries = [d * offset % pk.nsquare for d in directions]
+    tables, start = [], 0
+    for size in bins_per_feature:
+        tables.append(entries[start : start + size])
+        start += size
+    fragments = FragmentTables(pk, layout, tables)
+    slots = layout.slots
+    return [
+        fragments.fragment(rows[begin : begin + slots], addend=mask(chunk))
+        for chunk, begin in enumerate(range(0, len(rows), slots))
+    ]
+
+
 @dataclass
 class Session:
     public_key: PublicKey
-    packing: PackingSpec
-    fit_bins: np.ndarray
-    all_rows: list[list[int]]
+    blind: BlindTraining
+    layout: ScoreLayout
+    participants: tuple[str, ...]
+    bins: np.ndarray  # (rows, features)
     bins_per_feature: list[int]
+    multipliers: list[int]  # q_e per flat bin
+    directions: list[list[mpz]] = field(default_factory=list)  # Enc(D_e) per round
+    steps: list[int] = field(default_factory=list)  # a_r per round, once the bank chose it
+    masks: list[int] | None = None  # truncation masks, once the session finishes
+
+    @property
+    def rounds(self) -> int:
+        return len(self.directions)
 
 
 class TrainingWorker:
-    def __init__(self, partner: str, store: FeatureStore, max_bins: int) -> None:
+    def __init__(
+        self,
+        partner: str,
+        store: FeatureStore,
+        max_bins: int,
+        peers: PeerDirectory,
+        *,
+        min_participants: int,
+    ) -> None:
         self.partner = partner
         self.store = store
         self.max_bins = max_bins
+        self.peers = peers
+        self.min_participants = min_participants
         self.sessions: dict[str, Session] = {}
 
     def handle(self, message: ToPartner) -> ToBank | None:
@@ -59,41 +148,58 @@ class TrainingWorker:
         if isinstance(message, TrainStart):
             return self.start(message)
         session = self.sessions.get(message.session_id)
-        if isinstance(message, TrainFinish):
-            self.sessions.pop(message.session_id, None)
-            log.info("training session %s finished: %s", message.session_id, message.status)
-            return None
         if session is None:
+            if isinstance(message, TrainFinish):
+                return None  # a finish for a session this partner already closed
             raise TrainingProtocolError(f"unknown training session {message.session_id}")
-        if isinstance(message, TrainWeights):
-            return self.scores(message, session)
-        return self.histograms(message, session)
+        if isinstance(message, TrainRound):
+            return self.round(message, session)
+        if isinstance(message, TrainFinish):
+            if message.status == "aborted":
+                self.sessions.pop(message.session_id, None)
+                log.info("training session %s aborted", message.session_id)
+                return None
+            return self.finish(message, session)
+        return self.store_weights(message, session)
 
     def start(self, message: TrainStart) -> TrainReady:
         if message.partner != self.partner:
             raise TrainingProtocolError(f"session for {message.partner!r}")
+        if message.session_id in self.sessions or self.store.binning(message.session_id):
+            raise TrainingProtocolError(f"session {message.session_id} was started before")
+        try:
+            participants = acceptable_participants(
+                self.partner, message.participants, self.peers.registered, self.min_participants
+            )
+        except ParticipantsError as exc:
+            raise TrainingProtocolError(str(exc)) from exc
         public_key = PublicKey.from_b64(message.public_key_n)
         if public_key.key_id != message.key_id:
             raise TrainingProtocolError("key_id does not match the public key")
-        fit_values, _ = self.store.lookup(message.tokens)
-        eval_values, _ = self.store.lookup(message.eval_tokens)
-        binning = Binning.fit(fit_values, min(self.max_bins, message.max_bins))
+        values, _ = self.store.lookup(message.tokens)
+        binning = Binning.fit(values, min(self.max_bins, message.max_bins))
+        bins = binning.transform(values)
+        counts = [
+            int(c)
+            for j, size in enumerate(binning.bins_per_feature)
+            for c in np.bincount(bins[:, j], minlength=size)
+        ]
         self.store.save_binning(message.session_id, binning)
-        fit_bins = binning.transform(fit_values)
-        eval_bins = binning.transform(eval_values) if len(message.eval_tokens) else fit_bins[:0]
         self.sessions[message.session_id] = Session(
             public_key=public_key,
-            packing=message.packing,
-            fit_bins=fit_bins,
-            all_rows=np.vstack([fit_bins, eval_bins]).tolist(),
+            blind=message.blind,
+            layout=message.layout,
+            participants=tuple(participants),
+            bins=bins,
             bins_per_feature=binning.bins_per_feature,
+            multipliers=direction_multipliers(message.blind, counts),
         )
         log.info(
-            "training session %s: %d fit rows, %d eval rows, bins %s",
+            "training session %s: %d rows, bins %s, with %s",
             message.session_id,
             len(message.tokens),
-            len(message.eval_tokens),
             binning.bins_per_feature,
+            ", ".join(participants),
         )
         return TrainReady(
             session_id=message.session_id,
@@ -101,46 +207,117 @@ class TrainingWorker:
             bins_per_feature=binning.bins_per_feature,
         )
 
-    def scores(self, message: TrainWeights, session: Session) -> TrainScores:
-        if [len(row) for row in message.tables] != session.bins_per_feature:
-            raise TrainingProtocolError("weight tables do not match this session's bins")
-        tables = FragmentTables(
-            session.public_key,
-            session.packing,
-            [[b64_to_int(c) for c in row] for row in message.tables],
+    def round(self, message: TrainRound, session: Session) -> TrainScores:
+        if message.round != session.rounds + 1:
+            raise TrainingProtocolError(
+                f"round {message.round} after round {session.rounds}: out of order or replayed"
+            )
+        if (message.previous_step is None) != (message.round == 1):
+            raise TrainingProtocolError("every round but the first carries the previous step")
+        if message.previous_step is not None:
+            self._check_step(message.previous_step, session)
+            session.steps.append(message.previous_step)
+        rows = len(session.bins)
+        if len(message.gradients) != rows:
+            raise TrainingProtocolError(f"{len(message.gradients)} gradients for {rows} rows")
+        pk = session.public_key
+        gradients = [pk.validate(b64_to_int(c)) for c in message.gradients]
+        directions = encrypted_directions(
+            pk, session.bins, session.bins_per_feature, session.multipliers, gradients
         )
-        slots = session.packing.slots
-        rows = session.all_rows
-        ciphertexts = [
-            int_to_b64(tables.fragment(rows[i : i + slots], [False] * len(rows[i : i + slots])))
-            for i in range(0, len(rows), slots)
-        ]
+        session.directions.append(directions)
         return TrainScores(
             session_id=message.session_id,
             partner=self.partner,
             round=message.round,
-            ciphertexts=ciphertexts,
+            ciphertexts=[int_to_b64(c) for c in self._scores(session, message, directions)],
         )
 
-    def histograms(self, message: TrainGradients, session: Session) -> TrainHistograms:
-        if len(message.ciphertexts) != len(session.fit_bins):
-            raise TrainingProtocolError(
-                f"{len(message.ciphertexts)} gradients for {len(session.fit_bins)} fit rows"
+    @staticmethod
+    def _check_step(step: int, session: Session) -> None:
+        limit = session.blind.max_step << session.blind.step_bits
+        if not 0 <= step <= limit:
+            raise TrainingProtocolError(f"step {step} outside [0, {limit}]")
+
+    def _scores(self, session: Session, message: TrainRound, directions: list[mpz]) -> list[mpz]:
+        pk = session.public_key
+        try:
+            seeds = self.peers.seeds_for(session.participants)
+        except UnknownPeerError as exc:
+            raise TrainingProtocolError(f"no agreement key from {exc.names}") from exc
+
+        def mask(chunk: int) -> int:
+            context = TrainingMaskContext(
+                session_id=message.session_id,
+                round=message.round,
+                chunk=chunk,
+                participants=session.participants,
+                modulus=int(pk.n),
             )
+            return training_mask(self.partner, seeds, context)
+
+        return direction_scores(
+            pk,
+            session.layout,
+            session.blind,
+            session.bins_per_feature,
+            directions,
+            session.bins.tolist(),
+            mask,
+        )
+
+    def finish(self, message: TrainFinish, session: Session) -> TrainTruncate:
+        """Enc(sum_r a_r D_r + mask) per bin, for the bank to truncate."""
+        if session.masks is not None:
+            raise TrainingProtocolError("the session is finishing already")
+        if message.best_round > session.rounds:
+            raise TrainingProtocolError(
+                f"best round {message.best_round} of {session.rounds} rounds"
+            )
+        for r, step in enumerate(message.steps):
+            self._check_step(step, session)
+            if r < len(session.steps) and session.steps[r] != step:
+                raise TrainingProtocolError(f"the step of round {r + 1} changed")
         pk = session.public_key
         nsquare = pk.nsquare
-        gradients = [pk.validate(b64_to_int(c)) for c in message.ciphertexts]
-        histograms: list[list[str]] = []
-        for j, bins in enumerate(session.bins_per_feature):
-            sums = [mpz(1)] * bins
-            for i, b in enumerate(session.fit_bins[:, j].tolist()):
-                sums[b] = sums[b] * gradients[i] % nsquare
-            # The bank knows every gradient ciphertext; re-randomising the sums keeps it
-            # from testing which subset of rows a bin holds.
-            histograms.append([int_to_b64(pk.rerandomize(s)) for s in sums])
-        return TrainHistograms(
+        bins = sum(session.bins_per_feature)
+        accumulated = [mpz(1)] * bins
+        for r, step in enumerate(message.steps):
+            if step:
+                powers = gmpy2.powmod_base_list(session.directions[r], step, nsquare)
+                accumulated = [a * p % nsquare for a, p in zip(accumulated, powers, strict=True)]
+        session.masks = [truncation_mask(session.blind) for _ in range(bins)]
+        masked = [
+            pk.rerandomize(a * pk.encrypt_deterministic(m) % nsquare)
+            for a, m in zip(accumulated, session.masks, strict=True)
+        ]
+        return TrainTruncate(
             session_id=message.session_id,
             partner=self.partner,
-            round=message.round,
-            ciphertexts=histograms,
+            ciphertexts=[int_to_b64(c) for c in masked],
         )
+
+    def store_weights(self, message: TrainTruncated, session: Session) -> TrainDone:
+        """Enc(W_e) = Enc(floor((A + mask) / 2^T)) * Enc(-floor(mask / 2^T)), stored."""
+        if session.masks is None:
+            raise TrainingProtocolError("truncated values before the session finished")
+        if len(message.ciphertexts) != len(session.masks):
+            raise TrainingProtocolError(
+                f"{len(message.ciphertexts)} truncated values for {len(session.masks)} bins"
+            )
+        pk = session.public_key
+        n, nsquare = int(pk.n), pk.nsquare
+        weights = [
+            pk.rerandomize(
+                pk.validate(b64_to_int(c))
+                * pk.encrypt_deterministic(unmask_constant(session.blind, m) % n)
+                % nsquare
+            )
+            for c, m in zip(message.ciphertexts, session.masks, strict=True)
+        ]
+        self.store.save_scorecard(
+            message.session_id, pk.key_id, session.bins_per_feature, [int(w) for w in weights]
+        )
+        del self.sessions[message.session_id]
+        log.info("training session %s: encrypted weights stored", message.session_id)
+        return TrainDone(session_id=message.session_id, partner=self.partner)

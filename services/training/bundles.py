@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
-from services.kernel.crypto.codec import int_to_b64
-from services.kernel.crypto.packing import check_capacity, encode_weight
+from services.kernel.crypto.packing import check_capacity
 from services.kernel.crypto.paillier import PrivateKey
 from services.training.trainer import Trained
 
@@ -20,8 +19,10 @@ def build_bundles(
     bank_features: list[str],
     policy: PolicyConfig,
 ) -> tuple[BankBundle, dict[str, PartnerBundle]]:
+    """The partner bundles carry no weights: each partner serves with the encrypted
+    weights it kept from the session (``binning_id``)."""
     packing = trained.packing
-    partners = list(trained.weights)
+    partners = list(trained.bins_per_feature)
     check_capacity(packing, [len(trained.bins_per_feature[k]) for k in partners], key.public.bits)
     now = datetime.now(UTC)
     bank = BankBundle(
@@ -32,9 +33,7 @@ def build_bundles(
         packing=packing,
         bank_features=bank_features,
         partners=[
-            PartnerScorecard(
-                partner=k, bins_per_feature=trained.bins_per_feature[k], weights=trained.weights[k]
-            )
+            PartnerScorecard(partner=k, bins_per_feature=trained.bins_per_feature[k])
             for k in partners
         ],
         booster=trained.booster.model_to_string(),
@@ -43,13 +42,8 @@ def build_bundles(
         policy=policy,
         metrics=trained.metrics,
     )
-    bundles = {}
-    for k in partners:
-        rows = trained.weights[k]
-        ciphertexts = iter(
-            key.encrypt_many([encode_weight(packing, w) for row in rows for w in row])
-        )
-        bundles[k] = PartnerBundle(
+    bundles = {
+        k: PartnerBundle(
             model_version=model_version,
             created_at=now,
             partner=k,
@@ -57,6 +51,7 @@ def build_bundles(
             key_id=key.key_id,
             public_key_n=key.public.to_b64(),
             packing=packing,
-            tables=[[int_to_b64(next(ciphertexts)) for _ in row] for row in rows],
         )
+        for k in partners
+    }
     return bank, bundles

@@ -48,19 +48,6 @@ def register(app: typer.Typer) -> None:
                 "1/(2^t - 1) (docs/crypto.md).",
             ),
         ] = 24,  # DEFAULT_FLAG_BITS (not imported: the CLI loads gmpy2 only when it runs)
-        cross_fit: Annotated[
-            bool | None,
-            typer.Option(
-                "--cross-fit/--no-cross-fit",
-                help="Train the stacker on out-of-fold partner scores from fold chains "
-                "trained without each row's fold (docs/model.md). Default: the trainer's.",
-                show_default=False,
-            ),
-        ] = None,
-        cross_fit_folds: Annotated[
-            int | None,
-            typer.Option(min=2, max=20, help="Folds for --cross-fit. Default: the trainer's."),
-        ] = None,
         model_version: Annotated[str | None, typer.Option()] = None,
         rollout: Annotated[bool, typer.Option(help="Publish the bundles over Kafka.")] = True,
     ) -> None:
@@ -76,10 +63,6 @@ def register(app: typer.Typer) -> None:
         configure_logging("WARNING")
         features = _names(bank_features)
         params = TrainParams(rounds=rounds, flag_bits=flag_bits)
-        if cross_fit is not None:
-            params.cross_fit = cross_fit
-        if cross_fit_folds is not None:
-            params.cross_fit_folds = cross_fit_folds
         try:
             job = TrainJob(
                 train=read_bank_csv(data, id_column, features, label_column),

@@ -1,10 +1,8 @@
 """The bank's side of the training conversation: send to each partner's training
 topic, collect every partner's reply for a step, fail loudly on errors or timeouts.
 
-One coordinator can hold more than one session (cross-fitting runs a second one next
-to the main session, see ``services/training/crossfit.py``): replies are matched by
-session, kind and round, and a reply that does not match the current collection waits
-in the inbox for the one it belongs to."""
+Replies are matched by kind and round; a reply that does not match the current
+collection waits in the inbox for the one it belongs to."""
 
 from __future__ import annotations
 
@@ -12,14 +10,14 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from schemas import TrainError, TrainHistograms, TrainReady, TrainScores
-from schemas.training import TO_BANK, ToBank, ToPartner
+from schemas import TrainError, TrainReady, TrainScores
+from schemas.training import TO_BANK, ToBank, ToPartner, TrainDone, TrainTruncate
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
@@ -27,7 +25,7 @@ from services.kernel.kafka.topics import TRAINING_TO_BANK, training_topic
 
 log = logging.getLogger(__name__)
 
-ReplyT = TypeVar("ReplyT", TrainReady, TrainScores, TrainHistograms)
+ReplyT = TypeVar("ReplyT", TrainReady, TrainScores, TrainTruncate, TrainDone)
 
 
 async def _stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer, what: str) -> None:
@@ -50,13 +48,24 @@ class TrainingError(RuntimeError):
     pass
 
 
+class Channel(Protocol):
+    """The bank's side of a training conversation, as the trainer uses it."""
+
+    session_id: str
+
+    async def send(self, partner: str, message: ToPartner) -> None: ...
+
+    async def send_all(self, messages: Mapping[str, ToPartner]) -> None: ...
+
+    async def collect(self, kind: type[ReplyT], round_: int | None = None) -> dict[str, ReplyT]: ...
+
+
 class Coordinator:
     def __init__(
         self, kafka: KafkaSettings, session_id: str, partners: list[str], timeout_s: float
     ) -> None:
         self.kafka = kafka
         self.session_id = session_id
-        self.sessions = {session_id}
         self.partners = partners
         self.timeout_s = timeout_s
         self.bytes_sent: dict[str, int] = dict.fromkeys(partners, 0)
@@ -98,10 +107,6 @@ class Coordinator:
             if self._producer is not None:
                 await _stop_quietly(self._producer, "producer")
 
-    def add_session(self, session_id: str) -> None:
-        """Accept replies for another session too (its messages carry their own id)."""
-        self.sessions.add(session_id)
-
     async def send(self, partner: str, message: ToPartner) -> None:
         assert self._producer is not None
         payload = message.model_dump_json().encode()
@@ -119,12 +124,8 @@ class Coordinator:
         for partner, message in messages.items():
             await self.send(partner, message)
 
-    async def collect(
-        self, kind: type[ReplyT], round_: int | None = None, session_id: str | None = None
-    ) -> dict[str, ReplyT]:
-        """One reply of ``kind`` from every partner (for ``round_`` where it has one) in
-        ``session_id`` (default: the main session)."""
-        session = session_id or self.session_id
+    async def collect(self, kind: type[ReplyT], round_: int | None = None) -> dict[str, ReplyT]:
+        """One reply of ``kind`` from every partner (for ``round_`` where it has one)."""
         replies: dict[str, ReplyT] = {}
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -133,12 +134,12 @@ class Coordinator:
                     for message in self._take_inbox():
                         if isinstance(message, TrainError):
                             raise TrainingError(f"partner {message.partner}: {message.error}")
-                        if message.session_id != session:
-                            pending.append(message)  # another session's: keep it for later
-                        elif isinstance(message, kind) and (
+                        if isinstance(message, kind) and (
                             round_ is None or getattr(message, "round", None) == round_
                         ):
                             replies[message.partner] = message
+                        else:
+                            pending.append(message)  # a later step's: keep it for then
                     self._inbox = pending + self._inbox
                     if len(replies) < len(self.partners):
                         await self._poll()
@@ -166,7 +167,7 @@ class Coordinator:
                 except (ChunkError, ValidationError) as exc:
                     log.error("unreadable training reply: %s", exc)
                     continue
-                if message.session_id not in self.sessions or message.partner not in self.partners:
+                if message.session_id != self.session_id or message.partner not in self.partners:
                     continue
                 self.bytes_received[message.partner] += len(whole)
                 self._inbox.append(message)

@@ -1,29 +1,35 @@
-"""Federated training v1, bank side (DESIGN.md section 3).
+"""Federated training, bank side (DESIGN.md section 3; docs/protocol.md, "Training").
 
 Model: ``logit = f_bank(x_bank) + sum_k u_k``, ``u_k = sum_j w_k[j, bin_j]``.
 
-Each round costs two encrypted exchanges per partner:
-1. the bank encrypts every fit row's packed (g, h) once; each partner returns its
-   encrypted per-(feature, bin) sums;
-2. the bank turns them into an L2-regularised diagonal Newton direction
-   ``d = -(G + lambda w) / (H + lambda)`` per partner, sends it as encrypted tables,
-   and each partner returns the encrypted per-row scores of that direction, ``du_k``.
-The bank then line-searches a step per partner on its own (``u_k += eta_k du_k`` is
-exact, so no further exchange is needed), refits ``f_bank`` with LightGBM on top of
-the partner scores (backfitting), and stops early on a validation fold carved from
-the training rows. The bank learns per-bin gradient sums and per-row aggregate
-partner scores (the privacy contract's allowance), never a partner's features, bin
-edges or feature names.
+The partners' weights ``w_k`` exist only encrypted, held by each partner; the bank
+never decrypts anything that is a function of weights it knows. Each round:
 
-With ``cross_fit``, K fold chains train next to the main model so that the stacker
-learns from out-of-fold partner scores (``services/training/crossfit.py``).
+1. the bank encrypts ``g = p - y`` for every session row (zero for the rows it holds
+   out) and sends them with the step it chose for the previous round;
+2. each partner sums them per bin, turns each sum into an encrypted Newton direction
+   with its own bin counts (``services/kernel/crypto/blind.py``), and returns the
+   per-row direction scores masked pairwise with the other partners;
+3. the bank multiplies the partners' answers, decrypts once per ciphertext, and reads
+   the per-row *sum over partners* ``du`` of the direction scores;
+4. it picks one step ``a`` for every partner by an exact line search along ``du``
+   (``s += a du`` moves the aggregate partner score exactly), refits ``f_bank`` with
+   LightGBM on top of the new score (backfitting), and stops early on a validation
+   fold carved from the training rows.
+
+At the end the partners combine the kept rounds' directions with the steps into their
+final encrypted weights and keep them for serving (the bank drops the weights' low bits
+from a statistically masked copy). The bank learns per-row aggregate scores of unknown
+additive functions, and the partners' bin counts per feature; never a partner's
+features, bins, bin edges, feature names, weights or directions.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -32,35 +38,31 @@ from gmpy2 import mpz
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from schemas import (
-    PackingSpec,
-    TrainFinish,
-    TrainGradients,
-    TrainHistograms,
-    TrainReady,
-    TrainScores,
-    TrainStart,
-    TrainWeights,
+from schemas import PackingSpec, TrainFinish, TrainReady, TrainScores, TrainStart
+from schemas.training import (
+    BlindTraining,
+    ScoreLayout,
+    TrainDone,
+    TrainRound,
+    TrainTruncate,
+    TrainTruncated,
+)
+from services.kernel.crypto.blind import (
+    PROVISIONAL_FEATURES,
+    blind_training,
+    decode_scores,
+    decode_step,
+    encode_gradients,
+    encode_step,
+    score_layout,
+    truncate,
 )
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
-from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, encode_weight, packing_for, unpack
+from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, PackingOverflowError, packing_for
 from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.crypto.tokens import TokenSource, token_or_decoy
 from services.kernel.model.scoring import sigmoid
-from services.training.coordinator import Coordinator, TrainingError
-from services.training.crossfit import (
-    FoldLayout,
-    decode_fold_scores,
-    encode_fold_tables,
-    fold_ids,
-    fold_layout,
-)
-from services.training.gradients import (
-    decode_field_plaintexts,
-    encode_fields,
-    gradient_packing,
-    max_fields,
-)
+from services.training.coordinator import Channel, TrainingError
 from services.training.parallel import CryptoPool
 
 log = logging.getLogger(__name__)
@@ -69,11 +71,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainParams:
     """Defaults from a plaintext study of the protocol on the reference split (docs/model.md):
-    diagonal Newton directions with L2 weight 100 and an exact per-partner line search
-    reach test AUC ~0.770 in about ten rounds."""
+    count-preconditioned Newton directions with a pseudo-count of 600 and one exact line
+    search for all partners reach the additive model's test AUC of per-partner steps on
+    Hessian sums in about eight rounds."""
 
     rounds: int = 12
-    l2: float = 100.0
+    pseudo_count: int = 600
     max_bins: int = 16
     validation_fraction: float = 0.2
     patience: int = 3
@@ -91,11 +94,6 @@ class TrainParams:
     stack_learning_rate: float = 0.02
     stack_max_trees: int = 1000
     stack_early_stopping_trees: int = 50
-    # Cross-fitting: the stacker learns from out-of-fold partner scores, each fit row's
-    # from a fold chain trained without that row's fold (docs/model.md, "Cross-fitting").
-    # Off by default: on the measured splits it did not beat in-sample scores.
-    cross_fit: bool = False
-    cross_fit_folds: int = 3
     # t of the bundles' blacklist field (docs/crypto.md, "The blacklist field").
     flag_bits: int = DEFAULT_FLAG_BITS
 
@@ -120,7 +118,6 @@ class BankRows:
 
 @dataclass
 class Trained:
-    weights: dict[str, list[list[float]]]
     bins_per_feature: dict[str, list[int]]
     booster: lgb.Booster
     fallback: lgb.Booster
@@ -129,83 +126,65 @@ class Trained:
     test_scores: np.ndarray | None
     history: list[dict[str, float]] = field(default_factory=list)
     stacked: bool = False
-    # The partner score the stacker was trained on, per fit row (out of fold with
-    # cross-fitting), with the fit rows' ids and, with cross-fitting, their folds.
-    stack_scores: np.ndarray | None = None
-    fit_ids: list[str] = field(default_factory=list)
-    folds: np.ndarray | None = None
+    steps: list[float] = field(default_factory=list)
+    """The kept rounds' steps, as the partners applied them."""
 
 
-@dataclass
-class _FoldChain:
-    """Cross-fitting: the main model's training, round for round, on the fit rows
-    outside one fold. It learns from no label of its fold's rows."""
+def _line_search(y: np.ndarray, logit: np.ndarray, du: np.ndarray, limit: float) -> float:
+    """argmin_a sum logloss(logit + a du) over [0, limit], by damped Newton with
+    backtracking (at most 30 iterations)."""
 
-    rows: np.ndarray  # over the fit rows: True where the chain fits
-    w: dict[str, np.ndarray]
-    s_fit: np.ndarray  # its aggregate partner score, every fit row
-    s_val: np.ndarray
-    booster: lgb.Booster
-    f_fit: np.ndarray  # its booster's raw score, every fit row
-    best_auc: float
-    best_round: int = 0
-    best_s_fit: np.ndarray = field(init=False)
+    def objective(a: float) -> float:
+        z = logit + a * du
+        return float(np.sum(np.logaddexp(0.0, z) - y * z))
 
-    def __post_init__(self) -> None:
-        self.best_s_fit = self.s_fit.copy()
-
-
-def _total(arrays: Iterable[np.ndarray], n: int) -> np.ndarray:
-    total = np.zeros(n)
-    for array in arrays:
-        total = total + array
-    return total
-
-
-def _logloss(y: np.ndarray, logit: np.ndarray) -> float:
-    return float(np.mean(np.logaddexp(0, logit) - y * logit))
-
-
-def _subset(rows: BankRows, mask: np.ndarray) -> BankRows:
-    return BankRows(
-        [i for i, keep in zip(rows.ids, mask.tolist(), strict=True) if keep],
-        rows.x[mask],
-        None if rows.y is None else rows.y[mask],
-    )
-
-
-def _newton_steps(
-    y: np.ndarray, logit: np.ndarray, du: np.ndarray, quad: np.ndarray, lin: np.ndarray
-) -> np.ndarray:
-    """argmin_a  sum logloss(logit + du a) + a'(quad)a/2 + (lin)'a, by damped Newton with
-    backtracking (at most 30 iterations); ``du`` has one column per unknown."""
-
-    def objective(a: np.ndarray) -> float:
-        z = logit + du @ a
-        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * a @ quad @ a + lin @ a)
-
-    a = np.zeros(du.shape[1])
-    value = objective(a)
+    a, value = 0.0, objective(0.0)
     for _ in range(30):
-        prob = sigmoid(logit + du @ a)
-        grad = du.T @ (prob - y) + quad @ a + lin
-        hess = (du * (prob * (1 - prob))[:, None]).T @ du + quad + 1e-9 * np.eye(len(a))
-        step, scale = -np.linalg.solve(hess, grad), 1.0
-        while objective(a + scale * step) > value + 1e-4 * scale * float(grad @ step):
+        prob = sigmoid(logit + a * du)
+        grad = float(du @ (prob - y))
+        hess = float((du * du) @ (prob * (1 - prob))) + 1e-9
+        step, scale = -grad / hess, 1.0
+        while (
+            objective(min(max(a + scale * step, 0.0), limit)) > value + 1e-4 * scale * grad * step
+        ):
             scale *= 0.5
             if scale < 1e-6:
                 break
-        a = a + scale * step
+        a = min(max(a + scale * step, 0.0), limit)
         previous, value = value, objective(a)
         if previous - value < 1e-9 * abs(previous):
             break
     return a
 
 
+@dataclass
+class _Rows:
+    """The session's rows as the partners see them: one shuffled list."""
+
+    order: np.ndarray  # position in the list -> row (fit rows, then validation, then test)
+    fit: int
+    val: int
+    test: int
+
+    @property
+    def total(self) -> int:
+        return self.fit + self.val + self.test
+
+    def to_list_order(self, values: np.ndarray) -> np.ndarray:
+        """Per-row values (fit, val, test order) in the session's list order."""
+        out: np.ndarray = values[self.order]
+        return out
+
+    def from_list_order(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
+
+
 class FederatedTrainer:
     def __init__(
         self,
-        coordinator: Coordinator,
+        coordinator: Channel,
         key: PrivateKey,
         tokenizers: dict[str, TokenSource],
         params: TrainParams,
@@ -219,8 +198,7 @@ class FederatedTrainer:
         self.partners = list(tokenizers)
         self.params = params
         self.progress = progress or (lambda _stage, _fraction: None)
-        self.gpack = gradient_packing()
-        self.cross_session = f"{coordinator.session_id}.xf"
+        self.blind: BlindTraining = blind_training(params.rounds, pseudo_count=params.pseudo_count)
 
     def _split(self, train: BankRows) -> tuple[np.ndarray, np.ndarray]:
         """Fit and validation rows (sorted indices), stratified on the label."""
@@ -236,169 +214,84 @@ class FederatedTrainer:
     async def fit(self, train: BankRows, test: BankRows | None = None) -> Trained:
         assert train.y is not None
         p = self.params
-        cross_fit = p.stack and p.cross_fit
-        if cross_fit and not 2 <= p.cross_fit_folds < max_fields(self.gpack, self.key.public.bits):
-            raise ValueError(
-                f"cross_fit_folds must be 2 to "
-                f"{max_fields(self.gpack, self.key.public.bits) - 1}, got {p.cross_fit_folds}"
-            )
         fit_idx, val_idx = self._split(train)
         fit = BankRows([train.ids[i] for i in fit_idx], train.x[fit_idx], train.y[fit_idx])
         val = BankRows([train.ids[i] for i in val_idx], train.x[val_idx], train.y[val_idx])
         test = test or BankRows([], train.x[:0])
-        eval_ids = val.ids + test.ids
         assert fit.y is not None and val.y is not None
         n_fit, n_val, n_test = len(fit.ids), len(val.ids), len(test.ids)
+        # An unpredictable order, so nothing in the list tells a partner which rows are
+        # held out; the order does not change the model.
+        rng = np.random.default_rng(secrets.randbits(128))
+        rows = _Rows(rng.permutation(n_fit + n_val + n_test), n_fit, n_val, n_test)
+        bins = await self._start(rows, [*fit.ids, *val.ids, *test.ids])
+        total_features = sum(len(b) for b in bins.values())
 
-        bins = await self._start(fit.ids, eval_ids)
-        packing = packing_for(self.key.public.bits, [len(b) for b in bins.values()])
-        folds: np.ndarray | None = None
-        layout: FoldLayout | None = None
-        chains: list[_FoldChain] = []
-        if cross_fit:
-            folds = fold_ids(n_fit, p.cross_fit_folds, p.seed)
-            layout = await self._start_cross_fit(bins, n_val)
-            chains = [self._new_chain(fit, val, folds != f, bins) for f in range(p.cross_fit_folds)]
-        # Per partner: flat weights w, per-row scores on fit rows and on eval rows.
-        w = {k: np.zeros(sum(bins[k])) for k in self.partners}
-        u_fit = {k: np.zeros(n_fit) for k in self.partners}
-        u_eval = {k: np.zeros(n_val + n_test) for k in self.partners}
-
+        # The aggregate partner score of every row (fit, val, test order), as the bank
+        # tracks it: sum_r a_r du_r, exactly what the partners' final weights produce,
+        # up to their rounding to the serving layout's fixed point.
+        s = np.zeros(rows.total)
         booster = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
         f_fit = self._raw(booster, fit.x)
-        f_val = self._raw(booster, val.x)
-        best_auc = float(roc_auc_score(val.y, f_val))
-        best = (
-            0,
-            booster,
-            {k: v.copy() for k, v in w.items()},
-            {k: v.copy() for k, v in u_eval.items()},
-            {k: v.copy() for k, v in u_fit.items()},
-        )
+        best_auc = float(roc_auc_score(val.y, self._raw(booster, val.x)))
+        best = (0, booster, s.copy())
         history: list[dict[str, float]] = [{"round": 0, "val_auc": best_auc}]
+        steps: list[int] = []
         for round_ in range(1, p.rounds + 1):
             started = time.perf_counter()
-            self.progress(f"round {round_}: encrypted gradient sums", (round_ - 1) / p.rounds)
-            logit = f_fit + _total(u_fit.values(), n_fit)
-            prob = sigmoid(logit)
-            # Field 0: the main model's (g, h); field 1 + c: fold chain c's, zero on its
-            # fold's rows. One ciphertext per row carries them all.
-            g_fields, h_fields = [prob - fit.y], [prob * (1 - prob)]
-            for chain in chains:
-                q = sigmoid(chain.f_fit + chain.s_fit)
-                g_fields.append(np.where(chain.rows, q - fit.y, 0.0))
-                h_fields.append(np.where(chain.rows, q * (1 - q), 0.0))
-            sums = await self._histograms(round_, np.array(g_fields), np.array(h_fields))
-            directions = {
-                k: self._direction(sums[0][k], w[k], packing.weight_clip) for k in self.partners
-            }
-            chain_directions = [
-                {
-                    k: self._direction(sums[1 + c][k], chain.w[k], layout.packing.weight_clip)
-                    for k in self.partners
-                }
-                for c, chain in enumerate(chains)
-                if layout is not None
-            ]
-            self.progress(f"round {round_}: encrypted direction scores", (round_ - 0.5) / p.rounds)
-            tables = self._unflatten(directions, bins)
-            await self._send_directions(round_, tables)
-            if layout is not None:  # scored by the partners while the bank works on these
-                await self._send_fold_directions(round_, layout, chain_directions, bins)
-            du_fit, du_eval = await self._direction_scores(round_, tables, n_fit, n_val + n_test)
-            steps = self._line_search(fit.y, logit, w, directions, du_fit)
-            for i, k in enumerate(self.partners):
-                # Not clipped: the scores below move by exactly steps[i] * du, so the
-                # weights must too. The final layout's clip is sized to the weights.
-                w[k] = w[k] + steps[i] * directions[k]
-                u_fit[k] += steps[i] * du_fit[k]
-                u_eval[k] += steps[i] * du_eval[k]
+            self.progress(f"round {round_}: encrypted directions", (round_ - 1) / p.rounds)
+            prob = sigmoid(f_fit + s[:n_fit])
+            g = np.concatenate([prob - fit.y, np.zeros(n_val + n_test)])
+            du = await self._round(round_, rows, g, steps[-1] if steps else None, total_features)
+            step = encode_step(
+                self.blind, _line_search(fit.y, f_fit + s[:n_fit], du[:n_fit], self.blind.max_step)
+            )
+            steps.append(step)
+            s = s + decode_step(self.blind, step) * du
             # Backfitting: the bank's trees re-learn on top of the new partner scores.
-            s_fit = _total(u_fit.values(), n_fit)
-            s_val = _total((u[:n_val] for u in u_eval.values()), n_val)
-            booster = self._fit_bank(fit, val, s_fit, s_val)
+            booster = self._fit_bank(fit, val, s[:n_fit], s[n_fit : n_fit + n_val])
             f_fit = self._raw(booster, fit.x)
-            val_auc = float(roc_auc_score(val.y, self._raw(booster, val.x) + s_val))
-            if layout is not None:
-                du = await self._fold_scores(round_, layout, n_fit + n_val)
-                for c, chain in enumerate(chains):
-                    self._step_chain(
-                        chain, fit, val, chain_directions[c], du[:n_fit, c], du[n_fit:, c], round_
-                    )
+            val_auc = float(
+                roc_auc_score(val.y, self._raw(booster, val.x) + s[n_fit : n_fit + n_val])
+            )
             history.append(
                 {
                     "round": round_,
                     "val_auc": val_auc,
                     "seconds": time.perf_counter() - started,
                     "bank_trees": float(booster.best_iteration or booster.num_trees()),
-                    **{f"step_{k}": float(steps[i]) for i, k in enumerate(self.partners)},
-                    **(
-                        {"cross_fit_val_auc": float(np.mean([c.best_auc for c in chains]))}
-                        if chains
-                        else {}
-                    ),
+                    "step": decode_step(self.blind, step),
                 }
             )
-            log.info("round %d: validation AUC %.4f, steps %s", round_, val_auc, steps.round(3))
+            log.info(
+                "round %d: validation AUC %.4f, step %.3f",
+                round_,
+                val_auc,
+                decode_step(self.blind, step),
+            )
             if val_auc > best_auc:
                 best_auc = val_auc
-                best = (
-                    round_,
-                    booster,
-                    {k: v.copy() for k, v in w.items()},
-                    {k: v.copy() for k, v in u_eval.items()},
-                    {k: v.copy() for k, v in u_fit.items()},
-                )
+                best = (round_, booster, s.copy())
             elif round_ - best[0] >= p.patience:
                 break
-        for session in [self.coord.session_id, *([self.cross_session] if chains else [])]:
-            await self.coord.send_all(
-                {k: TrainFinish(session_id=session, status="done") for k in self.partners}
-            )
-        best_round, booster, best_w, best_u_eval, best_u_fit = best
-        largest = max((float(np.abs(v).max()) for v in best_w.values() if v.size), default=0.0)
-        packing = packing_for(
-            self.key.public.bits,
-            [len(b) for b in bins.values()],
-            weight_clip=max(packing.weight_clip, float(np.ceil(largest))),
-            flag_bits=p.flag_bits,
-        )
+        best_round, booster, s = best
+        self.progress("final weights", 0.97)
+        await self._finish(best_round, steps[:best_round])
         fallback = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
         metrics = {
             "validation_auc": best_auc,
             "rounds": float(best_round),
             "rounds_run": float(len(history) - 1),
         }
-        s_fit = _total(best_u_fit.values(), n_fit)
-        s_val = _total((u[:n_val] for u in best_u_eval.values()), n_val)
-        s_test = _total((u[n_val:] for u in best_u_eval.values()), n_test)
+        s_fit, s_val, s_test = s[:n_fit], s[n_fit : n_fit + n_val], s[n_fit + n_val :]
         additive = booster
         stacked = False
-        # The stacker's partner-score feature on the fit rows: in-sample, or out of fold.
-        stack_scores = s_fit
-        in_sample_stacker: lgb.Booster | None = None
-        if chains:
-            assert folds is not None
-            stack_scores = np.empty(n_fit)
-            for f, chain in enumerate(chains):
-                stack_scores[folds == f] = chain.best_s_fit[folds == f]
-            metrics["cross_fit_folds"] = float(len(chains))
-            metrics["cross_fit_validation_auc"] = float(np.mean([c.best_auc for c in chains]))
-            metrics["fit_auc_partner_score"] = float(roc_auc_score(fit.y, s_fit))
-            metrics["fit_auc_partner_score_cross_fit"] = float(roc_auc_score(fit.y, stack_scores))
         if p.stack:
-            stacker = self._fit_stacker(fit, val, stack_scores, s_val)
+            stacker = self._fit_stacker(fit, val, s_fit, s_val)
             stacked_auc = float(roc_auc_score(val.y, self._stacked_logit(stacker, val.x, s_val)))
             metrics["validation_auc_stacked"] = stacked_auc
             if stacked_auc > best_auc + 1e-4:
                 booster, stacked = stacker, True
-            if chains and n_test and test.y is not None:
-                # The comparison that decides the default, on the same run: the
-                # stacker trained on in-sample scores instead.
-                in_sample_stacker = self._fit_stacker(fit, val, s_fit, s_val)
-                metrics["validation_auc_stacked_in_sample"] = float(
-                    roc_auc_score(val.y, self._stacked_logit(in_sample_stacker, val.x, s_val))
-                )
         metrics["stacked"] = float(stacked)
         test_scores = None
         if n_test and test.y is not None:
@@ -411,55 +304,39 @@ class FederatedTrainer:
                 metrics["test_auc_stacked"] = float(
                     roc_auc_score(test.y, self._stacked_logit(stacker, test.x, s_test))
                 )
-            if in_sample_stacker is not None:
-                metrics["test_auc_stacked_in_sample"] = float(
-                    roc_auc_score(test.y, self._stacked_logit(in_sample_stacker, test.x, s_test))
-                )
             metrics["test_auc_bank_only"] = float(
                 roc_auc_score(test.y, self._raw(fallback, test.x))
             )
         self.progress("done", 1.0)
-        weights = {
-            k: [list(map(float, row)) for row in self._unflatten({k: best_w[k]}, bins)[k]]
-            for k in self.partners
-        }
         return Trained(
-            weights=weights,
             bins_per_feature=bins,
             booster=booster,
             fallback=fallback,
-            packing=packing,
+            packing=self._serving_packing(bins, float(np.abs(s).max(initial=0.0))),
             metrics=metrics,
             test_scores=test_scores,
             history=history,
             stacked=stacked,
-            stack_scores=stack_scores if p.stack else None,
-            fit_ids=fit.ids,
-            folds=folds,
+            steps=[decode_step(self.blind, a) for a in steps[:best_round]],
         )
 
-    @staticmethod
-    def _unflatten(
-        flat: dict[str, np.ndarray], bins: dict[str, list[int]]
-    ) -> dict[str, list[list[float]]]:
-        out = {}
-        for k, values in flat.items():
-            rows, start = [], 0
-            for count in bins[k]:
-                rows.append([float(v) for v in values[start : start + count]])
-                start += count
-            out[k] = rows
-        return out
+    def _serving_packing(self, bins: dict[str, list[int]], largest_score: float) -> PackingSpec:
+        """The bundles' slot layout. The bank never sees a weight, so the clip bounds the
+        *sum* a slot can hold instead: every feature's offset is clip * 2^F, so any
+        aggregate score within +-clip * (features) decodes; the clip is at least 8 and
+        at least the largest aggregate score seen on any session row."""
+        counts = [len(bins[k]) for k in self.partners]
+        clip = max(8.0, float(np.ceil(largest_score)))
+        return packing_for(
+            self.key.public.bits, counts, weight_clip=clip, flag_bits=self.params.flag_bits
+        )
 
     def _fit_stacker(
         self, fit: BankRows, val: BankRows, s_fit: np.ndarray, s_val: np.ndarray
     ) -> lgb.Booster:
         """LightGBM on [bank features, aggregate partner score], on top of that score.
-
-        ``s_fit`` is the fit rows' partner score: in-sample (the main model's, fitted on
-        those rows' labels) or, with cross-fitting, out of fold. The validation rows',
-        which early-stop the stacker and decide whether it is kept, never contributed a
-        gradient either way."""
+        The validation rows, which early-stop the stacker and decide whether it is kept,
+        never contributed a gradient."""
         assert fit.y is not None and val.y is not None
         p = self.params
         params = {
@@ -490,264 +367,113 @@ class FederatedTrainer:
     def _raw(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.predict(x, raw_score=True, num_iteration=booster.best_iteration))
 
-    def _direction(
-        self, sums: tuple[np.ndarray, np.ndarray], w: np.ndarray, clip: float
-    ) -> np.ndarray:
-        """The diagonal Newton direction -(G + l2 w) / (H + l2), clipped."""
-        G, H = sums
-        lam = self.params.l2
-        return np.clip(-(G + lam * w) / (H + lam), -clip, clip)
-
-    # -- cross-fitting ----------------------------------------------------------
-    def _new_chain(
-        self, fit: BankRows, val: BankRows, rows: np.ndarray, bins: dict[str, list[int]]
-    ) -> _FoldChain:
-        """Round 0 of a fold chain: its bank booster on its rows, no partner score."""
-        assert val.y is not None
-        n_fit, n_val = len(fit.ids), len(val.ids)
-        booster = self._fit_bank(
-            _subset(fit, rows), val, np.zeros(int(rows.sum())), np.zeros(n_val)
-        )
-        return _FoldChain(
-            rows=rows,
-            w={k: np.zeros(sum(bins[k])) for k in self.partners},
-            s_fit=np.zeros(n_fit),
-            s_val=np.zeros(n_val),
-            booster=booster,
-            f_fit=self._raw(booster, fit.x),
-            best_auc=float(roc_auc_score(val.y, self._raw(booster, val.x))),
-        )
-
-    def _step_chain(
-        self,
-        chain: _FoldChain,
-        fit: BankRows,
-        val: BankRows,
-        d: dict[str, np.ndarray],
-        du_fit: np.ndarray,
-        du_val: np.ndarray,
-        round_: int,
-    ) -> None:
-        """One round of a fold chain, as the main model's but on its own rows: an exact
-        step along its directions (one step for all partners: the bank decrypts only the
-        chain's aggregate score), a backfit of its booster, its own validation AUC."""
-        assert fit.y is not None and val.y is not None
-        lam = self.params.l2
-        rows = chain.rows
-        logit = chain.f_fit + chain.s_fit
-        Q = np.array([[lam * sum(float(d[k] @ d[k]) for k in self.partners)]])
-        q = np.array([lam * sum(float(chain.w[k] @ d[k]) for k in self.partners)])
-        step = float(_newton_steps(fit.y[rows], logit[rows], du_fit[rows, None], Q, q)[0])
-        for k in self.partners:
-            chain.w[k] = chain.w[k] + step * d[k]
-        chain.s_fit = chain.s_fit + step * du_fit
-        chain.s_val = chain.s_val + step * du_val
-        chain.booster = self._fit_bank(_subset(fit, rows), val, chain.s_fit[rows], chain.s_val)
-        chain.f_fit = self._raw(chain.booster, fit.x)
-        auc = float(roc_auc_score(val.y, self._raw(chain.booster, val.x) + chain.s_val))
-        if auc > chain.best_auc:
-            chain.best_auc, chain.best_round = auc, round_
-            chain.best_s_fit = chain.s_fit.copy()
-
-    async def _start_cross_fit(self, bins: dict[str, list[int]], n_val: int) -> FoldLayout:
-        """The second session: the same fit rows (so the partners fit the same bins) and
-        the validation rows, scored with the fold layout."""
-        layout = fold_layout(
-            self.key.public.bits,
-            [len(bins[k]) for k in self.partners],
-            self.params.cross_fit_folds,
-            clip=self.session_packing.weight_clip,
-        )
-        self.coord.add_session(self.cross_session)
-        await self.coord.send_all(
-            {
-                k: TrainStart(
-                    session_id=self.cross_session,
-                    partner=k,
-                    key_id=self.key.key_id,
-                    public_key_n=self.key.public.to_b64(),
-                    packing=layout.packing,
-                    gradient_packing=self.gpack,
-                    max_bins=self.params.max_bins,
-                    tokens=self._tokens[k][0],
-                    eval_tokens=self._tokens[k][1][:n_val],
-                )
-                for k in self.partners
-            }
-        )
-        ready = await self.coord.collect(TrainReady, session_id=self.cross_session)
-        for k in self.partners:
-            if ready[k].bins_per_feature != bins[k]:
-                raise TrainingError(f"partner {k} binned the cross-fit session differently")
-        return layout
-
-    async def _send_fold_directions(
-        self,
-        round_: int,
-        layout: FoldLayout,
-        directions: list[dict[str, np.ndarray]],
-        bins: dict[str, list[int]],
-    ) -> None:
-        messages = {}
-        for k in self.partners:
-            tables = [self._unflatten({k: d[k]}, bins)[k] for d in directions]
-            entries = encode_fold_tables(layout, tables)
-            enc = iter(self.key.encrypt_many([e for row in entries for e in row]))
-            messages[k] = TrainWeights(
-                session_id=self.cross_session,
-                round=round_,
-                tables=[[int_to_b64(next(enc)) for _ in row] for row in entries],
-            )
-        await self.coord.send_all(messages)
-
-    async def _fold_scores(self, round_: int, layout: FoldLayout, rows: int) -> np.ndarray:
-        """Every fold chain's aggregate direction score, shape (rows, folds): the product
-        of the partners' answers, decrypted once per ciphertext."""
-        replies = await self.coord.collect(TrainScores, round_, self.cross_session)
-        public = self.key.public
-        slots = layout.packing.slots
-        expected = -(-rows // slots)
-        product = [mpz(1)] * expected
-        for k in self.partners:
-            ciphertexts = replies[k].ciphertexts
-            if len(ciphertexts) != expected:
-                raise TrainingError(
-                    f"partner {k} sent {len(ciphertexts)} cross-fit scores, expected {expected}"
-                )
-            product = [
-                a * public.validate(b64_to_int(c)) % public.nsquare
-                for a, c in zip(product, ciphertexts, strict=True)
-            ]
-        plain = await self.pool.decrypt(product)
-        return np.vstack(
-            [
-                decode_fold_scores(layout, m, min(slots, rows - i * slots))
-                for i, m in enumerate(plain)
-            ]
-        )
-
     # -- the protocol steps -----------------------------------------------------
-    async def _start(self, fit_ids: Sequence[str], eval_ids: Sequence[str]) -> dict[str, list[int]]:
-        # A provisional packing (generous feature count) for the session; the final one
-        # is derived from the partners' actual feature counts.
-        # Training's scores carry no blacklist field: the narrowest one, the most slots.
-        session_packing = packing_for(self.key.public.bits, [64] * len(self.partners), flag_bits=1)
-        self.session_packing = session_packing
-        # Kept for the cross-fit session, which must bin exactly the same rows.
-        self._tokens = {
-            k: (
-                [token_or_decoy(self.tokenizers[k], i) for i in fit_ids],
-                [token_or_decoy(self.tokenizers[k], i) for i in eval_ids],
-            )
-            for k in self.partners
-        }
+    async def _start(self, rows: _Rows, ids: Sequence[str]) -> dict[str, list[int]]:
+        listed = [ids[i] for i in rows.order.tolist()]
+        # Sized as if every partner had PROVISIONAL_FEATURES features; the real counts
+        # arrive with TrainReady and are checked against it.
+        self.layout: ScoreLayout = score_layout(
+            self.key.public.bits, self.blind, PROVISIONAL_FEATURES * len(self.partners)
+        )
         await self.coord.send_all(
             {
                 k: TrainStart(
                     session_id=self.coord.session_id,
                     partner=k,
+                    participants=sorted(self.partners),
                     key_id=self.key.key_id,
                     public_key_n=self.key.public.to_b64(),
-                    packing=session_packing,
-                    gradient_packing=self.gpack,
+                    blind=self.blind,
+                    layout=self.layout,
                     max_bins=self.params.max_bins,
-                    tokens=self._tokens[k][0],
-                    eval_tokens=self._tokens[k][1],
+                    tokens=[token_or_decoy(self.tokenizers[k], i) for i in listed],
                 )
                 for k in self.partners
             }
         )
         ready = await self.coord.collect(TrainReady)
-        self.bins = {k: ready[k].bins_per_feature for k in self.partners}
-        return self.bins
+        bins = {k: ready[k].bins_per_feature for k in self.partners}
+        for k, counts in bins.items():
+            if len(counts) > PROVISIONAL_FEATURES:
+                raise TrainingError(
+                    f"partner {k} has {len(counts)} features; at most {PROVISIONAL_FEATURES}"
+                )
+        return bins
 
-    async def _histograms(
-        self, round_: int, g: np.ndarray, h: np.ndarray
-    ) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
-        """``g``, ``h`` of shape (fields, fit rows); per field, per partner, the flat
-        per-(feature, bin) sums (G, H)."""
-        fields = g.shape[0]
-        plaintexts = encode_fields(self.gpack, g, h)
+    async def _round(
+        self, round_: int, rows: _Rows, g: np.ndarray, previous: int | None, features: int
+    ) -> np.ndarray:
+        """Send a round's gradients (in list order); return the aggregate direction score
+        of every row (fit, val, test order)."""
+        n = int(self.key.public.n)
+        plaintexts = encode_gradients(self.blind, rows.to_list_order(g), n)
         ciphertexts = [int_to_b64(c) for c in await self.pool.encrypt(plaintexts)]
-        message = TrainGradients(
-            session_id=self.coord.session_id, round=round_, ciphertexts=ciphertexts
+        message = TrainRound(
+            session_id=self.coord.session_id,
+            round=round_,
+            previous_step=previous,
+            gradients=ciphertexts,
         )
         await self.coord.send_all(dict.fromkeys(self.partners, message))
-        replies = await self.coord.collect(TrainHistograms, round_)
-        public = self.key.public
-        for k in self.partners:
-            if [len(row) for row in replies[k].ciphertexts] != self.bins[k]:
-                raise TrainingError(f"partner {k} sent histograms for other bins")
-        flat = [
-            public.validate(b64_to_int(c))
-            for k in self.partners
-            for row in replies[k].ciphertexts
-            for c in row
-        ]
-        plain = iter(await self.pool.decrypt(flat))
-        out: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in range(fields)]
-        n = int(public.n)
-        for k in self.partners:
-            sums = decode_field_plaintexts(
-                self.gpack, n, [next(plain) for _ in range(sum(self.bins[k]))], fields
-            )
-            for t in range(fields):
-                out[t][k] = sums[t]
-        return out
-
-    async def _send_directions(self, round_: int, directions: dict[str, list[list[float]]]) -> None:
-        spec = self.session_packing
-        messages = {}
-        for k, rows in directions.items():
-            entries = [encode_weight(spec, d) for row in rows for d in row]
-            enc = iter(self.key.encrypt_many(entries))
-            tables = [[int_to_b64(next(enc)) for _ in row] for row in rows]
-            messages[k] = TrainWeights(
-                session_id=self.coord.session_id, round=round_, tables=tables
-            )
-        await self.coord.send_all(messages)
-
-    async def _direction_scores(
-        self, round_: int, directions: dict[str, list[list[float]]], n_fit: int, n_eval: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Each partner's per-row scores of the directions sent for ``round_``."""
-        spec = self.session_packing
         replies = await self.coord.collect(TrainScores, round_)
-        du_fit, du_eval = {}, {}
-        total = n_fit + n_eval
         public = self.key.public
-        plain_by_partner = {}
+        slots = self.layout.slots
+        expected = -(-rows.total // slots)
+        product = [mpz(1)] * expected
         for k in self.partners:
-            flat = [public.validate(b64_to_int(c)) for c in replies[k].ciphertexts]
-            plain_by_partner[k] = await self.pool.decrypt(flat)
-        for k in self.partners:
-            features = {k: len(directions[k])}
-            scores: list[float] = []
-            for i, plain in enumerate(plain_by_partner[k]):
-                count = min(spec.slots, total - i * spec.slots)
-                scores.extend(s.partner_score for s in unpack(spec, plain, count, features))
-            if len(scores) != total:
-                raise ValueError(f"partner {k} scored {len(scores)} rows, expected {total}")
-            arr = np.array(scores)
-            du_fit[k], du_eval[k] = arr[:n_fit], arr[n_fit:]
-        return du_fit, du_eval
+            if len(replies[k].ciphertexts) != expected:
+                raise TrainingError(
+                    f"partner {k} sent {len(replies[k].ciphertexts)} score ciphertexts, "
+                    f"expected {expected}"
+                )
+            product = [
+                a * public.validate(b64_to_int(c)) % public.nsquare
+                for a, c in zip(product, replies[k].ciphertexts, strict=True)
+            ]
+        plain = await self.pool.decrypt(product)
+        scores: list[float] = []
+        try:
+            for i, m in enumerate(plain):
+                count = min(slots, rows.total - i * slots)
+                scores.extend(decode_scores(self.layout, self.blind, m, count, features))
+        except PackingOverflowError as exc:
+            raise TrainingError(
+                f"round {round_}: the direction scores do not decode: {exc}"
+            ) from exc
+        return rows.from_list_order(np.array(scores))
 
-    def _line_search(
-        self,
-        y: np.ndarray,
-        logit: np.ndarray,
-        w: dict[str, np.ndarray],
-        d: dict[str, np.ndarray],
-        du: dict[str, np.ndarray],
-    ) -> np.ndarray:
-        """Exact step per partner: argmin_a  logloss(logit + D a) + l2/2 * sum_k |w_k + a_k d_k|^2,
-        by damped Newton on K unknowns. The bank can do this alone because scores are
-        linear in the weights: a step a_k moves partner k's scores by a_k * du_k."""
-        lam = self.params.l2
-        D = np.column_stack([du[k] for k in self.partners])
-        Q = np.diag([lam * float(d[k] @ d[k]) for k in self.partners])
-        q = np.array([lam * float(w[k] @ d[k]) for k in self.partners])
-        return _newton_steps(y, logit, D, Q, q)
+    async def _finish(self, best_round: int, steps: list[int]) -> None:
+        """The partners' final weights: each sends its accumulated directions, masked;
+        the bank drops their low bits and sends them back; each stores the result."""
+        await self.coord.send_all(
+            {
+                k: TrainFinish(
+                    session_id=self.coord.session_id,
+                    status="done",
+                    best_round=best_round,
+                    steps=steps,
+                )
+                for k in self.partners
+            }
+        )
+        replies = await self.coord.collect(TrainTruncate)
+        public = self.key.public
+        for k in self.partners:
+            masked = [public.validate(b64_to_int(c)) for c in replies[k].ciphertexts]
+            plain = await self.pool.decrypt(masked)
+            try:
+                dropped = [truncate(self.blind, int(x)) for x in plain]
+            except PackingOverflowError as exc:
+                raise TrainingError(f"partner {k}: a masked weight is out of range") from exc
+            encrypted = await self.pool.encrypt(dropped)
+            await self.coord.send(
+                k,
+                TrainTruncated(
+                    session_id=self.coord.session_id,
+                    ciphertexts=[int_to_b64(c) for c in encrypted],
+                ),
+            )
+        await self.coord.collect(TrainDone)
 
     def _fit_bank(
         self, fit: BankRows, val: BankRows, s_fit: np.ndarray, s_val: np.ndarray

@@ -13,11 +13,19 @@ import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas import BankBundle, CandidateEvent, Decision, DlqEnvelope, PartnerBundle, PolicyConfig
-from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
+from services.bench.fixtures import (
+    BankData,
+    Deployment,
+    PartnerData,
+    build_quick_model,
+    stored_weights,
+)
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.demo import dataset as ds
 from services.kernel.config import KafkaSettings
+from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.kafka.broker import EmbeddedBroker
+from services.kernel.kafka.chunks import Reassembler
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics, dlq_topic
 from services.training.policy_file import load_policy
@@ -49,6 +57,11 @@ class Running:
     partners: list[PartnerData]
     bank_bundle: BankBundle
     partner_bundles: dict[str, PartnerBundle]
+    key: PrivateKey | None
+
+    def weights(self, partner: str, scorecard_id: str = "m-test") -> list[list[float]]:
+        """A partner's stored weights, decrypted: the harness sees every party."""
+        return stored_weights(self.pipeline.deployment.partner_dbs[partner], scorecard_id, self.key)
 
     @property
     def settings(self) -> KafkaSettings:
@@ -88,7 +101,7 @@ async def start_pipeline(
     partners = partners_of(table)
     names = [p.name for p in partners]
     deployment = Deployment.at(root)
-    bank_bundle, partner_bundles, _ = build_quick_model(
+    bank_bundle, partner_bundles, key = build_quick_model(
         deployment, bank, partners, policy, model_version="m-test"
     )
     broker = EmbeddedBroker(partitions=4, topics=all_topics(names), log_path=root / "broker.log")
@@ -100,7 +113,7 @@ async def start_pipeline(
         pipeline.stop()
         broker.stop()
         raise
-    return Running(broker, pipeline, table, bank, partners, bank_bundle, partner_bundles)
+    return Running(broker, pipeline, table, bank, partners, bank_bundle, partner_bundles, key)
 
 
 def stop_pipeline(running: Running) -> None:
@@ -132,6 +145,17 @@ async def send_candidates(settings: KafkaSettings, events: Sequence[CandidateEve
 async def read_all(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:
     """Every value on a topic, read from the beginning until it stays quiet."""
     return [r.value for r in await read_records(settings, topic, idle_s) if r.value is not None]
+
+
+async def read_messages(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:
+    """Every whole value on a topic, chunked ones reassembled (training, bundles)."""
+    reassembler = Reassembler()
+    out = []
+    for record in await read_records(settings, topic, idle_s):
+        whole = reassembler.feed(record.partition, record.value, record.headers)
+        if whole is not None:
+            out.append(whole)
+    return out
 
 
 async def read_records(

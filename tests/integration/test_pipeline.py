@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import Decision, EncryptedFragment, FragmentRequest, ReasonCode, Release
+from services.bench.fixtures import install_model
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
-from services.kernel.crypto.packing import encode_weight
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
 from services.kernel.crypto.signing import load_signing_key, new_signing_key, sign
 from services.kernel.kafka.clients import make_producer
@@ -66,14 +66,13 @@ def expected_partner_scores(running: Running) -> tuple[np.ndarray, np.ndarray]:
     """Plaintext recomputation from the harness's view of every party (never a service's)."""
     total = np.zeros(ROWS)
     hits = np.zeros(ROWS, dtype=bool)
-    cards = {c.partner: c for c in running.bank_bundle.partners}
     for data in running.partners:
         store = FeatureStore(running.pipeline.deployment.partner_dbs[data.name])
         binning = store.binning("m-test")
         store.close()
         assert binning is not None
         bins = binning.transform(data.values)
-        weights = cards[data.name].weights
+        weights = running.weights(data.name)
         total += [sum(weights[j][b] for j, b in enumerate(row)) for row in bins.tolist()]
         hits |= data.blacklisted
     return total, hits
@@ -373,7 +372,7 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
     for feature in running.bank.features:
         assert f'"{feature}"' not in text  # as a JSON key or value (base64 may contain it)
     for card in running.bank_bundle.partners:
-        for row in card.weights:
+        for row in running.weights(card.partner):
             for weight in row:
                 if abs(weight) > 1e-6:
                     assert repr(weight) not in text  # plaintext weights
@@ -416,11 +415,16 @@ async def test_a_new_model_version_is_hot_swapped_without_losing_batches(
     bank = running.bank_bundle.model_copy(update=fields)
     partners = {}
     for card in bank.partners:
-        entries = [encode_weight(bank.packing, w) for row in card.weights for w in row]
-        encrypted = iter(key.encrypt_many(entries))
-        tables = [[int_to_b64(next(encrypted)) for _ in row] for row in card.weights]
+        # What a training session would have left with the partner: the bins and the
+        # weights under the new key.
+        db = running.pipeline.deployment.partner_dbs[card.partner]
+        store = FeatureStore(db)
+        binning = store.binning("m-test")
+        assert binning is not None
+        install_model(store, "m-test-2", binning, running.weights(card.partner), key)
+        store.close()
         partners[card.partner] = running.partner_bundles[card.partner].model_copy(
-            update={**fields, "tables": tables}
+            update={**fields, "binning_id": "m-test-2"}
         )
     await running.pipeline.publish(bank, partners)
     decided = await wait_for_decisions(running.settings, [e.event_id for e in before])

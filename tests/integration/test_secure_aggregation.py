@@ -87,7 +87,6 @@ def partner_scores(running: Running, names: list[str]) -> tuple[np.ndarray, np.n
     the partners' summed scores and whether any of them flags each row."""
     total = np.zeros(ROWS)
     flagged = np.zeros(ROWS, dtype=bool)
-    cards = {c.partner: c for c in running.bank_bundle.partners}
     for data in running.partners:
         if data.name not in names:
             continue
@@ -95,7 +94,7 @@ def partner_scores(running: Running, names: list[str]) -> tuple[np.ndarray, np.n
         binning = store.binning("m-test")
         store.close()
         assert binning is not None
-        weights = cards[data.name].weights
+        weights = running.weights(data.name)
         bins = binning.transform(data.values).tolist()
         total += [sum(weights[j][b] for j, b in enumerate(row)) for row in bins]
         flagged |= data.blacklisted

@@ -14,12 +14,14 @@ import pytest
 from services.bench.fixtures import Deployment, PartnerData
 from services.bench.pipeline import Pipeline
 from services.demo import dataset as ds
+from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.topics import TRAINING_TO_BANK, all_topics, training_topic
+from services.partner.store import FeatureStore
 from services.training.policy_file import load_policy
 from services.training.run import TrainJob, TrainResult, run_training
 from services.training.trainer import BankRows, TrainParams
-from tests.integration.harness import PARTNERS, POLICY_FILE, read_all
+from tests.integration.harness import PARTNERS, POLICY_FILE, read_messages
 
 pytestmark = pytest.mark.integration
 ROWS = 2400
@@ -58,8 +60,7 @@ async def trained(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tra
             paillier_dir=deployment.paillier_dir,
             policy=load_policy(POLICY_FILE),
             out_dir=root / "models",
-            # With cross-fitting: the second session runs over Kafka next to the first.
-            params=TrainParams(rounds=2, patience=2, cross_fit=True),
+            params=TrainParams(rounds=2, patience=2),
             model_version="m-train-test",
             timeout_s=300,
         )
@@ -86,9 +87,18 @@ async def test_training_beats_the_bank_alone_and_writes_bundles(trained: Trained
     }
     scores = (out / "test_scores.csv").read_text().splitlines()
     assert scores[0] == "id,score" and len(scores) == len(trained.test.ids) + 1
-    # the bank's scorecards cover exactly the partners' (unnamed) bins
-    for card in trained.result.bank.partners:
-        assert [len(row) for row in card.weights] == card.bins_per_feature
+    # No weight travels: the partner bundles name the session whose encrypted weights
+    # each partner stored, and the bank bundle knows only the bin counts.
+    bundle = json.loads((out / "partner-repayments.json").read_text())
+    assert "tables" not in bundle and bundle["binning_id"] == "train-m-train-test"
+    for card in json.loads((out / "bank-bundle.json").read_text())["partners"]:
+        assert set(card) == {"partner", "bins_per_feature"}
+    for partner in PARTNERS:
+        store = FeatureStore(trained.pipeline.deployment.partner_dbs[partner])
+        scorecard = store.scorecard("train-m-train-test")
+        store.close()
+        assert scorecard is not None and scorecard.key_id == trained.result.bank.key_id
+        assert all(len(str(w)) > 600 for w in scorecard.weights)  # ciphertexts, not weights
 
 
 async def test_partners_load_the_rolled_out_model(trained: Trained) -> None:
@@ -99,21 +109,21 @@ async def test_partners_load_the_rolled_out_model(trained: Trained) -> None:
 async def test_the_bank_receives_no_partner_feature_name_value_or_bin_edge(
     trained: Trained,
 ) -> None:
-    received = await read_all(trained.broker.settings(), TRAINING_TO_BANK)
+    received = await read_messages(trained.broker.settings(), TRAINING_TO_BANK)
     assert received
     text = b"\n".join(received).decode()
     for columns in ds.REFERENCE_PARTNERS.values():
         for name in columns:
             assert f'"{name}"' not in text
     for message in map(json.loads, (v for v in received if v.startswith(b"{"))):
-        assert message["kind"] in {"ready", "scores", "histograms"}
+        assert message["kind"] in {"ready", "scores", "truncate", "done"}
         if message["kind"] == "ready":
             assert all(isinstance(b, int) for b in message["bins_per_feature"])
             assert set(message) == {"kind", "session_id", "partner", "bins_per_feature"}
-        elif message["kind"] == "scores":
+        elif message["kind"] in {"scores", "truncate"}:
             assert all(B64.match(c) for c in message["ciphertexts"])
         else:
-            assert all(B64.match(c) for row in message["ciphertexts"] for c in row)
+            assert set(message) == {"kind", "session_id", "partner"}
     # no raw partner value shows up as a number anywhere the bank reads
     bills = trained.table.select(["BILL_AMT1"])[:, 0]
     distinctive = [v for v in np.unique(bills) if abs(v) > 10_000][:50]
@@ -123,7 +133,7 @@ async def test_the_bank_receives_no_partner_feature_name_value_or_bin_edge(
 
 async def test_partners_receive_no_label_gradient_or_bank_feature(trained: Trained) -> None:
     for partner in PARTNERS:
-        received = await read_all(trained.broker.settings(), training_topic(partner))
+        received = await read_messages(trained.broker.settings(), training_topic(partner))
         assert received
         text = b"\n".join(received).decode()
         for name in [*ds.BANK_FEATURES, ds.LABEL]:
@@ -131,29 +141,22 @@ async def test_partners_receive_no_label_gradient_or_bank_feature(trained: Train
         for customer in trained.table.ids[:200]:
             assert f'"{customer}"' not in text
         for message in map(json.loads, (v for v in received if v.startswith(b"{"))):
-            assert message["kind"] in {"start", "weights", "gradients", "finish"}
-            if message["kind"] == "gradients":
+            assert message["kind"] in {"start", "round", "finish", "truncated"}
+            if message["kind"] == "round":
+                assert all(B64.match(c) and len(c) > 500 for c in message["gradients"])
+            if message["kind"] == "truncated":
                 assert all(B64.match(c) and len(c) > 500 for c in message["ciphertexts"])
-            if message["kind"] == "weights":
-                assert all(B64.match(c) and len(c) > 500 for r in message["tables"] for c in r)
 
 
-async def test_cross_fitting_runs_a_second_session_over_the_same_rows(trained: Trained) -> None:
-    metrics = trained.result.trained.metrics
-    assert metrics["cross_fit_folds"] == 3.0
-    assert 0.5 < metrics["test_auc_stacked"] <= 1.0
-    assert 0.5 < metrics["test_auc_stacked_in_sample"] <= 1.0
-    assert all("cross_fit_val_auc" in h for h in trained.result.trained.history[1:])
-    session = "train-m-train-test"
-    for partner in PARTNERS:
-        received = await read_all(trained.broker.settings(), training_topic(partner))
-        messages = [json.loads(v) for v in received if v.startswith(b"{")]
-        starts = {m["session_id"]: m for m in messages if m["kind"] == "start"}
-        assert set(starts) == {session, f"{session}.xf"}
-        main, second = starts[session], starts[f"{session}.xf"]
-        assert second["tokens"] == main["tokens"]  # the same fit rows: the same bins
-        assert second["eval_tokens"] == main["eval_tokens"][: len(second["eval_tokens"])]
-        rounds = {(m["session_id"], m["round"]) for m in messages if m["kind"] == "weights"}
-        assert rounds == {(s, r) for s in (session, f"{session}.xf") for r in (1, 2)}
-        finished = {m["session_id"] for m in messages if m["kind"] == "finish"}
-        assert finished == {session, f"{session}.xf"}
+async def test_the_partners_see_one_shuffled_list_of_rows(trained: Trained) -> None:
+    """Held-out rows look like the others: not a block of the list, and their gradient
+    ciphertexts are as long as any (encrypted zeros)."""
+    test_ids = set(trained.test.ids)
+    tokens = load_token_source(trained.pipeline.deployment.token_dir, "payments")
+    held_out = {tokens.token(i) for i in test_ids}
+    received = await read_messages(trained.broker.settings(), training_topic("payments"))
+    start = next(m for m in map(json.loads, received) if m.get("kind") == "start")
+    positions = [i for i, t in enumerate(start["tokens"]) if t in held_out]
+    assert len(positions) == len(test_ids)
+    assert positions[-1] - positions[0] > 0.8 * len(start["tokens"])
+    assert "eval_tokens" not in start

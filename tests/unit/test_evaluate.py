@@ -251,18 +251,3 @@ def test_the_scratch_directory_is_a_new_temp_dir_or_an_empty_one(tmp_path: Path)
         prepare_workdir(_spec(data, workdir=given))
     with pytest.raises(CliError, match="is not a directory"):
         prepare_workdir(_spec(data, out_dir=data))
-
-
-def test_cross_fitting_is_passed_to_the_training_process_only_when_asked(tmp_path: Path) -> None:
-    from services.evaluate.run import train_command
-
-    data = _csv(tmp_path, _rows())
-    deployment = Deployment.at(tmp_path / "work")
-    default = train_command(_spec(data), tmp_path / "work", deployment)
-    assert not any(arg.startswith("--cross-fit") or arg == "--no-cross-fit" for arg in default)
-    on = train_command(
-        _spec(data, cross_fit=True, cross_fit_folds=4), tmp_path / "work", deployment
-    )
-    assert on[-3:] == ["--cross-fit", "--cross-fit-folds", "4"]
-    off = train_command(_spec(data, cross_fit=False), tmp_path / "work", deployment)
-    assert off[-1] == "--no-cross-fit"

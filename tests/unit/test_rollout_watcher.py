@@ -23,7 +23,6 @@ def bundle(version: str, at: datetime) -> PartnerBundle:
         key_id="k",
         public_key_n="AQ",
         packing=PACKING,
-        tables=[["AQ"]],
     )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -111,7 +112,44 @@ class MaskContext:
         )
 
 
-def _expand(label: bytes, seed: bytes, context: MaskContext, size: int) -> bytes:
+@dataclass(frozen=True, slots=True)
+class TrainingMaskContext:
+    """What the mask of one training score ciphertext is bound to: the session, the
+    round, the ciphertext's position and the session's partners."""
+
+    session_id: str
+    round: int
+    chunk: int
+    participants: tuple[str, ...]
+    modulus: int
+
+    def __post_init__(self) -> None:
+        if list(self.participants) != sorted(set(self.participants)):
+            raise ValueError("participants must be sorted and unique")
+
+    def encode(self) -> bytes:
+        names = b"".join(_lp(p.encode()) for p in self.participants)
+        n = self.modulus.to_bytes((self.modulus.bit_length() + 7) // 8, "big")
+        return b"".join(
+            (
+                b"fedscreen.training-mask.v1",
+                _lp(self.session_id.encode()),
+                self.round.to_bytes(4, "big"),
+                self.chunk.to_bytes(4, "big"),
+                _lp(names),
+                _lp(n),
+            )
+        )
+
+
+class _Context(Protocol):
+    @property
+    def modulus(self) -> int: ...
+
+    def encode(self) -> bytes: ...
+
+
+def _expand(label: bytes, seed: bytes, context: _Context, size: int) -> bytes:
     """The PRF: SHAKE-256 over a label, the seed and the context, ``size`` bytes long."""
     return hashlib.shake_256(_lp(label) + _lp(seed) + context.encode()).digest(size)
 
@@ -120,7 +158,7 @@ def _chunks(data: bytes, width: int, count: int) -> list[int]:
     return [int.from_bytes(data[i * width : (i + 1) * width], "big") for i in range(count)]
 
 
-def pair_mask(seed: bytes, context: MaskContext) -> int:
+def pair_mask(seed: bytes, context: _Context) -> int:
     """m_ij: bits(n) + 128 PRF bits reduced mod n, uniform in [0, n) up to 2^-128."""
     size = (context.modulus.bit_length() + STATISTICAL_BITS + 7) // 8
     return int.from_bytes(_expand(b"mask", seed, context, size), "big") % context.modulus
@@ -174,3 +212,17 @@ def fragment_addend(
         for s, u in enumerate(pair_field_masks(seed, context)):
             fields[s] = (fields[s] + sign * u) & field_mask  # mod 2^t, also when negative
     return (flag_addend(spec, fields) + mask) % context.modulus
+
+
+def training_mask(me: str, pair_seeds: Mapping[str, bytes], context: TrainingMaskContext) -> int:
+    """M_i for one training score ciphertext: sum_j s_ij m_ij mod n over the session's
+    other partners, so the masks cancel in the product of every partner's ciphertext
+    and each one alone decrypts to a value uniform mod n."""
+    if me not in context.participants:
+        raise ValueError(f"{me!r} is not a participant")
+    if set(pair_seeds) != set(context.participants) - {me}:
+        raise ValueError("need exactly one seed per other participant")
+    mask = 0
+    for peer, seed in pair_seeds.items():
+        mask += (1 if me < peer else -1) * pair_mask(seed, context)
+    return mask % context.modulus

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import gmpy2
 from gmpy2 import mpz
@@ -199,6 +200,20 @@ def group_features(bins_per_feature: Sequence[int], max_entries: int) -> list[tu
     return [tuple(g) for g in groups]
 
 
+class SlotLayout(Protocol):
+    """What :class:`FragmentTables` needs of a layout: serving's :class:`PackingSpec` or
+    training's :class:`schemas.training.ScoreLayout`."""
+
+    @property
+    def slot_bits(self) -> int: ...
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def score_bits(self) -> int: ...
+
+
 class FragmentTables:
     """A partner's encrypted tables, pre-shifted into every slot and pre-combined by
     feature group.
@@ -211,7 +226,7 @@ class FragmentTables:
     def __init__(
         self,
         public_key: PublicKey,
-        spec: PackingSpec,
+        spec: SlotLayout,
         tables: Sequence[Sequence[int]],
         *,
         max_group_entries: int = 320,
