@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
-from schemas.common import Ident, PartnerName, WireModel
+from schemas.common import Ident, PartnerName, SignedMessage
 
 PsiPoint = Annotated[
     str, StringConstraints(min_length=43, max_length=43, pattern=r"^[A-Za-z0-9_-]{43}$")
@@ -21,7 +21,7 @@ PsiPoint = Annotated[
 """A ristretto255 element: 32 bytes, unpadded base64url."""
 
 
-class PsiOffer(WireModel):
+class PsiOffer(SignedMessage):
     """Bank -> partner: the bank's ids, hashed to the group and blinded with its secret."""
 
     SCHEMA_ID: ClassVar[str] = "psi-offer.v1"
@@ -37,7 +37,7 @@ class PsiOffer(WireModel):
     )
 
 
-class PsiAnswer(WireModel):
+class PsiAnswer(SignedMessage):
     """Partner -> bank: the offer raised to the partner's secret, and its own set."""
 
     SCHEMA_ID: ClassVar[str] = "psi-answer.v1"
@@ -53,7 +53,7 @@ class PsiAnswer(WireModel):
     )
 
 
-class PsiResult(WireModel):
+class PsiResult(SignedMessage):
     """Bank -> partner: the partner's set raised to the bank's secret."""
 
     SCHEMA_ID: ClassVar[str] = "psi-result.v1"
@@ -66,7 +66,7 @@ class PsiResult(WireModel):
     )
 
 
-class PsiError(WireModel):
+class PsiError(SignedMessage):
     """Either direction: the sender gave up on the session (bad points, wrong sizes)."""
 
     SCHEMA_ID: ClassVar[str] = "psi-error.v1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Ident = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
@@ -37,6 +37,29 @@ class WireModel(BaseModel):
 
     SCHEMA_ID: ClassVar[str]
     """Stable name of the message type and its major version, e.g. ``candidate.v1``."""
+
+
+def canonical_bytes(domain: str, body: dict[str, object]) -> bytes:
+    """``domain`` then ``name=value`` lines for every field but ``signature``, sorted by
+    name, each value rendered with Python's ``str()`` of its JSON value (a list of names
+    reads ``['a', 'b']``). The domain line keeps a signature over one message type from
+    being valid for another, although the same key signs several."""
+    parts = [f"{name}={body[name]}" for name in sorted(body) if name != "signature"]
+    return (domain + "\n" + "\n".join(parts)).encode()
+
+
+class SignedMessage(WireModel):
+    """A message that crosses the bank/partner boundary, signed by its sender's Ed25519
+    key over :meth:`signing_bytes`; the receiver verifies it against the sender's key,
+    which it was given out of band (never learned from Kafka)."""
+
+    signature: B64Bytes = Field(
+        default="", description="Ed25519 over signing_bytes(), base64url; empty until signed."
+    )
+
+    def signing_bytes(self) -> bytes:
+        """``fedscreen.<schema id>`` and every field but the signature (:func:`canonical_bytes`)."""
+        return canonical_bytes(f"fedscreen.{self.SCHEMA_ID}", self.model_dump(mode="json"))
 
 
 class ReasonCode(StrEnum):

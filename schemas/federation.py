@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
-from schemas.common import B64Bytes, B64Int, Ident, PartnerName, Token, WireModel
+from schemas.common import (
+    B64Bytes,
+    B64Int,
+    Ident,
+    PartnerName,
+    SignedMessage,
+    Token,
+    canonical_bytes,
+)
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class FragmentRequest(WireModel):
-    """``fed.requests.<partner>.v1`` (key: batch id): score these tokens, slot by slot."""
+class FragmentRequest(SignedMessage):
+    """``fed.requests.<partner>.v1`` (key: batch id): score these tokens, slot by slot.
+    Signed by the bank (intake)."""
 
     SCHEMA_ID: ClassVar[str] = "fragment-request.v1"
 
@@ -29,12 +40,18 @@ class FragmentRequest(WireModel):
     )
     flags_only: bool = Field(
         default=False,
-        description="Only the blacklist fields (a re-request after a partner missed the "
-        "deadline: the bank then scores on its fallback model and needs only the flags).",
+        description="Only the blacklist fields. Partners refuse it (and any attempt but the "
+        "first): the bank never asks a batch again.",
+    )
+    token_digests: dict[PartnerName, Sha256Hex] = Field(
+        default_factory=dict,
+        description="SHA-256 of each participant's token list (services.kernel.crypto."
+        "masking.token_list_digest): every participant binds the same map into its masks, "
+        "so the same batch asked again with other tokens for anyone gets fresh masks.",
     )
 
 
-class EncryptedFragment(WireModel):
+class EncryptedFragment(SignedMessage):
     """``fed.fragments.v1`` (key: batch id): one partner's answer for one batch.
 
     In ``paillier`` mode ``ciphertext`` packs, per slot, the partner's partial score
@@ -61,7 +78,6 @@ class EncryptedFragment(WireModel):
     )
     flags_only: bool = False
     signed_at: AwareDatetime
-    signature: B64Bytes = Field(description="Ed25519 over signing_bytes(), base64url.")
 
     @model_validator(mode="after")
     def _payload_matches_mode(self) -> EncryptedFragment:
@@ -73,12 +89,8 @@ class EncryptedFragment(WireModel):
             raise ValueError("plaintext fragments carry exactly slot_count plain slots")
         return self
 
-    def signing_bytes(self) -> bytes:
-        """Canonical bytes the partner signs: every field but the signature, in a fixed order."""
-        return canonical_bytes("fedscreen.fragment.v1", self.model_dump(mode="json"))
 
-
-class AgreementKey(WireModel):
+class AgreementKey(SignedMessage):
     """``fed.agreement-keys.v1`` (compacted, key: partner name): a partner's X25519 public
     key for the pairwise masks of secure aggregation.
 
@@ -96,16 +108,6 @@ class AgreementKey(WireModel):
         min_length=43, max_length=43, description="Raw X25519 public key, base64url."
     )
     created_at: AwareDatetime
-    signature: B64Bytes = Field(description="Ed25519 over signing_bytes(), base64url.")
-
-    def signing_bytes(self) -> bytes:
-        return canonical_bytes("fedscreen.agreement-key.v1", self.model_dump(mode="json"))
 
 
-def canonical_bytes(domain: str, body: dict[str, object]) -> bytes:
-    """``domain`` then ``name=value`` lines for every field but ``signature``, sorted by
-    name, each value rendered with Python's ``str()`` of its JSON value (a list of names
-    reads ``['a', 'b']``). The domain line keeps a signature over one message type from
-    being valid for another, although the same key signs both."""
-    parts = [f"{name}={body[name]}" for name in sorted(body) if name != "signature"]
-    return (domain + "\n" + "\n".join(parts)).encode()
+__all__ = ["AgreementKey", "EncryptedFragment", "FragmentRequest", "canonical_bytes"]

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from schemas.common import B64Int, Ident, PartnerName, WireModel
+from schemas.common import B64Int, Ident, PartnerName, SignedMessage, WireModel
 
 
 class PackingSpec(WireModel):
@@ -120,7 +120,10 @@ class ModelReady(WireModel):
     ready_at: AwareDatetime
 
 
-class PartnerBundle(WireModel):
+class PartnerBundle(SignedMessage):
+    """Signed by the bank: a partner accepts a Paillier key only inside a bundle or a
+    ``TrainStart`` that verifies under the bank's key it was given out of band."""
+
     SCHEMA_ID: ClassVar[str] = "partner-bundle.v1"
 
     model_version: Ident

@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from schemas.common import B64Int, Ident, PartnerName, Token, WireModel
+from schemas.common import B64Int, Ident, PartnerName, SignedMessage, Token, WireModel
 
 
 class BlindTraining(WireModel):
@@ -86,7 +86,7 @@ class ScoreLayout(WireModel):
         return self.slot_bits
 
 
-class TrainStart(WireModel):
+class TrainStart(SignedMessage):
     SCHEMA_ID: ClassVar[str] = "train-start.v1"
 
     kind: Literal["start"] = "start"
@@ -111,7 +111,7 @@ class TrainStart(WireModel):
     )
 
 
-class TrainRound(WireModel):
+class TrainRound(SignedMessage):
     """One round: the step the bank chose for the previous round's directions, and the
     gradients of this one."""
 
@@ -127,7 +127,7 @@ class TrainRound(WireModel):
     gradients: list[B64Int] = Field(description="Enc(round(g * 2^gradient_bits)) per row.")
 
 
-class TrainFinish(WireModel):
+class TrainFinish(SignedMessage):
     """Ends the session. With ``done``: the partners turn the kept rounds' directions
     into their final encrypted weights (``best_round`` of them, with ``steps``)."""
 
@@ -148,7 +148,7 @@ class TrainFinish(WireModel):
         return self
 
 
-class TrainTruncated(WireModel):
+class TrainTruncated(SignedMessage):
     """Bank -> partner: Enc(floor(X / 2^T)) for each masked value X of ``TrainTruncate``."""
 
     SCHEMA_ID: ClassVar[str] = "train-truncated.v1"
@@ -158,7 +158,7 @@ class TrainTruncated(WireModel):
     ciphertexts: list[B64Int]
 
 
-class TrainReady(WireModel):
+class TrainReady(SignedMessage):
     SCHEMA_ID: ClassVar[str] = "train-ready.v1"
 
     kind: Literal["ready"] = "ready"
@@ -167,7 +167,7 @@ class TrainReady(WireModel):
     bins_per_feature: list[int] = Field(min_length=1)
 
 
-class TrainScores(WireModel):
+class TrainScores(SignedMessage):
     SCHEMA_ID: ClassVar[str] = "train-scores.v1"
 
     kind: Literal["scores"] = "scores"
@@ -180,7 +180,7 @@ class TrainScores(WireModel):
     )
 
 
-class TrainTruncate(WireModel):
+class TrainTruncate(SignedMessage):
     """Partner -> bank: Enc(sum_r a_r D_r + 2^B + rho) per bin, rho uniform in
     [0, 2^(B + 1 + mask_bits)): the bank learns nothing from the decryption (statistical
     distance 2^-mask_bits), and returns the values with their low T bits dropped."""
@@ -193,7 +193,7 @@ class TrainTruncate(WireModel):
     ciphertexts: list[B64Int]
 
 
-class TrainDone(WireModel):
+class TrainDone(SignedMessage):
     """Partner -> bank: the final encrypted weights are stored under the session id,
     which the partner's bundle names (``binning_id``)."""
 
@@ -204,7 +204,7 @@ class TrainDone(WireModel):
     partner: PartnerName
 
 
-class TrainError(WireModel):
+class TrainError(SignedMessage):
     SCHEMA_ID: ClassVar[str] = "train-error.v1"
 
     kind: Literal["error"] = "error"

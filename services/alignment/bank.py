@@ -21,12 +21,14 @@ from pathlib import Path
 from types import TracebackType
 
 from aiokafka import TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.alignment import TO_BANK, PsiAnswer, PsiError, PsiOffer, PsiResult, ToBank
 from services.alignment.files import write_token_map
 from services.alignment.transport import AlignmentError, Channel, Received
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto import psi
+from services.kernel.crypto.signing import PartnerKeyRegistry
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.topics import ALIGN_TO_BANK, align_topic
 
@@ -58,6 +60,10 @@ class AlignJob:
     partners: Sequence[str]
     secret_dir: Path
     out_dir: Path
+    signing_key: Ed25519PrivateKey
+    """The bank's key: partners act only on offers and results it signed."""
+    registry: PartnerKeyRegistry
+    """The partners' keys: an answer counts only from the partner it names."""
     timeout_s: float = 600.0
 
 
@@ -65,8 +71,12 @@ class BankEndpoint:
     """The producer, a reader of ``fed.align.bank.v1`` from its current end, and a task
     that hands each answer to the session waiting for it."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, signing_key: Ed25519PrivateKey, registry: PartnerKeyRegistry
+    ) -> None:
         self.kafka = kafka
+        self.signing_key = signing_key
+        self.registry = registry
         self._waiting: dict[str, asyncio.Future[Received[ToBank]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.channel: Channel[ToBank] | None = None
@@ -92,7 +102,15 @@ class BankEndpoint:
             await consumer.stop()
             await producer.stop()
             raise
-        self.channel = Channel(self.kafka, producer, consumer, TO_BANK, "align-bank")
+        self.channel = Channel(
+            self.kafka,
+            producer,
+            consumer,
+            TO_BANK,
+            "align-bank",
+            signing_key=self.signing_key,
+            verify=self.registry.verify,
+        )
         self._task = asyncio.create_task(self._dispatch())
         return self
 
@@ -140,7 +158,10 @@ async def align(
     """Run every partner's session; returns the outcomes and the failures by partner."""
     report = progress or (lambda partner, stage, fraction: None)
     hashed = dict(zip(job.ids, await asyncio.to_thread(psi.hash_ids, job.ids), strict=True))
-    async with BankEndpoint(kafka) as endpoint:
+    unknown = sorted(set(job.partners) - job.registry.partners())
+    if unknown:
+        raise AlignmentError(f"no registered signing key for partner(s) {', '.join(unknown)}")
+    async with BankEndpoint(kafka, job.signing_key, job.registry) as endpoint:
         results = await asyncio.gather(
             *(_session(endpoint, job, partner, hashed, report) for partner in job.partners),
             return_exceptions=True,

@@ -38,6 +38,21 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[
             float, typer.Option(min=1.0, help="Seconds to wait for each partner's answer.")
         ] = 600.0,
+        signing_key: Annotated[
+            Path,
+            typer.Option(
+                help="The bank's Ed25519 key: partners act only on offers it signed.",
+                envvar="FEDSCREEN_BANK_SIGNING_KEY_FILE",
+            ),
+        ] = Path("keys/bank-signing.pem"),
+        partner_keys: Annotated[
+            str,
+            typer.Option(
+                help="The partners' Ed25519 public keys, name=base64url,...: an answer counts "
+                "only if it verifies under the key of the partner it names.",
+                envvar="FEDSCREEN_PARTNER_KEYS",
+            ),
+        ] = "",
     ) -> None:
         """Private set intersection with each partner over Kafka (KAFKA_* settings): per
         partner, tokens for the customers both hold, and nothing about the others."""
@@ -50,6 +65,7 @@ def register(app: typer.Typer) -> None:
         from services.alignment.transport import AlignmentError
         from services.kernel.config import KafkaSettings, load_settings
         from services.kernel.crypto import ristretto
+        from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
         from services.kernel.lifecycle import configure_logging
 
         configure_logging("WARNING")
@@ -57,9 +73,11 @@ def register(app: typer.Typer) -> None:
         try:
             ids = read_ids(csv_path, id_column)
             ristretto.require()
-        except (AlignmentInputError, ristretto.RistrettoUnavailableError) as exc:
+            key = load_signing_key(signing_key)
+            registry = PartnerKeyRegistry.parse(partner_keys)
+        except (AlignmentInputError, ristretto.RistrettoUnavailableError, ValueError) as exc:
             raise CliError(str(exc)) from exc
-        job = AlignJob(ids, partners, secret_dir, out, timeout)
+        job = AlignJob(ids, partners, secret_dir, out, key, registry, timeout)
         kafka = load_settings(KafkaSettings)
         with Progress(
             TextColumn("{task.fields[partner]:<16}"),

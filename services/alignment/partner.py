@@ -4,6 +4,11 @@
 offers on ``fed.align.<partner>.v1`` in a consumer group of its own and commits once a
 session is settled, so a re-run never answers the same offer twice; offers whose
 ``expires_at`` passed (the bank stopped waiting) are skipped.
+
+The partner applies its long-lived PSI secret only to an offer the bank signed (its key
+pinned out of band), of a session it has not answered before, that expires within
+:data:`MAX_OFFER_LIFETIME` and asks for at most ``max_points`` points: anyone else who
+can write the topic would otherwise get the secret applied to ids of its choosing.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from aiokafka import TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.alignment import TO_PARTNER, PsiAnswer, PsiError, PsiOffer, PsiResult, ToPartner
 from services.alignment.transport import AlignmentError, Channel, Received
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto import psi
+from services.kernel.crypto.signing import BankKey
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.topics import ALIGN_TO_BANK, align_topic
 
@@ -27,6 +35,41 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 """(stage, fraction done) -> None."""
+
+MAX_OFFER_LIFETIME = timedelta(days=1)
+DEFAULT_MAX_POINTS = 10_000_000
+
+
+@dataclass(frozen=True)
+class OfferPolicy:
+    """What a partner accepts to apply its secret to."""
+
+    bank_key: BankKey
+    signing_key: Ed25519PrivateKey
+    max_points: int = DEFAULT_MAX_POINTS
+    answered_log: Path | None = None
+    """Session ids answered before, one per line (kept next to the secret): a replayed
+    offer of one of them is refused."""
+
+    def answered(self) -> set[str]:
+        if self.answered_log is None or not self.answered_log.is_file():
+            return set()
+        return set(self.answered_log.read_text().split())
+
+    def remember(self, session_id: str) -> None:
+        if self.answered_log is not None:
+            with self.answered_log.open("a") as handle:
+                handle.write(session_id + "\n")
+
+    def refusal(self, offer: PsiOffer, now: datetime) -> str | None:
+        """Why this (signed) offer is not answered, or None."""
+        if len(offer.points) > self.max_points:
+            return f"{len(offer.points)} points, more than the {self.max_points} accepted"
+        if offer.expires_at > now + MAX_OFFER_LIFETIME:
+            return f"expires at {offer.expires_at.isoformat()}, more than a day ahead"
+        if offer.session_id in self.answered():
+            return f"session {offer.session_id} was answered before"
+        return None
 
 
 @dataclass(frozen=True)
@@ -44,6 +87,7 @@ async def answer_one(
     partner: str,
     ids: Sequence[str],
     secret: bytes,
+    policy: OfferPolicy,
     *,
     timeout_s: float,
     progress: Progress | None = None,
@@ -68,10 +112,16 @@ async def answer_one(
             raise AlignmentError(f"topic {topic} does not exist (create it: fedscreen topics)")
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         channel: Channel[ToPartner] = Channel(
-            kafka, producer, consumer, TO_PARTNER, f"align-partner-{partner}"
+            kafka,
+            producer,
+            consumer,
+            TO_PARTNER,
+            f"align-partner-{partner}",
+            signing_key=policy.signing_key,
+            verify=policy.bank_key.verify,
         )
         report("waiting for the bank's offer", 0.1)
-        received = await asyncio.wait_for(_next_offer(channel, partner), timeout_s)
+        received = await asyncio.wait_for(_next_offer(channel, partner, policy), timeout_s)
         offer = received.message
         # Commit exactly past the offer, and only once its session is settled: other
         # offers read meanwhile stay for the next run, and a partner killed mid-session
@@ -91,22 +141,29 @@ async def answer_one(
             await consumer.commit(settled)
             raise
         await consumer.commit(settled)
+        policy.remember(offer.session_id)
         return PartnerAlignment(offer.session_id, result)
     finally:
         await consumer.stop()
         await producer.stop()
 
 
-async def _next_offer(channel: Channel[ToPartner], partner: str) -> Received[PsiOffer]:
+async def _next_offer(
+    channel: Channel[ToPartner], partner: str, policy: OfferPolicy
+) -> Received[PsiOffer]:
     while True:
         for received in await channel.receive(timeout_ms=500):
             message = received.message
             if not isinstance(message, PsiOffer):
                 continue  # results and errors of sessions settled before this run
+            now = datetime.now(UTC)
             if message.partner != partner:
                 await channel.dlq.send(received.record, "wrong-partner", message.partner)
-            elif message.expires_at <= datetime.now(UTC):
+            elif message.expires_at <= now:
                 log.info("skipping expired offer %s", message.session_id)
+            elif (why := policy.refusal(message, now)) is not None:
+                log.warning("refusing offer %s: %s", message.session_id, why)
+                await channel.dlq.send(received.record, "offer-refused", why)
             else:
                 return Received(message, received.record, received.size)
 

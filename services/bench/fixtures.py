@@ -83,6 +83,19 @@ class Deployment:
         )
 
     @property
+    def bank_signing_key(self) -> Path:
+        """The bank's Ed25519 key (made on first use): it signs requests, bundles,
+        training and PSI messages; every partner is given its public half."""
+        path = self.root / "keys" / "bank-signing.pem"
+        if not path.exists():
+            save_signing_key(new_signing_key(), path)
+        return path
+
+    @property
+    def bank_public_key(self) -> str:
+        return public_key_b64(load_signing_key(self.bank_signing_key))
+
+    @property
     def registry_spec(self) -> str:
         return ",".join(f"{n}={k}" for n, k in self.partner_public_keys.items())
 
@@ -96,12 +109,12 @@ class Deployment:
         return Tokenizer(b64_to_bytes(token_path.read_text().strip()))
 
     def new_signing_key(self, partner: str) -> Path:
-        """The partner's fragment-signing key; the bank registers its public half."""
-        signing = new_signing_key()
+        """The partner's signing key (made on first use); the bank registers its public half."""
         path = self.root / "partners" / partner / "signing.pem"
-        save_signing_key(signing, path)
+        if not path.exists():
+            save_signing_key(new_signing_key(), path)
         self.signing_keys[partner] = path
-        self.partner_public_keys[partner] = public_key_b64(signing)
+        self.partner_public_keys[partner] = public_key_b64(load_signing_key(path))
         return path
 
     def agreement_key(self, partner: str) -> Path:

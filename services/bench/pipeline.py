@@ -12,6 +12,7 @@ import aiohttp
 
 from schemas import BankBundle, PartnerBundle
 from services.bench.fixtures import Deployment
+from services.kernel.crypto.signing import load_signing_key, signed
 from services.kernel.kafka.broker import EmbeddedBroker, free_port
 from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
 from services.kernel.model.rollout import publish_bundle
@@ -23,7 +24,6 @@ class PipelineOptions:
     plaintext: bool = False
     linger_ms: float = 20.0
     deadline_ms: float = 3000.0
-    retry_deadline_ms: float = 1000.0
     webhooks: bool = False
     webhook_secret: str | None = None
     receiver_port: int = field(default_factory=free_port)
@@ -84,6 +84,8 @@ class Pipeline:
                     # its peers' agreement keys must verify under.
                     "PARTNER_AGREEMENT_KEY_FILE": str(d.agreement_key(partner)),
                     "PARTNER_PEER_SIGNING_KEYS": d.registry_spec,
+                    # The bank's key, pinned: only what it signs is acted on.
+                    "PARTNER_BANK_KEY": d.bank_public_key,
                     "PARTNER_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
                 },
             )
@@ -92,6 +94,7 @@ class Pipeline:
             ["intake", "run"],
             {
                 "INTAKE_TOKEN_KEYS_DIR": str(d.token_dir),
+                "INTAKE_SIGNING_KEY_FILE": str(d.bank_signing_key),
                 "INTAKE_LINGER_MS": str(o.linger_ms),
                 "INTAKE_DEADLINE_MS": str(o.deadline_ms),
             },
@@ -104,7 +107,6 @@ class Pipeline:
                 "PRESCREEN_PARTNER_KEYS": d.registry_spec,
                 "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
                 "PRESCREEN_DATA_DIR": str(d.root / "prescreen-data"),
-                "PRESCREEN_RETRY_DEADLINE_MS": str(o.retry_deadline_ms),
             },
         )
         if o.webhooks:
@@ -178,7 +180,10 @@ class Pipeline:
             return stats
 
     async def publish(self, bank: BankBundle, partners: dict[str, PartnerBundle]) -> None:
+        """As the bank's rollout does: each partner bundle signed with the bank's key."""
         settings = self.broker.settings()
+        key = load_signing_key(self.deployment.bank_signing_key)
+        partners = {name: signed(bundle, key) for name, bundle in partners.items()}
         # Partner bundles first: by the time intake stamps a new version on a batch,
         # partners have had the longest possible time to load theirs.
         await asyncio.gather(

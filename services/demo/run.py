@@ -136,6 +136,10 @@ class Demo:
                 str(self._partner_dir(name) / "psi.scalar"),
                 "--out",
                 str(self._partner_dir(name) / "tokens.csv"),
+                "--bank-key",
+                deployment.bank_public_key,
+                "--signing-key",
+                str(deployment.signing_keys[name]),
                 env=env,
                 stdout=logs[name],
                 stderr=subprocess.STDOUT,
@@ -156,6 +160,10 @@ class Demo:
             str(self.root / "keys" / "psi"),
             "--out",
             str(deployment.token_dir),
+            "--signing-key",
+            str(deployment.bank_signing_key),
+            "--partner-keys",
+            deployment.registry_spec,
             env=env,
         )
         codes = await asyncio.gather(bank.wait(), *(p.wait() for p in answering))
@@ -237,7 +245,7 @@ class Demo:
                 )
                 await pipeline.start_partners()
                 c.print("partners up: " + ", ".join(partners))
-                report = self.train(broker)
+                report = self.train(broker, deployment)
                 c.print("starting intake, prescreen, webhooks and the campaign tool")
                 await pipeline.start()
                 return await self.stream(broker, pipeline, train, test, report)
@@ -248,7 +256,7 @@ class Demo:
                     + ", ".join(f"{n} ({'ok' if r in (0, -15) else r})" for n, r in codes.items())
                 )
 
-    def train(self, broker: EmbeddedBroker) -> dict[str, object]:
+    def train(self, broker: EmbeddedBroker, deployment: Deployment) -> dict[str, object]:
         """The bank's coordinator is its own process, like in production."""
         self.console.rule("federated training (Paillier 2048, over Kafka)")
         models = self.root / "bank" / "models"
@@ -273,6 +281,10 @@ class Demo:
             str(self.root / "keys" / "tokens"),
             "--paillier-dir",
             str(self.root / "keys" / "paillier"),
+            "--signing-key",
+            str(deployment.bank_signing_key),
+            "--partner-keys",
+            deployment.registry_spec,
             "--out",
             str(models),
             "--rounds",

@@ -24,14 +24,15 @@ from schemas import (
     BankBundle,
     CandidateEvent,
     Decision,
-    FragmentRequest,
     PendingBatch,
     PendingCandidate,
     ReasonCode,
 )
 from services.intake.ledger import Ledger
+from services.intake.requests import fragment_requests
 from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
+from services.kernel.crypto.signing import load_signing_key
 from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
 from services.kernel.ids import decision_id_for, new_batch_id
 from services.kernel.kafka.clients import (
@@ -85,6 +86,8 @@ class IntakeService:
     def __init__(self, settings: IntakeSettings, kafka: KafkaSettings) -> None:
         self.settings = settings
         self.kafka = kafka
+        # Partners answer only requests signed with the key they pinned for the bank.
+        self.signing_key = load_signing_key(settings.signing_key_file)
         self.tokenizers: dict[str, TokenSource] = {}
         self.watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=self._load_tokens)
         self.board = ReadinessBoard(kafka)
@@ -261,24 +264,18 @@ class IntakeService:
             deadline_at=deadline,
             partners=list(batch.tokens),
             candidates=batch.candidates,
-            # Kept for prescreen: it re-requests the batch from the partners that answered
-            # when another one misses the deadline.
             tokens=batch.tokens,
         )
         await self.producer.send(PENDING, key=key, value=pending.model_dump_json().encode())
-        participants = sorted(batch.tokens)
-        for partner, tokens in batch.tokens.items():
-            request = FragmentRequest.model_construct(
-                batch_id=batch_id,
-                partner=partner,
-                model_version=version,
-                created_at=created,
-                deadline_at=deadline,
-                tokens=tokens,
-                attempt=1,
-                participants=participants,
-                flags_only=False,
-            )
+        requests = fragment_requests(
+            batch_id=batch_id,
+            model_version=version,
+            created_at=created,
+            deadline_at=deadline,
+            tokens=batch.tokens,
+            signing_key=self.signing_key,
+        )
+        for partner, request in requests.items():
             await self.producer.send(
                 requests_topic(partner), key=key, value=request.model_dump_json().encode()
             )

@@ -16,6 +16,11 @@ class IntakeSettings(BaseSettings):
         description="Per partner: <partner>.csv, the token map from `fedscreen align` (PSI), "
         "or else <partner>.key, a keyed-HMAC token key.",
     )
+    signing_key_file: Path = Field(
+        default=Path("keys/bank-signing.pem"),
+        description="The bank's Ed25519 key (`fedscreen keys signing`): it signs every fragment "
+        "request, and every partner pins its public half (PARTNER_BANK_KEY).",
+    )
     linger_ms: float = Field(default=20.0, gt=0, description="Longest a batch waits to fill.")
     max_batch: int = Field(default=512, ge=1, description="Cap below the model's slot count.")
     deadline_ms: float = Field(default=3000.0, gt=0, description="Partner answer deadline.")

@@ -23,9 +23,11 @@ CRYPTO_SECONDS = Histogram(
 PARTNER_TIMEOUTS = Counter(
     "fedscreen_partner_timeouts_total", "Batches a partner missed", ["partner"]
 )
-BATCH_REREQUESTS = Counter(
-    "fedscreen_batch_rerequests_total",
-    "Batches re-requested from the partners that answered, after another missed the deadline",
+PARTNER_REFUSALS = Counter(
+    "fedscreen_partner_refusals_total",
+    "Messages a partner refused to act on (bad signature, a conflicting or repeated "
+    "request, too few participants, a re-request, ...), by reason",
+    ["reason"],
 )
 WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
 PARTNER_LATENCY = Histogram(

@@ -74,6 +74,25 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[
             float, typer.Option(min=1.0, help="Seconds to wait for the bank's offer.")
         ] = 600.0,
+        bank_key: Annotated[
+            str,
+            typer.Option(
+                envvar="PARTNER_BANK_KEY",
+                help="The bank's Ed25519 public key (base64url), obtained out of band: only "
+                "an offer it signed gets this partner's secret applied.",
+            ),
+        ] = "",
+        signing_key: Annotated[
+            Path,
+            typer.Option(
+                envvar="PARTNER_SIGNING_KEY_FILE",
+                help="This partner's Ed25519 key (signs its answer).",
+            ),
+        ] = Path("partner-signing.pem"),
+        max_points: Annotated[
+            int,
+            typer.Option(min=1, help="Refuse offers of more points (ids) than this."),
+        ] = 10_000_000,
     ) -> None:
         """Answer one private set intersection session from the bank (KAFKA_* settings), then
         exit. The token map it writes feeds `partner load --token-map`."""
@@ -81,10 +100,11 @@ def register(app: typer.Typer) -> None:
 
         from services.alignment.cli import check_partner_name
         from services.alignment.files import AlignmentInputError, read_ids, write_token_map
-        from services.alignment.partner import answer_one
+        from services.alignment.partner import OfferPolicy, answer_one
         from services.alignment.transport import AlignmentError
         from services.kernel.config import KafkaSettings, load_settings
         from services.kernel.crypto import psi, ristretto
+        from services.kernel.crypto.signing import BankKey, load_signing_key
         from services.kernel.lifecycle import configure_logging
 
         configure_logging("WARNING")
@@ -93,14 +113,20 @@ def register(app: typer.Typer) -> None:
         try:
             ids = read_ids(csv_path, id_column)
             secret, created = psi.load_or_create_secret(secret_file)
-        except unusable as exc:
+            policy = OfferPolicy(
+                bank_key=BankKey.configured(bank_key, None),
+                signing_key=load_signing_key(signing_key),
+                max_points=max_points,
+                answered_log=secret_file.with_name(secret_file.name + ".sessions"),
+            )
+        except (*unusable, ValueError) as exc:
             raise CliError(str(exc)) from exc
         if created:
             typer.echo(f"new PSI secret in {secret_file}: tokens differ from earlier runs")
         typer.echo(f"{name}: {len(ids)} customers, waiting for the bank's offer")
         kafka = load_settings(KafkaSettings)
         try:
-            done = asyncio.run(answer_one(kafka, name, ids, secret, timeout_s=timeout))
+            done = asyncio.run(answer_one(kafka, name, ids, secret, policy, timeout_s=timeout))
         except TimeoutError as exc:
             raise CliError(f"no offer from the bank within {timeout:.0f}s") from exc
         except KafkaError as exc:

@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from schemas import FragmentRequest, PartnerBundle, TrainError
 from schemas.training import TO_PARTNER
 from services.kernel.config import KafkaSettings
-from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
+from services.kernel.crypto.signing import (
+    BankKey,
+    PartnerKeyRegistry,
+    SignatureError,
+    load_signing_key,
+    signed,
+)
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.dlq import DeadLetters, oversized
@@ -26,13 +32,13 @@ from services.kernel.kafka.topics import (
     training_topic,
 )
 from services.kernel.lifecycle import run_until_stopped
-from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, start_http
+from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, PARTNER_REFUSALS, start_http
 from services.kernel.model.rollout import BundleWatcher, announce_ready
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
 from services.partner.serving import FragmentServer, ModelCache, RequestError
 from services.partner.settings import PartnerSettings
 from services.partner.store import FeatureStore
-from services.partner.training import TrainingProtocolError, TrainingWorker
+from services.partner.training import ReplayedMessageError, TrainingProtocolError, TrainingWorker
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class PartnerService:
             self.store, partner=self.name, allow_plaintext=settings.allow_plaintext
         )
         self.signing_key = load_signing_key(settings.signing_key_file)
+        self.bank_key = BankKey.configured(settings.bank_key, settings.bank_key_file)
         self.agreement_key = load_agreement_key(settings.agreement_key_file)
         self.peers = PeerDirectory(
             self.name, self.agreement_key, PartnerKeyRegistry.parse(settings.peer_signing_keys)
@@ -63,7 +70,9 @@ class PartnerService:
             self.cache,
             self.signing_key,
             self.peers,
+            self.bank_key,
             min_participants=settings.min_participants,
+            ledger_s=settings.request_ledger_days * 86400.0,
         )
         self.trainer = TrainingWorker(
             self.name,
@@ -73,10 +82,21 @@ class PartnerService:
             min_participants=settings.min_participants,
         )
         self.watcher = BundleWatcher(
-            kafka, rollout_topic(self.name), PartnerBundle, on_bundle=self.cache.offer
+            kafka, rollout_topic(self.name), PartnerBundle, on_bundle=self._offer_bundle
         )
         self.service_name = f"partner-{self.name}"
         self.requests: AIOKafkaConsumer | None = None
+
+    def _offer_bundle(self, bundle: PartnerBundle) -> None:
+        """Only a bundle the bank signed: its Paillier key is the one this partner will
+        encrypt under, so anyone else's would read every fragment (SignatureError is a
+        ValueError: the watcher logs it and ignores the bundle)."""
+        try:
+            self.bank_key.verify(bundle)
+        except SignatureError:
+            PARTNER_REFUSALS.labels(reason="bad-signature").inc()
+            raise
+        self.cache.offer(bundle)
 
     def ready(self) -> bool:
         """A model is loaded and this instance owns request partitions."""
@@ -150,9 +170,11 @@ class PartnerService:
         except ValidationError as exc:
             await dlq.send(record, "invalid-schema", exc)  # type: ignore[arg-type]
             return
-        remaining = (request.deadline_at - datetime.now(UTC)).total_seconds()
+        margin = self.settings.deadline_margin_ms / 1000.0
+        remaining = (request.deadline_at - datetime.now(UTC)).total_seconds() - margin
         if remaining <= 0:
-            # The joiner has already decided this batch without us; answering is wasted work.
+            # The joiner decides this batch without us (or is about to); answering is
+            # wasted work, and an answer arriving after the decision helps nobody.
             log.info(
                 "skipping batch %s: deadline passed",
                 request.batch_id,
@@ -164,14 +186,14 @@ class PartnerService:
                 request, min(remaining, self.settings.bundle_wait_s)
             )
         except RequestError as exc:
+            PARTNER_REFUSALS.labels(reason=exc.reason).inc()
             await dlq.send(record, exc.reason, exc)  # type: ignore[arg-type]
             return
-        if datetime.now(UTC) >= request.deadline_at:
-            # Too late to count. Sent anyway, a first attempt's fragment arriving after the
-            # bank re-requested the batch from the others would let it subtract their
-            # answers from the complete first attempt and read this partner's flags.
+        if (request.deadline_at - datetime.now(UTC)).total_seconds() < margin:
+            # Too close to the deadline to count: never send an answer the bank may
+            # receive after it decided without it.
             log.info(
-                "dropping fragment for batch %s: finished after its deadline",
+                "dropping fragment for batch %s: finished inside the deadline margin",
                 request.batch_id,
                 extra={"batch_id": request.batch_id},
             )
@@ -199,7 +221,21 @@ class PartnerService:
                         await dlq.send(record, "invalid-schema", exc)
                         continue
                     try:
+                        self.bank_key.verify(message)
+                    except SignatureError as exc:
+                        # Not the bank: no answer at all (an answer would be the forger's
+                        # oracle), and nothing done with it.
+                        PARTNER_REFUSALS.labels(reason="bad-signature").inc()
+                        await dlq.send(record, "bad-signature", exc)
+                        continue
+                    try:
                         reply = await asyncio.to_thread(self.trainer.handle, message)
+                    except ReplayedMessageError as exc:
+                        # A copy of a message already acted on: answering it with an error
+                        # would let whoever replays it abort the bank's session.
+                        PARTNER_REFUSALS.labels(reason="replayed").inc()
+                        await dlq.send(record, "replayed", exc)
+                        continue
                     except (TrainingProtocolError, ValueError) as exc:
                         log.error("training message rejected: %s", exc)
                         reply = TrainError(
@@ -210,7 +246,7 @@ class PartnerService:
                             producer,
                             TRAINING_TO_BANK,
                             reply.session_id.encode(),
-                            reply.model_dump_json().encode(),
+                            signed(reply, self.signing_key).model_dump_json().encode(),
                             limit=limit,
                         )
                         await producer.flush()

@@ -5,6 +5,8 @@ secure aggregation, re-randomise, sign."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,10 +16,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import EncryptedFragment, FragmentRequest, PartnerBundle
 from services.kernel.crypto.codec import int_to_b64
-from services.kernel.crypto.masking import MaskContext, fragment_addend
+from services.kernel.crypto.masking import (
+    MaskContext,
+    batch_digest,
+    fragment_addend,
+    token_list_digest,
+)
 from services.kernel.crypto.packing import FragmentTables, PlainTables, slot_value
 from services.kernel.crypto.paillier import PublicKey
-from services.kernel.crypto.signing import sign
+from services.kernel.crypto.signing import BankKey, SignatureError, sign
 from services.kernel.metrics import CRYPTO_SECONDS
 from services.partner.agreement import (
     ParticipantsError,
@@ -39,6 +46,22 @@ class RequestError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def request_digest(request: FragmentRequest) -> str:
+    """What makes two requests for the same batch the same question: everything the
+    answer depends on (not the timestamps)."""
+    body = {
+        "batch_id": request.batch_id,
+        "partner": request.partner,
+        "model_version": request.model_version,
+        "tokens": request.tokens,
+        "attempt": request.attempt,
+        "participants": sorted(request.participants),
+        "flags_only": request.flags_only,
+        "token_digests": request.token_digests,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 class LoadedModel:
@@ -159,20 +182,46 @@ class FragmentServer:
         cache: ModelCache,
         signing_key: Ed25519PrivateKey,
         peers: PeerDirectory,
+        bank_key: BankKey,
         *,
-        min_participants: int = 1,
+        min_participants: int = 2,
+        ledger_s: float = 30 * 86400.0,
     ) -> None:
         self.partner = partner
         self.store = store
         self.cache = cache
         self.signing_key = signing_key
         self.peers = peers
+        self.bank_key = bank_key
         self.min_participants = min_participants
+        self.ledger_s = ledger_s
+        self._pruned_at = 0.0
 
     async def answer(self, request: FragmentRequest, wait_s: float) -> EncryptedFragment:
+        try:
+            self.bank_key.verify(request)
+        except SignatureError as exc:
+            raise RequestError("bad-signature", str(exc)) from exc
         if request.partner != self.partner:
             raise RequestError("wrong-partner", f"request for {request.partner!r}")
+        if request.attempt != 1 or request.flags_only:
+            # The bank never asks again: any later attempt could only give it this
+            # partner's answer over another set of participants (docs/privacy.md).
+            raise RequestError(
+                "re-request-refused",
+                f"attempt {request.attempt}{' (flags only)' if request.flags_only else ''} "
+                f"of batch {request.batch_id}: only first attempts are answered",
+            )
         participants = self.participants(request)
+        if sorted(request.token_digests) != participants or request.token_digests.get(
+            self.partner
+        ) != token_list_digest(request.tokens):
+            raise RequestError(
+                "bad-token-digests",
+                f"batch {request.batch_id}: the token digests do not cover the participants "
+                "or do not match this partner's tokens",
+            )
+        self.check_ledger(request)
         started = time.monotonic()
         model = await self.cache.get(request.model_version, wait_s)
         if model is None:
@@ -190,6 +239,24 @@ class FragmentServer:
         if missing:
             raise RequestError("no-agreement-key", f"no agreement key from {missing} yet")
         return self.compute(request, model)
+
+    def check_ledger(self, request: FragmentRequest) -> None:
+        """Refuse a request for a (batch, attempt) this partner was already asked about with
+        other tokens, another model or other participants: answering both would let the
+        bank difference them. The same request again (a redelivery, intake re-sending after
+        a restart, a replay) gets the same answer, which reveals nothing new."""
+        now = time.time()
+        digest = request_digest(request)
+        held = self.store.remember_request(request.batch_id, request.attempt, digest, now)
+        if held != digest:
+            raise RequestError(
+                "conflicting-request",
+                f"batch {request.batch_id} attempt {request.attempt} was asked before with "
+                "other tokens, model or participants",
+            )
+        if now - self._pruned_at > 3600:
+            self._pruned_at = now
+            self.store.forget_requests(now - self.ledger_s)
 
     def participants(self, request: FragmentRequest) -> list[str]:
         """The request's participants, sorted, once they are acceptable."""
@@ -218,6 +285,8 @@ class FragmentServer:
                 slot_count=len(request.tokens),
                 flag_bits=spec.flag_bits,
                 modulus=int(model.tables.public_key.n),
+                model_version=request.model_version,
+                batch_digest=batch_digest(request.token_digests),
             )
             try:
                 seeds = self.peers.seeds_for(participants)

@@ -22,6 +22,16 @@ class PartnerSettings(BaseSettings):
         description="X25519 key for the pairwise masks of secure aggregation "
         "(`fedscreen keys agreement`).",
     )
+    bank_key: str = Field(
+        default="",
+        description="The bank's Ed25519 public key, base64url (printed by `fedscreen keys "
+        "signing` for the bank's key), obtained from the bank out of band. Every request, "
+        "bundle, training and PSI message must verify under it; a Paillier key is trusted "
+        "only inside a signed bundle or training start. Required (or PARTNER_BANK_KEY_FILE).",
+    )
+    bank_key_file: Path | None = Field(
+        default=None, description="A file holding the bank's public key, if not PARTNER_BANK_KEY."
+    )
     peer_signing_keys: str = Field(
         default="",
         description="The other partners' Ed25519 signing keys, name=base64url,... (obtained "
@@ -29,12 +39,27 @@ class PartnerSettings(BaseSettings):
         "and only these partners may appear in a request's participants.",
     )
     min_participants: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
-        description="Refuse requests with fewer participants: with 1, a partner left alone "
-        "after the others missed the deadline answers unmasked, so the bank reads its "
-        "blacklist bits; 2 refuses that.",
+        description="Refuse requests and training sessions with fewer participants. With 1 "
+        "(a one-partner federation: an explicit opt-in), nothing masks this partner's answers: "
+        "the bank reads its own aggregate score and its blacklist bit per candidate, and per "
+        "training row its direction scores, all under weights only this partner holds "
+        "(docs/privacy.md).",
+    )
+    deadline_margin_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="Skip a request, and drop its fragment, when less than this is left before "
+        "its deadline: an answer that could arrive after the bank decided without it is never "
+        "sent.",
+    )
+    request_ledger_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the digest of every answered (batch, attempt) is kept: a second, "
+        "different request for the same batch is refused within this time.",
     )
     max_bins: int = Field(default=32, ge=2, le=255, description="Cap on bins per feature.")
     allow_plaintext: bool = Field(

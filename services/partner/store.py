@@ -58,6 +58,10 @@ class FeatureStore:
             CREATE TABLE IF NOT EXISTS binnings (
                 binning_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, spec TEXT NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS requests (
+                batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, digest TEXT NOT NULL,
+                seen_at REAL NOT NULL, PRIMARY KEY (batch_id, attempt)
+            ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS scorecards (
                 scorecard_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, key_id TEXT NOT NULL,
                 spec TEXT NOT NULL
@@ -197,6 +201,25 @@ class FeatureStore:
             "SELECT spec FROM binnings WHERE binning_id = ?", (binning_id,)
         ).fetchone()
         return Binning.from_json(row[0]) if row else None
+
+    # -- the request ledger -------------------------------------------------------
+    def remember_request(self, batch_id: str, attempt: int, digest: str, now: float) -> str:
+        """Record the digest of a request for (batch, attempt) if none is recorded yet, and
+        return the digest recorded (this one, or an earlier request's)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?)",
+                (batch_id, attempt, digest, now),
+            )
+            row = self.db.execute(
+                "SELECT digest FROM requests WHERE batch_id = ? AND attempt = ?",
+                (batch_id, attempt),
+            ).fetchone()
+        return str(row[0])
+
+    def forget_requests(self, before: float) -> int:
+        with self.db:
+            return self.db.execute("DELETE FROM requests WHERE seen_at < ?", (before,)).rowcount
 
     # -- scorecards -------------------------------------------------------------
     def save_scorecard(

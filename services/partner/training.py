@@ -59,6 +59,11 @@ class TrainingProtocolError(ValueError):
     pass
 
 
+class ReplayedMessageError(TrainingProtocolError):
+    """A copy of a message this partner already acted on (a Kafka redelivery or a replay):
+    ignored, and never answered."""
+
+
 def encrypted_directions(
     pk: PublicKey,
     bins: np.ndarray,
@@ -166,7 +171,7 @@ class TrainingWorker:
         if message.partner != self.partner:
             raise TrainingProtocolError(f"session for {message.partner!r}")
         if message.session_id in self.sessions or self.store.binning(message.session_id):
-            raise TrainingProtocolError(f"session {message.session_id} was started before")
+            raise ReplayedMessageError(f"session {message.session_id} was started before")
         try:
             participants = acceptable_participants(
                 self.partner, message.participants, self.peers.registered, self.min_participants
@@ -208,9 +213,11 @@ class TrainingWorker:
         )
 
     def round(self, message: TrainRound, session: Session) -> TrainScores:
+        if message.round <= session.rounds:
+            raise ReplayedMessageError(f"round {message.round} was answered already")
         if message.round != session.rounds + 1:
             raise TrainingProtocolError(
-                f"round {message.round} after round {session.rounds}: out of order or replayed"
+                f"round {message.round} after round {session.rounds}: out of order"
             )
         if (message.previous_step is None) != (message.round == 1):
             raise TrainingProtocolError("every round but the first carries the previous step")
@@ -269,7 +276,7 @@ class TrainingWorker:
     def finish(self, message: TrainFinish, session: Session) -> TrainTruncate:
         """Enc(sum_r a_r D_r + mask) per bin, for the bank to truncate."""
         if session.masks is not None:
-            raise TrainingProtocolError("the session is finishing already")
+            raise ReplayedMessageError("the session is finishing already")
         if message.best_round > session.rounds:
             raise TrainingProtocolError(
                 f"best round {message.best_round} of {session.rounds} rounds"

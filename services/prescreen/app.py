@@ -119,7 +119,6 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         allow_plaintext=settings.allow_plaintext,
         orphan_fragment_s=settings.orphan_fragment_s,
         decided_retention_s=settings.decided_retention_s,
-        retry_deadline_s=settings.retry_deadline_ms / 1000.0,
         max_message_bytes=kafka.max_message_bytes,
     )
 
@@ -148,6 +147,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                     headers=list(message.headers or []),
                     reason=exc.reason,
                     error=str(exc),
+                    keep_value=exc.keep_value,
                 )
                 processed[(message.topic, message.partition)] = message.offset
 
@@ -158,9 +158,8 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
             # restored from the changelog may name a model not read back yet. A tick
             # made now would carry the fallback secret and be refused.
             return
-        # (batch id, attempt) -> when its tick went out: a re-requested batch gets a tick
-        # for its second deadline, and a batch still undecided long after its tick (the
-        # tick refused, or lost with a crashed instance's buffer) gets another.
+        # (batch id, attempt) -> when its tick went out: a batch still undecided long after
+        # its tick (the tick refused, or lost with a crashed instance's buffer) gets another.
         ticked: dict[tuple[str, int], float] = state["ticked"]
         now = time.time()
         for batch_id, attempt in joiner.expired(now):

@@ -7,12 +7,11 @@ when every participant of its current attempt answered, or when that attempt's
 deadline tick arrives.
 
 Fragments are masked pairwise (secure aggregation): only the product of *all* the
-participants' fragments of one attempt decrypts to something meaningful. So when a
-partner misses the first deadline and the policy would still use the others' answers
-(``deadline_outcome = "fallback"``: their blacklist flags), the batch is re-requested,
-flags only, from the partners that answered (attempt 2, masked among them alone) and
-decided when they all answer again or at the second deadline. Fragments of different
-attempts are never multiplied together.
+participants' fragments decrypts to something meaningful. When a partner misses the
+deadline, the batch is decided without any partner's answer (suppressed, or scored on
+the bank-only fallback model with no blacklist flags): asking the others again would
+give the bank their flags over a subset, which compared with a complete batch of
+another day tells which partner flagged a customer (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,6 @@ from schemas import (
     DeadlineTick,
     Decision,
     EncryptedFragment,
-    FragmentRequest,
     PendingBatch,
     ReasonCode,
     Release,
@@ -49,9 +47,8 @@ from services.kernel.crypto.packing import PackingOverflowError, combine_plain, 
 from services.kernel.crypto.paillier import CiphertextError, PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError
 from services.kernel.ids import decision_id_for
-from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES, requests_topic
+from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
 from services.kernel.metrics import (
-    BATCH_REREQUESTS,
     CRYPTO_SECONDS,
     PARTNER_LATENCY,
     PARTNER_TIMEOUTS,
@@ -71,9 +68,12 @@ DeadLetter = Callable[[str, str], Awaitable[None]]
 class RejectedInputError(ValueError):
     """An input the joiner will not use; ``reason`` is the DLQ reason."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, keep_value: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
+        self.keep_value = keep_value
+        """False for a partner's genuine ciphertext: the DLQ keeps its digest only, so no
+        later reader of the DLQ can combine it with the other partners' answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,6 @@ class Joiner:
         allow_plaintext: bool = False,
         orphan_fragment_s: float = 60.0,
         decided_retention_s: float = 3600.0,
-        retry_deadline_s: float = 1.0,
         max_message_bytes: int = 1_000_000,
     ) -> None:
         self.batches = batches
@@ -113,7 +112,6 @@ class Joiner:
         self.allow_plaintext = allow_plaintext
         self.orphan_fragment_s = orphan_fragment_s
         self.decided_retention_s = decided_retention_s
-        self.retry_deadline_s = retry_deadline_s
         self.max_message_bytes = max_message_bytes
         self._events_since_sweep = 0
         # For batches no private key can sign ticks for (plaintext benchmark mode, or a
@@ -183,22 +181,16 @@ class Joiner:
                     "replayed-fragment",
                     f"{fragment.partner}'s fragment for batch {fragment.batch_id} was already "
                     "used in its decision (a replay, or a redelivery after a restart)",
+                    keep_value=False,
                 )
             raise RejectedInputError(
                 "late-fragment",
                 f"{fragment.partner}'s fragment for batch {fragment.batch_id} arrived after "
                 "the batch was decided without it",
+                keep_value=False,
             )
         self._check_fragment(fragment)
         state = self.batches.get(fragment.batch_id) or self._new_state(partition)
-        if fragment.attempt < state.get("a", 1):
-            # Its attempt was re-requested already: it could only ever be combined with
-            # fragments of its own attempt, which are gone.
-            raise RejectedInputError(
-                "late-fragment",
-                f"{fragment.partner}'s fragment for attempt {fragment.attempt} of batch "
-                f"{fragment.batch_id} arrived after the batch was re-requested",
-            )
         fragments = {attempt: dict(by) for attempt, by in state["f"].items()}
         current = fragments.setdefault(str(fragment.attempt), {})
         if fragment.partner in current:
@@ -224,8 +216,8 @@ class Joiner:
         expected = tick_mac(secret, tick.batch_id, tick.attempt, tick.fired_at)
         if not hmac.compare_digest(tick.mac, expected):
             raise RejectedInputError("bad-tick", f"deadline tick for {tick.batch_id} not ours")
-        if tick.attempt != state.get("a", 1):
-            return  # a redelivered tick of an attempt that has been re-requested since
+        if tick.attempt != 1:
+            return  # no batch has a later attempt any more
         if state.get("p") is None:
             log.warning(
                 "dropping fragments of batch %s: its pending record never came",
@@ -233,8 +225,6 @@ class Joiner:
                 extra={"batch_id": tick.batch_id},
             )
             del self.batches[tick.batch_id]
-            return
-        if await self._rerequest(tick.batch_id, state):
             return
         await self._decide(tick.batch_id, state)
 
@@ -246,9 +236,19 @@ class Joiner:
 
     def _check_fragment(self, fragment: EncryptedFragment) -> None:
         """Everything but the signature (checked first, by the caller)."""
+        if fragment.attempt != 1 or fragment.flags_only:
+            raise RejectedInputError(
+                "bad-attempt",
+                f"{fragment.partner}'s fragment for batch {fragment.batch_id} answers attempt "
+                f"{fragment.attempt}{' (flags only)' if fragment.flags_only else ''}: "
+                "this bank never asks again",
+                keep_value=False,
+            )
         if self.bundle_for(fragment.model_version) is None:
             raise RejectedInputError(
-                "unknown-model-version", f"no model {fragment.model_version} is loaded"
+                "unknown-model-version",
+                f"no model {fragment.model_version} is loaded",
+                keep_value=False,
             )
         if fragment.mode == "plaintext":
             if not self.allow_plaintext:
@@ -258,11 +258,13 @@ class Joiner:
             return
         key = self.private_keys.get(fragment.key_id)
         if key is None:
-            raise RejectedInputError("unknown-key", f"no private key {fragment.key_id}")
+            raise RejectedInputError(
+                "unknown-key", f"no private key {fragment.key_id}", keep_value=False
+            )
         try:
             key.public.validate(b64_to_int(fragment.ciphertext or ""))
         except (CiphertextError, ValueError) as exc:
-            raise RejectedInputError("invalid-ciphertext", str(exc)) from exc
+            raise RejectedInputError("invalid-ciphertext", str(exc), keep_value=False) from exc
 
     def _pending_of(self, batch_id: str, state: dict[str, Any]) -> PendingBatch:
         pending = self._pending.get(batch_id)
@@ -303,56 +305,6 @@ class Joiner:
         answered = state["f"].get(str(state.get("a", 1)), {})
         if set(self._participants(pending, state)) <= set(answered):
             await self._decide(batch_id, state, pending=pending)
-
-    async def _rerequest(self, batch_id: str, state: dict[str, Any]) -> bool:
-        """At the first deadline, with some partners missing: ask the ones that answered
-        again, flags only, with masks among themselves alone. Not done when their answers
-        would not change the decision (``deadline_outcome = "suppress"`` suppresses every
-        candidate anyway) or need no re-request (plaintext mode has no masks): asking
-        again would only make them reveal more, a single survivor its flags in the clear."""
-        if self.retry_deadline_s <= 0 or state.get("a", 1) != 1:
-            return False
-        pending = self._pending_of(batch_id, state)
-        loaded = self.bundle_for(pending.model_version)
-        if loaded is None or loaded[0].policy.deadline_outcome != "fallback":
-            return False
-        bundle = loaded[0]
-        participants = self._participants(pending, state)
-        usable = self._usable(pending, self._fragments(state), participants, 1, bundle)
-        answered = sorted(usable)
-        if not answered or len(answered) == len(participants):
-            return False
-        if any(f.mode == "plaintext" for f in usable.values()):
-            return False
-        now = datetime.now(UTC)
-        deadline = max(now, pending.deadline_at) + timedelta(seconds=self.retry_deadline_s)
-        for partner in answered:
-            request = FragmentRequest.model_construct(
-                batch_id=batch_id,
-                partner=partner,
-                model_version=pending.model_version,
-                created_at=now,
-                deadline_at=deadline,
-                tokens=pending.tokens[partner],
-                attempt=2,
-                participants=answered,
-                flags_only=True,
-            )
-            await self.send(
-                requests_topic(partner), batch_id.encode(), request.model_dump_json().encode()
-            )
-        state["a"], state["parts"], state["d"] = 2, answered, deadline.timestamp()
-        state["f"] = {"2": dict(state["f"].get("2", {}))}  # attempt 1 is never used again
-        self.batches[batch_id] = state
-        BATCH_REREQUESTS.inc()
-        log.info(
-            "batch %s: %s missed the deadline, re-requested from %s",
-            batch_id,
-            sorted(set(participants) - set(answered)),
-            answered,
-            extra={"batch_id": batch_id, "attempt": 2},
-        )
-        return True
 
     async def _decide(
         self,
@@ -417,8 +369,7 @@ class Joiner:
         bundle: BankBundle,
     ) -> dict[str, EncryptedFragment]:
         """The fragments that may enter the product: for this batch's model, size and key,
-        of this attempt, masked for exactly its participants (prescreen's own re-requests
-        are the only later attempts, and they are flags-only)."""
+        masked for exactly its participants."""
         n = len(pending.candidates)
         return {
             name: f

@@ -22,13 +22,6 @@ class PrescreenSettings(BaseSettings):
         default=False, description="Benchmark only: accept plaintext-mode fragments."
     )
     deadline_check_s: float = Field(default=0.05, gt=0, description="Deadline timer period.")
-    retry_deadline_ms: float = Field(
-        default=1000.0,
-        ge=0,
-        description="When a partner misses a batch's deadline and the policy falls back, the "
-        "batch is re-requested (flags only) from the partners that answered, with this much "
-        "more time from the first deadline (or from now, if later); 0 never re-requests.",
-    )
     orphan_fragment_s: float = Field(
         default=60.0, gt=0, description="Drop fragments whose batch never arrives after this."
     )

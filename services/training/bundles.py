@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
 from services.kernel.crypto.packing import check_capacity
 from services.kernel.crypto.paillier import PrivateKey
+from services.kernel.crypto.signing import signed
 from services.training.trainer import Trained
 
 
@@ -18,9 +21,11 @@ def build_bundles(
     session_id: str,
     bank_features: list[str],
     policy: PolicyConfig,
+    signing_key: Ed25519PrivateKey,
 ) -> tuple[BankBundle, dict[str, PartnerBundle]]:
     """The partner bundles carry no weights: each partner serves with the encrypted
-    weights it kept from the session (``binning_id``)."""
+    weights it kept from the session (``binning_id``). Each is signed with the bank's
+    key: a partner trusts a Paillier key only inside a bundle that verifies."""
     packing = trained.packing
     partners = list(trained.bins_per_feature)
     check_capacity(packing, [len(trained.bins_per_feature[k]) for k in partners], key.public.bits)
@@ -43,14 +48,17 @@ def build_bundles(
         metrics=trained.metrics,
     )
     bundles = {
-        k: PartnerBundle(
-            model_version=model_version,
-            created_at=now,
-            partner=k,
-            binning_id=session_id,
-            key_id=key.key_id,
-            public_key_n=key.public.to_b64(),
-            packing=packing,
+        k: signed(
+            PartnerBundle(
+                model_version=model_version,
+                created_at=now,
+                partner=k,
+                binning_id=session_id,
+                key_id=key.key_id,
+                public_key_n=key.public.to_b64(),
+                packing=packing,
+            ),
+            signing_key,
         )
         for k in partners
     }

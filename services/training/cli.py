@@ -33,6 +33,22 @@ def register(app: typer.Typer) -> None:
         paillier_dir: Annotated[Path, typer.Option(help="Where the new key is written.")] = Path(
             "keys/paillier"
         ),
+        signing_key: Annotated[
+            Path,
+            typer.Option(
+                help="The bank's Ed25519 key (`fedscreen keys signing`): it signs every message "
+                "to the partners and every bundle; they pin its public half.",
+                envvar="FEDSCREEN_BANK_SIGNING_KEY_FILE",
+            ),
+        ] = Path("keys/bank-signing.pem"),
+        partner_keys: Annotated[
+            str,
+            typer.Option(
+                help="The partners' Ed25519 public keys, name=base64url,... (from each partner, "
+                "out of band): every training reply must verify under its partner's key.",
+                envvar="FEDSCREEN_PARTNER_KEYS",
+            ),
+        ] = "",
         out: Annotated[Path, typer.Option(help="Bundles and report go to OUT/<version>/.")] = Path(
             "models"
         ),
@@ -73,6 +89,8 @@ def register(app: typer.Typer) -> None:
                 partners=partner,
                 token_keys_dir=token_keys_dir,
                 paillier_dir=paillier_dir,
+                signing_key_file=signing_key,
+                partner_keys=partner_keys,
                 policy=load_policy(policy),
                 out_dir=out,
                 params=params,

@@ -1,8 +1,11 @@
 """The bank's side of the training conversation: send to each partner's training
 topic, collect every partner's reply for a step, fail loudly on errors or timeouts.
 
-Replies are matched by kind and round; a reply that does not match the current
-collection waits in the inbox for the one it belongs to."""
+Every message the bank sends is signed with its key; every reply must verify under the
+key registered for the partner it names (a Kafka principal that can write the reply
+topic cannot speak for a partner). Replies are matched by kind and round; a reply
+that does not match the current collection waits in the inbox for the one it belongs
+to."""
 
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from schemas import TrainError, TrainReady, TrainScores
 from schemas.training import TO_BANK, ToBank, ToPartner, TrainDone, TrainTruncate
 from services.kernel.config import KafkaSettings
+from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError, signed
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
 from services.kernel.kafka.topics import TRAINING_TO_BANK, training_topic
@@ -62,8 +67,21 @@ class Channel(Protocol):
 
 class Coordinator:
     def __init__(
-        self, kafka: KafkaSettings, session_id: str, partners: list[str], timeout_s: float
+        self,
+        kafka: KafkaSettings,
+        session_id: str,
+        partners: list[str],
+        timeout_s: float,
+        *,
+        signing_key: Ed25519PrivateKey,
+        registry: PartnerKeyRegistry,
     ) -> None:
+        unknown = sorted(set(partners) - registry.partners())
+        if unknown:
+            raise TrainingError(f"no registered signing key for partner(s) {', '.join(unknown)}")
+        self.signing_key = signing_key
+        self.registry = registry
+        self.forged = 0
         self.kafka = kafka
         self.session_id = session_id
         self.partners = partners
@@ -109,7 +127,7 @@ class Coordinator:
 
     async def send(self, partner: str, message: ToPartner) -> None:
         assert self._producer is not None
-        payload = message.model_dump_json().encode()
+        payload = signed(message, self.signing_key).model_dump_json().encode()
         self.bytes_sent[partner] += len(payload)
         await send_large(
             self._producer,
@@ -168,6 +186,14 @@ class Coordinator:
                     log.error("unreadable training reply: %s", exc)
                     continue
                 if message.session_id != self.session_id or message.partner not in self.partners:
+                    continue
+                try:
+                    self.registry.verify(message)
+                except SignatureError as exc:
+                    # Someone else writing the reply topic: never let it speak for a
+                    # partner (not even to abort the session with a forged TrainError).
+                    self.forged += 1
+                    log.error("ignoring a training reply: %s", exc)
                     continue
                 self.bytes_received[message.partner] += len(whole)
                 self._inbox.append(message)

@@ -24,10 +24,18 @@ def register(app: typer.Typer) -> None:
         model_dir: Annotated[
             Path, typer.Option(help="A version's directory written by `fedscreen train`.")
         ],
+        signing_key: Annotated[
+            Path,
+            typer.Option(
+                help="The bank's Ed25519 key: the republished partner bundles are signed again.",
+                envvar="FEDSCREEN_BANK_SIGNING_KEY_FILE",
+            ),
+        ] = Path("keys/bank-signing.pem"),
     ) -> None:
         """Publish a stored model version (bank and partner bundles) as the newest."""
         from schemas import BankBundle, PartnerBundle
         from services.kernel.config import KafkaSettings, load_settings
+        from services.kernel.crypto.signing import load_signing_key, signed
         from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
         from services.kernel.model.rollout import publish_bundle
 
@@ -50,14 +58,17 @@ def register(app: typer.Typer) -> None:
             raise CliError(
                 f"{model_dir} lacks the bundle of partner(s) {', '.join(sorted(missing))}"
             )
+        try:
+            key = load_signing_key(signing_key)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
         kafka = load_settings(KafkaSettings)
 
         async def publish() -> None:
             # Partners first, like training: they are ready before intake switches.
             for name, bundle in partners.items():
-                await publish_bundle(
-                    kafka, rollout_topic(name), name, bundle.model_copy(update={"created_at": now})
-                )
+                fresh = signed(bundle.model_copy(update={"created_at": now}), key)
+                await publish_bundle(kafka, rollout_topic(name), name, fresh)
             await publish_bundle(
                 kafka, ROLLOUT_BANK, "bank", bank.model_copy(update={"created_at": now})
             )

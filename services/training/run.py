@@ -15,6 +15,7 @@ import numpy as np
 from schemas import BankBundle, PartnerBundle, PolicyConfig
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
+from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
 from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
 from services.kernel.model.rollout import publish_bundle
@@ -63,6 +64,10 @@ class TrainJob:
     partners: list[str]
     token_keys_dir: Path
     paillier_dir: Path
+    signing_key_file: Path
+    """The bank's Ed25519 key: every message to a partner and every bundle is signed."""
+    partner_keys: str
+    """The partners' Ed25519 public keys, name=base64url,...: every reply must verify."""
     policy: PolicyConfig
     out_dir: Path
     params: TrainParams
@@ -92,7 +97,12 @@ async def run_training(
     session_id = f"train-{version}"
     key = generate_keypair(job.key_bits)  # a fresh key per model version
     save_private_key(key, job.paillier_dir / f"{key.key_id}.json")
-    async with Coordinator(kafka, session_id, job.partners, job.timeout_s) as coordinator:
+    signing_key = load_signing_key(job.signing_key_file)
+    registry = PartnerKeyRegistry.parse(job.partner_keys)
+    coordinator = Coordinator(
+        kafka, session_id, job.partners, job.timeout_s, signing_key=signing_key, registry=registry
+    )
+    async with coordinator:
         with CryptoPool(key) as pool:
             trainer = FederatedTrainer(coordinator, key, tokenizers, job.params, progress, pool)
             trained = await trainer.fit(job.train, job.test)
@@ -104,6 +114,7 @@ async def run_training(
         session_id=session_id,
         bank_features=job.bank_features,
         policy=job.policy,
+        signing_key=signing_key,
     )
     directory = job.out_dir / version
     directory.mkdir(parents=True, exist_ok=True)

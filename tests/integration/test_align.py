@@ -17,9 +17,11 @@ from aiokafka import TopicPartition
 from schemas import DlqEnvelope
 from schemas.alignment import TO_BANK, TO_PARTNER, PsiAnswer, PsiError, PsiOffer, PsiResult
 from services.alignment.bank import AlignJob, align
+from services.bench.fixtures import Deployment
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto import psi, ristretto
 from services.kernel.crypto.codec import bytes_to_b64
+from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, signed
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.chunks import CHUNK_HEADER, Reassembler
 from services.kernel.kafka.clients import make_consumer, make_producer
@@ -45,9 +47,31 @@ def _read_map(path: Path) -> dict[str, str]:
         return {row["customer_id"]: row["token"] for row in csv.DictReader(handle)}
 
 
+def _keys(root: Path) -> Deployment:
+    """The bank's signing key and each partner's, as each side would hold them."""
+    deployment = Deployment.at(root / "keys-home")
+    for name in ("repayments", "payments"):
+        deployment.new_signing_key(name)
+    return deployment
+
+
+def _job(ids: list[str], partners: list[str], root: Path, timeout_s: float) -> AlignJob:
+    keys = _keys(root)
+    return AlignJob(
+        ids,
+        partners,
+        root / "bank-secrets",
+        root / "out",
+        load_signing_key(keys.bank_signing_key),
+        PartnerKeyRegistry.parse(keys.registry_spec),
+        timeout_s,
+    )
+
+
 def _partner(
     broker: EmbeddedBroker, name: str, ids_csv: Path, root: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
+    keys = _keys(root)
     env = {
         **os.environ,
         **broker.env(),
@@ -73,6 +97,10 @@ def _partner(
             str(root / f"{name}-partner-tokens.csv"),
             "--timeout",
             "90",
+            "--bank-key",
+            keys.bank_public_key,
+            "--signing-key",
+            str(keys.signing_keys[name]),
             *extra,
         ],
         env=env,
@@ -143,7 +171,7 @@ async def test_both_sides_get_identical_tokens_for_exactly_the_shared_customers(
     started = time.perf_counter()
     try:
         outcomes, failures = await align(
-            AlignJob(bank_ids, ["payments"], tmp_path / "bank-secrets", tmp_path / "out", 90.0),
+            _job(bank_ids, ["payments"], tmp_path, 90.0),
             settings,
             lambda partner, stage, fraction: stages.append(stage),
         )
@@ -209,6 +237,10 @@ async def test_the_cli_aligns_again_with_kept_secrets_and_per_partner_tokens(
                 str(tmp_path / out),
                 "--timeout",
                 "90",
+                "--signing-key",
+                str(_keys(tmp_path).bank_signing_key),
+                "--partner-keys",
+                _keys(tmp_path).registry_spec,
             ],
             env=env,
             capture_output=True,
@@ -244,6 +276,8 @@ async def test_an_answer_with_invalid_points_fails_the_session_and_is_dead_lette
 ) -> None:
     """A partner (faked in-process) answers with the identity, which would match anything."""
     settings = broker.settings()
+    # A real partner gone wrong (its own key), not a forger: the bank checks the points.
+    partner_key = load_signing_key(_keys(tmp_path).signing_keys["repayments"])
     topic = align_topic("repayments")
     consumer = make_consumer(settings, group_id=None)
     producer = make_producer(settings)
@@ -264,11 +298,15 @@ async def test_an_answer_with_invalid_points_fails_the_session_and_is_dead_lette
                         message = TO_PARTNER.validate_json(record.value)
                         seen.append(message)
                         if isinstance(message, PsiOffer):
-                            answer = PsiAnswer(
-                                session_id=message.session_id,
-                                partner="repayments",
-                                reblinded=[bytes_to_b64(ristretto.IDENTITY)] * len(message.points),
-                                own=psi.encode_points(psi.hash_ids(["anyone"])),
+                            answer = signed(
+                                PsiAnswer(
+                                    session_id=message.session_id,
+                                    partner="repayments",
+                                    reblinded=[bytes_to_b64(ristretto.IDENTITY)]
+                                    * len(message.points),
+                                    own=psi.encode_points(psi.hash_ids(["anyone"])),
+                                ),
+                                partner_key,
                             )
                             await producer.send_and_wait(
                                 ALIGN_TO_BANK,
@@ -279,8 +317,7 @@ async def test_an_answer_with_invalid_points_fails_the_session_and_is_dead_lette
 
         partner = asyncio.create_task(fake_partner())
         outcomes, failures = await align(
-            AlignJob([f"Z{i}" for i in range(20)], ["repayments"], tmp_path, tmp_path, 30.0),
-            settings,
+            _job([f"Z{i}" for i in range(20)], ["repayments"], tmp_path, 30.0), settings
         )
         seen = await asyncio.wait_for(partner, 30)
     finally:
@@ -291,7 +328,7 @@ async def test_an_answer_with_invalid_points_fails_the_session_and_is_dead_lette
     assert "reblinded: point 0 is not a valid ristretto255 element" in failures["repayments"]
     error = seen[-1]
     assert isinstance(error, PsiError) and "point 0" in error.error
-    assert not (tmp_path / "repayments.csv").exists()
+    assert not (tmp_path / "out" / "repayments.csv").exists()
     dead = await read_all(settings, dlq_topic(ALIGN_TO_BANK), idle_s=0.3)
     letters = [DlqEnvelope.model_validate_json(value) for value in dead]
     assert any(

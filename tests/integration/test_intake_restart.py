@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from schemas import CandidateEvent, PendingBatch, PendingCandidate
 from services.intake.service import IntakeService
 from services.intake.settings import IntakeSettings
+from services.kernel.crypto.signing import new_signing_key, save_signing_key
 from services.kernel.ids import new_batch_id
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_consumer, make_producer
@@ -93,7 +94,9 @@ async def test_events_batched_before_a_crash_are_not_batched_again(tmp_path: Pat
         finally:
             await producer.stop()
 
-        service = IntakeService(IntakeSettings(group_id=GROUP), kafka)
+        bank_key = tmp_path / "bank-signing.pem"
+        save_signing_key(new_signing_key(), bank_key)
+        service = IntakeService(IntakeSettings(group_id=GROUP, signing_key_file=bank_key), kafka)
         service.consumer = make_consumer(kafka, group_id=GROUP)
         await service.consumer.start()
         try:

@@ -396,6 +396,8 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
             "attempt",
             "participants",
             "flags_only",
+            "token_digests",
+            "signature",
         }
 
 

@@ -58,6 +58,8 @@ async def trained(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tra
             partners=PARTNERS,
             token_keys_dir=deployment.token_dir,
             paillier_dir=deployment.paillier_dir,
+            signing_key_file=deployment.bank_signing_key,
+            partner_keys=deployment.registry_spec,
             policy=load_policy(POLICY_FILE),
             out_dir=root / "models",
             params=TrainParams(rounds=2, patience=2),
@@ -119,11 +121,17 @@ async def test_the_bank_receives_no_partner_feature_name_value_or_bin_edge(
         assert message["kind"] in {"ready", "scores", "truncate", "done"}
         if message["kind"] == "ready":
             assert all(isinstance(b, int) for b in message["bins_per_feature"])
-            assert set(message) == {"kind", "session_id", "partner", "bins_per_feature"}
+            assert set(message) == {
+                "kind",
+                "session_id",
+                "partner",
+                "bins_per_feature",
+                "signature",
+            }
         elif message["kind"] in {"scores", "truncate"}:
             assert all(B64.match(c) for c in message["ciphertexts"])
         else:
-            assert set(message) == {"kind", "session_id", "partner"}
+            assert set(message) == {"kind", "session_id", "partner", "signature"}
     # no raw partner value shows up as a number anywhere the bank reads
     bills = trained.table.select(["BILL_AMT1"])[:, 0]
     distinctive = [v for v in np.unique(bills) if abs(v) > 10_000][:50]

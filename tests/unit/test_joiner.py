@@ -22,9 +22,17 @@ from schemas import (
 )
 from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
 from services.demo import dataset as ds
+from services.intake.requests import fragment_requests
 from services.kernel.crypto.codec import b64_to_bytes, b64_to_int, int_to_b64
 from services.kernel.crypto.paillier import PrivateKey
-from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, sign
+from services.kernel.crypto.signing import (
+    BankKey,
+    PartnerKeyRegistry,
+    load_signing_key,
+    new_signing_key,
+    sign,
+    signed,
+)
 from services.kernel.crypto.tokens import Tokenizer
 from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
 from services.kernel.model.scoring import BankScorer
@@ -90,7 +98,8 @@ class World:
             cache.models["m1"] = build_model(bundle, store, allow_plaintext=False)
             signing = load_signing_key(self.deployment.signing_keys[name])
             peers = self.deployment.peer_directory(name)
-            self.servers[name] = FragmentServer(name, store, cache, signing, peers)
+            bank_key = BankKey(self.deployment.bank_public_key)
+            self.servers[name] = FragmentServer(name, store, cache, signing, peers, bank_key)
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.batches: dict[str, Any] = {}
         self.decided: dict[str, Any] = {}
@@ -110,6 +119,10 @@ class World:
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> None:
         self.sent.append((topic, key, value))
+
+    def signed(self, request: FragmentRequest) -> FragmentRequest:
+        """As the bank (intake) signs it."""
+        return signed(request, load_signing_key(self.deployment.bank_signing_key))
 
     def tokenizer(self, partner: str) -> Tokenizer:
         token_key = (self.deployment.token_dir / f"{partner}.key").read_text().strip()
@@ -145,23 +158,22 @@ class World:
 
     def fragment(self, partner: str, pending: PendingBatch) -> bytes:
         """The partner's answer to intake's request (attempt 1, every partner)."""
-        request = FragmentRequest(
+        requests = fragment_requests(
             batch_id=pending.batch_id,
-            partner=partner,
             model_version="m1",
             created_at=pending.created_at,
             deadline_at=pending.deadline_at,
-            tokens=pending.tokens[partner],
-            participants=sorted(self.partner_bundles),
+            tokens=pending.tokens,
+            signing_key=load_signing_key(self.deployment.bank_signing_key),
         )
-        return self.answer(request)
+        return self.answer(requests[partner])
 
     def answer(self, request: FragmentRequest) -> bytes:
         server = self.servers[request.partner]
         return server.compute(request, server.cache.models["m1"]).model_dump_json().encode()
 
     def requests(self) -> list[FragmentRequest]:
-        """Re-requests the joiner sent to partners."""
+        """Requests the joiner sent to partners (it should send none)."""
         return [
             FragmentRequest.model_validate_json(v)
             for t, _, v in self.sent
@@ -216,66 +228,53 @@ async def test_the_deadline_decides_with_the_partners_that_answered(world: World
     decisions = world.decisions()
     assert [d.reasons for d in decisions] == [[ReasonCode.PARTNER_UNAVAILABLE]] * 2
     assert all(d.missing_partners == ["repayments"] for d in decisions)
-    # "suppress" suppresses every candidate whatever the others said: nothing to re-request
-    assert world.requests() == []
+    assert world.requests() == []  # the bank never asks again
 
 
-async def test_a_missed_deadline_re_requests_the_flags_from_the_partners_that_answered(
-    tmp_path: Path,
-) -> None:
-    """Fallback policy: repayments misses the deadline. Payments' first fragment is
-    masked with repayments, so it cannot be read alone: the batch goes back to payments
-    (attempt 2, flags only, masked with nobody else) and is decided on its answer:
-    degraded scores, payments' blacklist still honoured."""
+async def test_a_missed_deadline_falls_back_without_anyones_flags(tmp_path: Path) -> None:
+    """Fallback policy: repayments misses the deadline. Payments' fragment is masked with
+    repayments, so it cannot be read alone, and the batch is asked of nobody again
+    (payments' flags over a subset, set against a complete batch of another day, would
+    tell which partner flagged a customer): degraded scores, no partner flag at all."""
     world = World(tmp_path, outcome="fallback")
     pending = world.pending("b3", [0, 1, 2])
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
-    first_tick = world.joiner.tick_for("b3", 1)
-    assert first_tick is not None
-    await world.joiner.handle(FRAGMENTS, 0, first_tick, [(KIND_HEADER, TICK_KIND)])
-    assert world.decisions() == []
-    (request,) = world.requests()
-    assert (request.partner, request.attempt, request.flags_only) == ("payments", 2, True)
-    assert request.participants == ["payments"]
-    assert request.tokens == pending.tokens["payments"]
-    assert request.deadline_at >= pending.deadline_at + timedelta(seconds=1)
-    assert world.joiner.expired(request.deadline_at.timestamp() - 0.5) == []
-    assert world.joiner.expired(request.deadline_at.timestamp()) == [("b3", 2)]
-
-    # The first attempt is over: its tick again, or a late fragment of it, changes nothing.
-    await world.joiner.handle(FRAGMENTS, 0, first_tick, [(KIND_HEADER, TICK_KIND)])
-    assert world.joiner.tick_for("b3", 1) is None
-    with pytest.raises(RejectedInputError) as caught:
-        await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
-    assert caught.value.reason == "late-fragment"
-    assert world.decisions() == [] and len(world.requests()) == 1
-    assert set(world.batches["b3"]["f"]) == {"2"}
-
-    await world.joiner.handle(FRAGMENTS, 0, world.answer(request))
+    await world.tick("b3", 0)
+    assert world.requests() == []
     decisions = world.decisions()
-    assert decisions[0].reasons == [ReasonCode.BLACKLISTED, ReasonCode.SCORED_DEGRADED]
-    assert all(ReasonCode.BLACKLISTED not in d.reasons for d in decisions[1:])
+    assert all(ReasonCode.BLACKLISTED not in d.reasons for d in decisions)  # not even customer 0
     assert all(d.degraded and d.missing_partners == ["repayments"] for d in decisions)
     fallback = world.scorer.score_fallback(
         world.scorer.matrix([c.features for c in pending.candidates])
     )
     assert [d.pd for d in decisions] == pytest.approx(list(fallback))
+    # The late fragment is dead-lettered as a digest: its ciphertext, together with
+    # payments', must not outlive the batch.
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert caught.value.reason == "late-fragment" and not caught.value.keep_value
 
 
-async def test_an_unanswered_re_request_decides_at_the_second_deadline(tmp_path: Path) -> None:
+async def test_an_answer_to_a_later_attempt_is_refused(tmp_path: Path) -> None:
     world = World(tmp_path, outcome="fallback")
     pending = world.pending("b9", [0, 1])
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
-    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
-    await world.tick("b9", 0)
-    assert len(world.requests()) == 1 and world.decisions() == []
-    await world.tick("b9", 0, attempt=2)  # payments never answers again
-    decisions = world.decisions()
-    assert len(decisions) == 2 and len(world.requests()) == 1  # re-requested once only
-    # nothing decoded, so no flag applies, not even payments' hit on customer 0
-    assert ReasonCode.BLACKLISTED not in decisions[0].reasons
-    assert all(d.degraded and set(d.missing_partners) == set(pending.partners) for d in decisions)
+    request = FragmentRequest(
+        batch_id="b9",
+        partner="payments",
+        model_version="m1",
+        created_at=pending.created_at,
+        deadline_at=pending.deadline_at,
+        tokens=pending.tokens["payments"],
+        attempt=2,
+        participants=sorted(world.partner_bundles),
+        flags_only=True,
+    )
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(FRAGMENTS, 0, world.answer(request))
+    assert caught.value.reason == "bad-attempt" and not caught.value.keep_value
+    assert world.decisions() == []
 
 
 async def test_a_batch_nobody_answered_is_decided_at_the_first_deadline(tmp_path: Path) -> None:
@@ -401,14 +400,16 @@ async def test_a_partner_refuses_to_mask_for_participants_it_cannot_pair_with(
     server = world.servers["payments"]
 
     def request(participants: list[str]) -> FragmentRequest:
-        return FragmentRequest(
-            batch_id="b11",
-            partner="payments",
-            model_version="m1",
-            created_at=pending.created_at,
-            deadline_at=pending.deadline_at,
-            tokens=pending.tokens["payments"],
-            participants=participants,
+        return world.signed(
+            FragmentRequest(
+                batch_id="b11",
+                partner="payments",
+                model_version="m1",
+                created_at=pending.created_at,
+                deadline_at=pending.deadline_at,
+                tokens=pending.tokens["payments"],
+                participants=participants,
+            )
         )
 
     for participants in (
@@ -419,7 +420,7 @@ async def test_a_partner_refuses_to_mask_for_participants_it_cannot_pair_with(
         with pytest.raises(RequestError) as caught:
             await server.answer(request(participants), 0.1)
         assert caught.value.reason == "bad-participants", participants
-    server.min_participants = 2  # this partner will not answer alone, unmasked
+    assert server.min_participants == 2  # by default a partner will not answer alone
     with pytest.raises(RequestError) as caught:
         await server.answer(request(["payments"]), 0.1)
     assert caught.value.reason == "too-few-participants"
@@ -429,9 +430,62 @@ async def test_a_partner_refuses_to_mask_for_participants_it_cannot_pair_with(
         server.peers.own,
         PartnerKeyRegistry.parse(world.deployment.registry_spec),
     )
+    complete = fragment_requests(
+        batch_id="b11",
+        model_version="m1",
+        created_at=pending.created_at,
+        deadline_at=pending.deadline_at,
+        tokens=pending.tokens,
+        signing_key=load_signing_key(world.deployment.bank_signing_key),
+    )["payments"]
     with pytest.raises(RequestError) as caught:
-        await server.answer(request(["payments", "repayments"]), 0.05)
+        await server.answer(complete, 0.05)
     assert caught.value.reason == "no-agreement-key"
+
+
+async def test_a_partner_answers_only_the_banks_one_request_per_batch(world: World) -> None:
+    """Signed by the bank's pinned key, a first attempt, digests that match: answered,
+    and answered again identically when it comes again. Anything else is refused, and a
+    second, different request for the same batch above all (its answer, differenced
+    with the first, would tell the bank what the masks hide)."""
+    pending = world.pending("b12", [1, 2])
+    server = world.servers["payments"]
+    key = load_signing_key(world.deployment.bank_signing_key)
+
+    def requests(tokens: dict[str, list[str]], batch: str = "b12") -> FragmentRequest:
+        return fragment_requests(
+            batch_id=batch,
+            model_version="m1",
+            created_at=pending.created_at,
+            deadline_at=pending.deadline_at,
+            tokens=tokens,
+            signing_key=key,
+        )["payments"]
+
+    first = requests(pending.tokens)
+    answered = await server.answer(first, 1.0)
+    again = await server.answer(first, 1.0)  # a redelivery or a replay: same question
+    volatile = {"ciphertext", "signature", "signed_at"}
+    assert answered.model_dump(exclude=volatile) == again.model_dump(exclude=volatile)
+
+    async def refused(request: FragmentRequest) -> str:
+        with pytest.raises(RequestError) as caught:
+            await server.answer(request, 0.5)
+        return caught.value.reason
+
+    other = {**pending.tokens, "payments": list(reversed(pending.tokens["payments"]))}
+    assert await refused(requests(other)) == "conflicting-request"
+    forger = new_signing_key()
+    assert await refused(signed(first.model_copy(update={"signature": ""}), forger)) == (
+        "bad-signature"
+    )
+    assert await refused(first.model_copy(update={"batch_id": "b13"})) == "bad-signature"
+    later = first.model_copy(update={"attempt": 2, "flags_only": True})
+    assert await refused(signed(later, key)) == "re-request-refused"
+    wrong = first.model_copy(
+        update={"token_digests": {"payments": "0" * 64, "repayments": "0" * 64}}
+    )
+    assert await refused(signed(wrong, key)) == "bad-token-digests"
 
 
 async def test_a_redelivered_request_gets_the_same_plaintext_in_a_new_ciphertext(

@@ -5,7 +5,7 @@ code (docs/crypto.md, "Secure aggregation").
 - one masked fragment alone decrypts to values spread over the whole field;
 - the blacklist field is 0 iff nobody flagged, and tells one flag from two only with
   probability about 1/(2^t - 1);
-- a re-request to a subset decrypts exactly, and fragments of different attempts never do;
+- without one participant, the others' fragments do not decode;
 - an agreement key that is not signed by its partner's registered key is refused.
 
 Statistics run on plaintexts with a fixed modulus and fixed keys, so they are
@@ -29,11 +29,13 @@ from schemas import AgreementKey, PackingSpec
 from services.kernel.crypto.codec import bytes_to_b64
 from services.kernel.crypto.masking import (
     MaskContext,
+    batch_digest,
     flag_tags,
     fragment_addend,
     pair_field_masks,
     pair_seed,
     tag_seed,
+    token_list_digest,
 )
 from services.kernel.crypto.packing import (
     FragmentTables,
@@ -89,9 +91,19 @@ def context(
     *,
     attempt: int = 1,
     flags_only: bool = False,
+    model_version: str = "m-1",
+    tokens: Sequence[str] = ("t" * 43,),
 ) -> MaskContext:
     return MaskContext(
-        batch, attempt, tuple(sorted(participants)), flags_only, slots, spec.flag_bits, n
+        batch,
+        attempt,
+        tuple(sorted(participants)),
+        flags_only,
+        slots,
+        spec.flag_bits,
+        n,
+        model_version,
+        batch_digest({p: token_list_digest(tokens) for p in participants}),
     )
 
 
@@ -277,15 +289,15 @@ def test_the_blacklist_field_is_zero_iff_nobody_flagged_and_hides_the_count() ->
     )
 
 
-# -- dropout: re-requests to a subset ------------------------------------------------------
+# -- dropout ------------------------------------------------------------------------------
 
 
-def test_a_re_request_to_the_partners_that_answered_decrypts_exactly(
+def test_without_one_participant_the_others_fragments_do_not_decode(
     private_key: PrivateKey,
 ) -> None:
-    """Charlie misses attempt 1. Alpha and bravo's attempt-1 fragments carry masks with
-    charlie and do not decode; their attempt-2 fragments (flags only, participants alpha
-    and bravo) do, exactly; and no mix of attempts decodes."""
+    """Charlie misses the batch: alpha and bravo's fragments carry masks with charlie, so
+    their product decodes to nothing (the joiner then decides without any partner's
+    answer, and asks nobody again)."""
     pk = private_key.public
     n, slots = int(pk.n), 4
     spec = packing_for(pk.bits, [2, 2, 2]).model_copy(update={"slots": slots})
@@ -294,26 +306,12 @@ def test_a_re_request_to_the_partners_that_answered_decrypts_exactly(
     hits = {"alpha": [True, False, False, False], "bravo": [False, False, True, False]}
     rows = [[1, 2]] * slots
     first = context("b-drop", NAMES, spec, slots, n)
-    second = context("b-drop", ["alpha", "bravo"], spec, slots, n, attempt=2, flags_only=True)
-    attempt1 = {
+    answered = {
         p: tables.fragment(rows, addend=parties[p].addend(spec, first, hits[p])) for p in hits
     }
-    attempt2 = {
-        p: tables.fragment([], addend=parties[p].addend(spec, second, hits[p])) for p in hits
-    }
-
-    both = attempt2["alpha"] * attempt2["bravo"] % pk.nsquare
-    decoded = unpack(spec, int(private_key.decrypt(both)), slots, {"alpha": 0, "bravo": 0})
-    assert [r.flagged for r in decoded] == [True, False, True, False]
-    assert all(r.partner_score == 0 for r in decoded)  # flags only: no scores at all
-    for mix in (
-        attempt1["alpha"] * attempt1["bravo"],  # charlie's masks do not cancel
-        attempt1["alpha"] * attempt2["bravo"],  # different attempts never decode together
-    ):
-        with pytest.raises(PackingOverflowError):
-            unpack(
-                spec, int(private_key.decrypt(mix % pk.nsquare)), slots, {"alpha": 2, "bravo": 2}
-            )
+    both = answered["alpha"] * answered["bravo"] % pk.nsquare
+    with pytest.raises(PackingOverflowError):
+        unpack(spec, int(private_key.decrypt(both)), slots, {"alpha": 2, "bravo": 2})
 
 
 def test_masks_are_fresh_per_batch_and_attempt_and_stable_per_request() -> None:
@@ -327,6 +325,8 @@ def test_masks_are_fresh_per_batch_and_attempt_and_stable_per_request() -> None:
         context("b-2", NAMES[:2], spec, 4, FIXED_N),
         context("b-1", NAMES[:2], spec, 4, FIXED_N, attempt=2),
         context("b-1", NAMES[:2], spec, 4, FIXED_N, flags_only=True),
+        context("b-1", NAMES[:2], spec, 4, FIXED_N, model_version="m-2"),
+        context("b-1", NAMES[:2], spec, 4, FIXED_N, tokens=("u" * 43,)),
     ):
         assert alpha.addend(spec, other, hits) != same
     # both sides of a pair derive the same seed and field masks

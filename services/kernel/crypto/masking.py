@@ -17,8 +17,10 @@ plaintext of its fragment, through one factor ``1 + addend * n`` (docs/crypto.md
   carries above bit t are random given that residue, so they reveal no count.
 
 The context binds the batch id, the attempt, the participants, whether the request is
-flags-only, the slot count, t and n: masks are fresh per batch and attempt, and two
-requests that differ in any of these never share a mask. Tags come from a seed only
+flags-only, the slot count, t, n, the model version and a digest of the tokens: masks
+are fresh per batch and attempt, and two requests that differ in any of these never
+share a mask (the same context asked twice with other tokens or another model would
+otherwise yield masks that cancel in the difference of the two answers). Tags come from a seed only
 partner i knows, over the same context, so a redelivered request yields the same
 plaintext again (a fresh tag would let the bank subtract two answers and see the tag).
 """
@@ -91,6 +93,9 @@ class MaskContext:
     slot_count: int
     flag_bits: int
     modulus: int
+    model_version: str
+    batch_digest: bytes
+    """:func:`batch_digest` of every participant's token-list digest."""
 
     def __post_init__(self) -> None:
         if list(self.participants) != sorted(set(self.participants)):
@@ -108,8 +113,24 @@ class MaskContext:
                 self.slot_count.to_bytes(4, "big"),
                 self.flag_bits.to_bytes(4, "big"),
                 _lp(n),
+                _lp(self.model_version.encode()),
+                _lp(self.batch_digest),
             )
         )
+
+
+def token_list_digest(tokens: Sequence[str]) -> str:
+    """SHA-256 (hex) over one partner's tokens, length-prefixed, in slot order."""
+    return hashlib.sha256(b"".join(_lp(t.encode()) for t in tokens)).hexdigest()
+
+
+def batch_digest(token_digests: Mapping[str, str]) -> bytes:
+    """SHA-256 over every participant's name and token-list digest, in name order: the
+    same for every participant of a batch, and different as soon as anyone's tokens are."""
+    body = b"".join(
+        _lp(name.encode()) + _lp(token_digests[name].encode()) for name in sorted(token_digests)
+    )
+    return hashlib.sha256(body).digest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,21 +1,45 @@
-"""Ed25519 signatures: partners sign fragments and their agreement keys; the joiner (for
-fragments) and the other partners (for agreement keys) verify against a registry."""
+"""Ed25519 signatures on every message that crosses the bank/partner boundary.
+
+The bank signs what it sends a partner (requests, bundles, training and PSI messages)
+with one key, which every partner pins out of band (:class:`BankKey`); each partner
+signs what it sends (fragments, agreement keys, training and PSI replies) with its own,
+which the bank's services and the other partners hold in a :class:`PartnerKeyRegistry`.
+A key is never learned from Kafka."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from schemas import EncryptedFragment
+from schemas.common import SignedMessage
 from services.kernel.crypto.codec import b64_to_bytes, bytes_to_b64
 from services.kernel.crypto.paillier import write_secret
 
 
 class SignatureError(ValueError):
-    """A fragment's signature is missing, malformed or from an unregistered key."""
+    """A message's signature is missing, malformed or not from the key it must be from."""
+
+
+M = TypeVar("M", bound=SignedMessage)
+
+
+class FromPartner(Protocol):
+    @property
+    def partner(self) -> str: ...
+
+    def signing_bytes(self) -> bytes: ...
+
+    @property
+    def signature(self) -> str: ...
+
+
+def signed(message: M, key: Ed25519PrivateKey) -> M:
+    """The message with its signature field set."""
+    return message.model_copy(update={"signature": sign(key, message.signing_bytes())})
 
 
 def new_signing_key() -> Ed25519PrivateKey:
@@ -73,8 +97,9 @@ class PartnerKeyRegistry:
     def partners(self) -> set[str]:
         return set(self._keys)
 
-    def verify(self, fragment: EncryptedFragment) -> None:
-        self.verify_signed(fragment.partner, fragment.signing_bytes(), fragment.signature)
+    def verify(self, message: FromPartner) -> None:
+        """``message`` is signed by the registered key of the partner it names."""
+        self.verify_signed(message.partner, message.signing_bytes(), message.signature)
 
     def verify_signed(self, partner: str, message: bytes, signature: str) -> None:
         """``signature`` (base64url) is ``partner``'s registered key's over ``message``."""
@@ -85,3 +110,34 @@ class PartnerKeyRegistry:
             key.verify(b64_to_bytes(signature), message)
         except (InvalidSignature, ValueError) as exc:
             raise SignatureError(f"bad signature from partner {partner!r}") from exc
+
+
+class BankKey:
+    """The bank's verification key, as a partner pins it: from its own configuration
+    (an environment variable or a file), never from Kafka."""
+
+    def __init__(self, public_b64: str) -> None:
+        try:
+            self._key = Ed25519PublicKey.from_public_bytes(b64_to_bytes(public_b64.strip()))
+        except ValueError as exc:
+            raise ValueError(f"the bank key is not a base64url Ed25519 public key: {exc}") from exc
+
+    @classmethod
+    def configured(cls, value: str, file: Path | None) -> BankKey:
+        """From the value, else the file; one of them is required."""
+        if value.strip():
+            return cls(value)
+        if file is None:
+            raise ValueError("no bank key: set the bank's Ed25519 public key (base64url)")
+        try:
+            return cls(file.read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read the bank key from {file}: {exc}") from exc
+
+    def verify(self, message: SignedMessage) -> None:
+        try:
+            self._key.verify(b64_to_bytes(message.signature), message.signing_bytes())
+        except (InvalidSignature, ValueError) as exc:
+            raise SignatureError(
+                f"{type(message).__name__} is not signed by the bank's key"
+            ) from exc

@@ -102,7 +102,10 @@ class DeadLetters:
         reason: str,
         error: str,
         attempts: int = 1,
+        keep_value: bool = True,
     ) -> None:
+        """``keep_value=False`` keeps only the value's size and digest: for a partner's
+        genuine ciphertext that must not outlive the batch it belonged to."""
         envelope = self.envelope(
             topic=topic,
             partition=partition,
@@ -125,9 +128,9 @@ class DeadLetters:
         )
         DLQ_MESSAGES.labels(topic=topic, reason=reason).inc()
         body = envelope.model_dump_json().encode()
-        if len(body) > self.max_bytes and value is not None:
-            # Base64 makes it a third larger than what the broker accepted: keep a digest
-            # and where the original is, which is enough to find and replay it.
+        if value is not None and (not keep_value or len(body) > self.max_bytes):
+            # Base64 makes it a third larger than what the broker accepted (or it must not
+            # be kept): a digest and where the original is are enough to find it again.
             envelope = envelope.model_copy(
                 update={
                     "value_b64": None,
