@@ -99,8 +99,15 @@ class Deployment:
     def registry_spec(self) -> str:
         return ",".join(f"{n}={k}" for n, k in self.partner_public_keys.items())
 
+    @property
+    def hmac_tokens(self) -> bool:
+        """Whether this deployment's tokens are keyed HMAC (the fixtures' shortcut) rather
+        than PSI token maps: the services must then be told to accept them."""
+        return any(self.token_dir.glob("*.key")) and not any(self.token_dir.glob("*.csv"))
+
     def new_partner_keys(self, partner: str) -> Tokenizer:
-        """Token key shared by bank and partner, and the partner's signing key."""
+        """Token key shared by bank and partner (keyed HMAC: test and benchmark data only,
+        whose ids are synthetic), and the partner's signing key."""
         self.token_dir.mkdir(parents=True, exist_ok=True)
         token_path = self.token_dir / f"{partner}.key"
         if not token_path.exists():

@@ -95,6 +95,7 @@ class Pipeline:
             {
                 "INTAKE_TOKEN_KEYS_DIR": str(d.token_dir),
                 "INTAKE_SIGNING_KEY_FILE": str(d.bank_signing_key),
+                "INTAKE_ALLOW_HMAC_TOKENS": str(d.hmac_tokens).lower(),
                 "INTAKE_LINGER_MS": str(o.linger_ms),
                 "INTAKE_DEADLINE_MS": str(o.deadline_ms),
             },

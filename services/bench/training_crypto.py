@@ -9,11 +9,13 @@ those directions, and the bank decrypts the scores (their sum over partners).
 
 - **fedscreen**: owner-side CRT + short-exponent encryption, raw gmpy2 products for the
   bin sums, one exponentiation per bin, slot-packed scores with grouped, pre-shifted
-  tables and one re-randomisation per ciphertext, CRT decryption of the product of the
-  partners' answers (the partners' own code: ``services/partner/training.py``).
+  tables and one uniform re-randomisation factor (a full r^n) per ciphertext, CRT
+  decryption of the product of the partners' answers (the partners' own code:
+  ``services/partner/training.py``).
 - **naive python-paillier**: ``phe`` as one would first write it: one ``EncryptedNumber``
   per row, ``EncryptedNumber`` additions for the bin sums, a scalar multiplication per
-  bin, additions for each row's score, one decryption per row and partner.
+  bin, additions for each row's score, ``obfuscate()`` (a full r^n) per row's score, one
+  decryption per row and partner.
 
 Both run single-threaded in this process (the real trainer also spreads the bank's
 part over a process pool). The naive protocol is timed on a sample of rows and scaled
@@ -42,6 +44,7 @@ from services.kernel.crypto.blind import (
     score_layout,
 )
 from services.kernel.crypto.paillier import PrivateKey, generate_keypair
+from services.kernel.crypto.randomness import uniform_factors
 from services.partner.training import direction_scores, encrypted_directions
 
 # The reference split: 21,000 training rows (20 % of them the validation fold) and
@@ -51,6 +54,7 @@ SCORED_ROWS = 30_000
 STEPS = (
     "bank: encrypt gradients",
     "partners: encrypted directions",
+    "partners: uniform random factors",
     "partners: score every row",
     "bank: decrypt scores",
 )
@@ -116,6 +120,9 @@ def fedscreen_round(key: PrivateKey, fit_rows: int, scored_rows: int, seed: int)
         multipliers = direction_multipliers(blind, counts)
         directions, t = _timed(encrypted_directions, pk, rows, bins, multipliers, gradients)
         seconds["partners: encrypted directions"] += t
+        chunks = -(-scored_rows // layout.slots)
+        factors, t = _timed(uniform_factors, pk.n, chunks)
+        seconds["partners: uniform random factors"] += t
         # One random mask per ciphertext stands in for the pairwise masks (same cost).
         scores, t = _timed(
             direction_scores,
@@ -126,6 +133,7 @@ def fedscreen_round(key: PrivateKey, fit_rows: int, scored_rows: int, seed: int)
             directions,
             rows.tolist(),
             lambda _chunk: int(rng.integers(1, 1 << 62)),
+            iter(factors).__next__,
         )
         seconds["partners: score every row"] += t
         product = (
@@ -199,6 +207,9 @@ def naive_round(
         seconds["partners: encrypted directions"] += t * scale
         scores, t = _timed(_naive_scores, directions, columns, sample_rows)
         seconds["partners: score every row"] += t * scale
+        # phe's own re-randomisation (a full r^n), once per row's score.
+        _, t = _timed(lambda c: [x.obfuscate() for x in c], scores)
+        seconds["partners: uniform random factors"] += t * scale
         _, t = _timed(lambda c: [private.decrypt(x) for x in c], scores)
         seconds["bank: decrypt scores"] += t * scale
     return RoundCost(seconds)

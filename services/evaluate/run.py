@@ -143,6 +143,7 @@ def train_command(spec: EvaluateSpec, workdir: Path, deployment: Deployment) -> 
         str(deployment.paillier_dir),
         "--signing-key",
         str(deployment.bank_signing_key),
+        *(["--allow-hmac-tokens"] if deployment.hmac_tokens else []),
         "--partner-keys",
         deployment.registry_spec,
         "--out",

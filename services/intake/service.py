@@ -108,7 +108,9 @@ class IntakeService:
         for card in bundle.partners:
             if card.partner not in self.tokenizers:
                 self.tokenizers[card.partner] = load_token_source(
-                    self.settings.token_keys_dir, card.partner
+                    self.settings.token_keys_dir,
+                    card.partner,
+                    allow_hmac=self.settings.allow_hmac_tokens,
                 )
 
     def active(self) -> BankBundle | None:

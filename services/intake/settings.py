@@ -14,7 +14,13 @@ class IntakeSettings(BaseSettings):
     token_keys_dir: Path = Field(
         default=Path("keys/tokens"),
         description="Per partner: <partner>.csv, the token map from `fedscreen align` (PSI), "
-        "or else <partner>.key, a keyed-HMAC token key.",
+        "or, with INTAKE_ALLOW_HMAC_TOKENS, <partner>.key, a keyed-HMAC token key.",
+    )
+    allow_hmac_tokens: bool = Field(
+        default=False,
+        description="Opt in to keyed-HMAC tokens where no PSI token map exists. The partner "
+        "can then compute any id's token: only for ids that cannot be guessed "
+        "(docs/privacy.md).",
     )
     signing_key_file: Path = Field(
         default=Path("keys/bank-signing.pem"),

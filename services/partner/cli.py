@@ -31,15 +31,28 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         blacklist_column: Annotated[str | None, typer.Option(help="0/1 blacklist column.")] = None,
+        allow_hmac_tokens: Annotated[
+            bool,
+            typer.Option(
+                help="Required with --token-key: keyed-HMAC tokens let this partner compute any "
+                "id's token, so the bank's ids must not be guessable (docs/privacy.md).",
+            ),
+        ] = False,
     ) -> None:
         """Load the feature store from CSV; raw ids are tokenised and never stored."""
-        from services.kernel.crypto.tokens import Tokenizer, TokenMap, TokenSource
+        from services.kernel.crypto.tokens import HMAC_OPT_IN, Tokenizer, TokenMap, TokenSource
         from services.partner.store import FeatureStore, StoreError
 
         names = [f.strip() for f in features.split(",") if f.strip()]
         try:
             tokenizer: TokenSource
             if token_key is not None and token_map is None:
+                if not allow_hmac_tokens:
+                    raise CliError(
+                        "--token-key needs --allow-hmac-tokens: use a PSI --token-map unless the "
+                        "ids cannot be guessed"
+                    )
+                typer.echo(f"warning: {HMAC_OPT_IN}", err=True)
                 tokenizer = Tokenizer.from_file(token_key)
             elif token_map is not None and token_key is None:
                 tokenizer = TokenMap.from_csv(token_map)

@@ -24,6 +24,7 @@ from services.kernel.crypto.masking import (
 )
 from services.kernel.crypto.packing import FragmentTables, PlainTables, slot_value
 from services.kernel.crypto.paillier import PublicKey
+from services.kernel.crypto.randomness import FactorPool
 from services.kernel.crypto.signing import BankKey, SignatureError, sign
 from services.kernel.metrics import CRYPTO_SECONDS
 from services.partner.agreement import (
@@ -65,17 +66,24 @@ def request_digest(request: FragmentRequest) -> str:
 
 
 class LoadedModel:
-    """A partner bundle made ready to serve: its binning and its shifted tables."""
+    """A partner bundle made ready to serve: its binning, its shifted tables and, under
+    Paillier, a pool of uniform random factors for its key."""
 
     def __init__(
         self,
         bundle: PartnerBundle,
         binning: Binning,
         tables: FragmentTables | PlainTables,
+        factors: FactorPool | None = None,
     ) -> None:
         self.bundle = bundle
         self.binning = binning
         self.tables = tables
+        self.factors = factors
+
+    def close(self) -> None:
+        if self.factors is not None:
+            self.factors.close()
 
 
 def build_model(
@@ -113,7 +121,12 @@ def build_model(
         [public_key.validate(w) * shift % public_key.nsquare for w in row]
         for row in scorecard.rows()
     ]
-    return LoadedModel(bundle, binning, FragmentTables(public_key, bundle.packing, tables))
+    return LoadedModel(
+        bundle,
+        binning,
+        FragmentTables(public_key, bundle.packing, tables),
+        FactorPool(public_key.n),
+    )
 
 
 class ModelCache:
@@ -134,7 +147,7 @@ class ModelCache:
         if bundle.partner != self.partner:
             raise ValueError(f"bundle for {bundle.partner!r} offered to {self.partner!r}")
         for stale in list(self.models)[: max(0, len(self.models) - self.KEEP + 1)]:
-            del self.models[stale]  # dicts keep insertion order: oldest first
+            self.models.pop(stale).close()  # dicts keep insertion order: oldest first
         if bundle.model_version in self.models or bundle.model_version in self._building:
             return
         task = asyncio.get_running_loop().create_task(self._build(bundle))
@@ -295,10 +308,9 @@ class FragmentServer:
                     "no-agreement-key", f"no agreement key from {exc.names}"
                 ) from exc
             addend = fragment_addend(spec, context, self.partner, seeds, self.peers.tag_seed, hits)
-            payload = {
-                "mode": "paillier",
-                "ciphertext": int_to_b64(model.tables.fragment(rows, addend=addend)),
-            }
+            factor = model.factors.take() if model.factors is not None else None
+            ciphertext = model.tables.fragment(rows, addend=addend, factor=factor)
+            payload = {"mode": "paillier", "ciphertext": int_to_b64(ciphertext)}
         elif request.flags_only:
             payload = {
                 "mode": "plaintext",

@@ -43,6 +43,7 @@ from services.kernel.crypto.codec import b64_to_int, int_to_b64
 from services.kernel.crypto.masking import TrainingMaskContext, training_mask
 from services.kernel.crypto.packing import FragmentTables
 from services.kernel.crypto.paillier import PublicKey
+from services.kernel.crypto.randomness import FactorPool, uniform_factors
 from services.partner.agreement import (
     ParticipantsError,
     PeerDirectory,
@@ -96,9 +97,11 @@ def direction_scores(
     directions: Sequence[mpz],
     rows: Sequence[Sequence[int]],
     mask: Callable[[int], int],
+    factor: Callable[[], mpz],
 ) -> list[mpz]:
     """Slot-packed Enc(sum_j (D_j[bin_j] + 2^V) + mask(chunk)) for every chunk of
-    ``layout.slots`` rows, each re-randomised."""
+    ``layout.slots`` rows, each re-randomised with ``factor()`` (a uniform r^n: the
+    directions were computed from ciphertexts whose randomness the bank chose)."""
     offset = pk.encrypt_deterministic(direction_offset(blind))
     entries = [d * offset % pk.nsquare for d in directions]
     tables, start = [], 0
@@ -108,7 +111,7 @@ def direction_scores(
     fragments = FragmentTables(pk, layout, tables)
     slots = layout.slots
     return [
-        fragments.fragment(rows[begin : begin + slots], addend=mask(chunk))
+        fragments.fragment(rows[begin : begin + slots], addend=mask(chunk), factor=factor())
         for chunk, begin in enumerate(range(0, len(rows), slots))
     ]
 
@@ -122,6 +125,7 @@ class Session:
     bins: np.ndarray  # (rows, features)
     bins_per_feature: list[int]
     multipliers: list[int]  # q_e per flat bin
+    factors: FactorPool
     directions: list[list[mpz]] = field(default_factory=list)  # Enc(D_e) per round
     steps: list[int] = field(default_factory=list)  # a_r per round, once the bank chose it
     masks: list[int] | None = None  # truncation masks, once the session finishes
@@ -161,7 +165,7 @@ class TrainingWorker:
             return self.round(message, session)
         if isinstance(message, TrainFinish):
             if message.status == "aborted":
-                self.sessions.pop(message.session_id, None)
+                self.sessions.pop(message.session_id).factors.close()
                 log.info("training session %s aborted", message.session_id)
                 return None
             return self.finish(message, session)
@@ -198,6 +202,8 @@ class TrainingWorker:
             bins=bins,
             bins_per_feature=binning.bins_per_feature,
             multipliers=direction_multipliers(message.blind, counts),
+            # One uniform factor per score ciphertext of a round, ready before it comes.
+            factors=FactorPool(public_key.n, target=-(-len(bins) // message.layout.slots)),
         )
         log.info(
             "training session %s: %d rows, bins %s, with %s",
@@ -271,6 +277,7 @@ class TrainingWorker:
             directions,
             session.bins.tolist(),
             mask,
+            session.factors.take,
         )
 
     def finish(self, message: TrainFinish, session: Session) -> TrainTruncate:
@@ -295,8 +302,8 @@ class TrainingWorker:
                 accumulated = [a * p % nsquare for a, p in zip(accumulated, powers, strict=True)]
         session.masks = [truncation_mask(session.blind) for _ in range(bins)]
         masked = [
-            pk.rerandomize(a * pk.encrypt_deterministic(m) % nsquare)
-            for a, m in zip(accumulated, session.masks, strict=True)
+            a * pk.encrypt_deterministic(m) % nsquare * r % nsquare
+            for a, m, r in zip(accumulated, session.masks, uniform_factors(pk.n, bins), strict=True)
         ]
         return TrainTruncate(
             session_id=message.session_id,
@@ -325,6 +332,6 @@ class TrainingWorker:
         self.store.save_scorecard(
             message.session_id, pk.key_id, session.bins_per_feature, [int(w) for w in weights]
         )
-        del self.sessions[message.session_id]
+        self.sessions.pop(message.session_id).factors.close()
         log.info("training session %s: encrypted weights stored", message.session_id)
         return TrainDone(session_id=message.session_id, partner=self.partner)

@@ -64,6 +64,14 @@ def register(app: typer.Typer) -> None:
                 "1/(2^t - 1) (docs/crypto.md).",
             ),
         ] = 24,  # DEFAULT_FLAG_BITS (not imported: the CLI loads gmpy2 only when it runs)
+        allow_hmac_tokens: Annotated[
+            bool,
+            typer.Option(
+                help="Use keyed-HMAC tokens (<partner>.key) where no PSI token map exists: the "
+                "partner can compute any id's token, so only for ids that cannot be guessed.",
+                envvar="FEDSCREEN_ALLOW_HMAC_TOKENS",
+            ),
+        ] = False,
         model_version: Annotated[str | None, typer.Option()] = None,
         rollout: Annotated[bool, typer.Option(help="Publish the bundles over Kafka.")] = True,
     ) -> None:
@@ -97,6 +105,7 @@ def register(app: typer.Typer) -> None:
                 key_bits=key_bits,
                 model_version=model_version,
                 rollout=rollout,
+                allow_hmac_tokens=allow_hmac_tokens,
             )
         except (DataError, ValueError) as exc:
             raise CliError(str(exc)) from exc

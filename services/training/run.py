@@ -74,6 +74,8 @@ class TrainJob:
     key_bits: int = 2048
     model_version: str | None = None
     rollout: bool = True
+    allow_hmac_tokens: bool = False
+    """Opt in to keyed-HMAC tokens where no PSI token map exists (docs/privacy.md)."""
     timeout_s: float = 900.0
 
 
@@ -92,7 +94,10 @@ async def run_training(
     job: TrainJob, kafka: KafkaSettings, progress: Callable[[str, float], None] | None = None
 ) -> TrainResult:
     started = time.perf_counter()
-    tokenizers = {p: load_token_source(job.token_keys_dir, p) for p in job.partners}
+    tokenizers = {
+        p: load_token_source(job.token_keys_dir, p, allow_hmac=job.allow_hmac_tokens)
+        for p in job.partners
+    }
     version = job.model_version or datetime.now(UTC).strftime("m-%Y%m%dT%H%M%S")
     session_id = f"train-{version}"
     key = generate_keypair(job.key_bits)  # a fresh key per model version

@@ -522,7 +522,7 @@ def expected_grants(env: dict[str, str], partners: tuple[str, ...]) -> dict[str,
                 t.MODEL_READY: w,
                 t.dlq_topic(t.PENDING): w,
                 t.dlq_topic(t.FRAGMENTS): w,
-                **each,
+                # No request topic: prescreen never asks a partner again.
                 **dict.fromkeys(FAUST_TOPICS, rw),
             },
         ),

@@ -64,6 +64,7 @@ async def trained(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tra
             out_dir=root / "models",
             params=TrainParams(rounds=2, patience=2),
             model_version="m-train-test",
+            allow_hmac_tokens=True,  # the fixture's partners hold HMAC token keys
             timeout_s=300,
         )
         result = await run_training(job, broker.settings())
@@ -160,7 +161,7 @@ async def test_the_partners_see_one_shuffled_list_of_rows(trained: Trained) -> N
     """Held-out rows look like the others: not a block of the list, and their gradient
     ciphertexts are as long as any (encrypted zeros)."""
     test_ids = set(trained.test.ids)
-    tokens = load_token_source(trained.pipeline.deployment.token_dir, "payments")
+    tokens = load_token_source(trained.pipeline.deployment.token_dir, "payments", allow_hmac=True)
     held_out = {tokens.token(i) for i in test_ids}
     received = await read_messages(trained.broker.settings(), training_topic("payments"))
     start = next(m for m in map(json.loads, received) if m.get("kind") == "start")

@@ -72,16 +72,19 @@ def test_registry_spec_errors_are_explicit() -> None:
 
 
 def test_psi_token_maps_win_over_hmac_keys_and_outsiders_get_fresh_decoys(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from services.kernel.crypto.tokens import load_token_source, token_or_decoy
+    from services.kernel.crypto.tokens import TokenSourceError, load_token_source, token_or_decoy
 
     (tmp_path / "payments.key").write_text(new_token_key())
-    hmac_source = load_token_source(tmp_path, "payments")
+    # Keyed HMAC only when asked for: it lets the partner compute any id's token.
+    with pytest.raises(TokenSourceError, match="keyed-HMAC tokens are not enabled"):
+        load_token_source(tmp_path, "payments", allow_hmac=False)
+    hmac_source = load_token_source(tmp_path, "payments", allow_hmac=True)
     assert hmac_source.token("c1") is not None  # keyed HMAC covers everyone
     (tmp_path / "payments.csv").write_text("customer_id,token\nc1,TOKEN-c1-aaaaaaaaaaaaaaaaa\n")
-    psi = load_token_source(tmp_path, "payments")
+    psi = load_token_source(tmp_path, "payments", allow_hmac=False)
     assert token_or_decoy(psi, "c1") == "TOKEN-c1-aaaaaaaaaaaaaaaaa"
     decoys = {token_or_decoy(psi, "not-shared") for _ in range(3)}
     assert len(decoys) == 3  # fresh each time: a partner cannot link them
     assert all(len(d) == len(hmac_source.token("c1") or "") for d in decoys)  # token-shaped
     with pytest.raises(ValueError, match="token key"):
-        load_token_source(tmp_path, "repayments")
+        load_token_source(tmp_path, "repayments", allow_hmac=True)

@@ -285,6 +285,7 @@ class FragmentTables:
         hits: Sequence[bool] | None = None,
         *,
         addend: int = 0,
+        factor: mpz | None = None,
     ) -> mpz:
         """Enc(sum over slots of (sum_j entry[j][bin] + hit * 2^score_bits) * 2^(W s)
         + addend), fresh.
@@ -293,6 +294,10 @@ class FragmentTables:
         benchmarks count hits). Serving passes ``addend`` instead: the blacklist tags and
         the secure-aggregation masks as one plaintext in [0, n), added as the factor
         ``1 + addend * n``. ``rows`` may be empty (a flags-only fragment).
+
+        ``factor`` is the fresh random factor: partners pass a uniform ``r^n`` that hides
+        from the key owner (services/kernel/crypto/randomness.py); without one, this
+        party's short-exponent factor.
         """
         if len(rows) > self.spec.slots or (hits is not None and len(rows) != len(hits)):
             raise PackingOverflowError(f"{len(rows)} rows for {self.spec.slots} slots")
@@ -303,7 +308,7 @@ class FragmentTables:
         plan = list(zip(self.groups, self.strides, strict=True))
         # The fresh factor makes the product of known ciphertexts (the bank encrypted
         # every table entry) unrecognisable; it multiplies in first, like the rest.
-        acc = pk.random_factor()
+        acc = pk.random_factor() if factor is None else factor
         for s, bins in enumerate(rows):
             tables = self.combined[s]
             for g, (group, strides) in enumerate(plan):

@@ -2,12 +2,15 @@
 
 Two sources, one interface (:class:`TokenSource`):
 
+- :class:`TokenMap`, the ``customer_id,token`` CSV that ECDH-PSI (``fedscreen align``,
+  docs/psi.md) writes on each side: tokens exist only for the shared customers. The
+  default everywhere.
 - :class:`Tokenizer`, keyed HMAC-SHA256 of the customer id: the bank and partner k
   share key_k (agreed out of band), so both map their own customer ids to the same
-  token without exchanging ids; a token for partner k is useless against partner j.
-  Partner k can compute the token of *any* id, so this is the fallback.
-- :class:`TokenMap`, the ``customer_id,token`` CSV that ECDH-PSI (``fedscreen align``,
-  docs/psi.md) writes on each side: tokens exist only for the shared customers.
+  token without exchanging ids. Partner k can compute the token of *any* id, so with
+  guessable ids (sequential numbers, phone numbers) it maps every request and training
+  token back to an id and learns which of the bank's customers it does not hold: an
+  explicit opt-in (:data:`HMAC_OPT_IN`), for ids that cannot be guessed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +28,17 @@ from services.kernel.crypto.codec import b64_to_bytes, bytes_to_b64
 
 TOKEN_KEY_BYTES = 32
 TOKEN_MAP_HEADER = ("customer_id", "token")
+HMAC_OPT_IN = (
+    "keyed-HMAC tokens let the partner compute the token of any id: with guessable ids it "
+    "re-identifies the bank's customers it does not hold (docs/privacy.md); use PSI "
+    "(`fedscreen align`) unless the ids cannot be guessed"
+)
+
+log = logging.getLogger(__name__)
+
+
+class TokenSourceError(ValueError):
+    """No usable token source for a partner; the message says what to do."""
 
 
 class TokenSource(Protocol):
@@ -78,14 +93,21 @@ class TokenMap:
             raise ValueError(f"cannot read token map from {path}: {exc}") from exc
 
 
-def load_token_source(directory: Path, partner: str) -> TokenSource:
+def load_token_source(directory: Path, partner: str, *, allow_hmac: bool) -> TokenSource:
     """The bank's tokens for a partner: ``<partner>.csv`` written by ``fedscreen align``
-    (ECDH-PSI, shared customers only) when present, else the keyed-HMAC fallback
-    ``<partner>.key``."""
+    (ECDH-PSI, shared customers only); the keyed-HMAC key ``<partner>.key`` only when
+    ``allow_hmac`` says so, with a warning."""
     aligned = directory / f"{partner}.csv"
     if aligned.is_file():
         return TokenMap.from_csv(aligned)
-    return Tokenizer.from_file(directory / f"{partner}.key")
+    key = directory / f"{partner}.key"
+    if not allow_hmac:
+        raise TokenSourceError(
+            f"no PSI token map {aligned} for partner {partner} (run `fedscreen align`)"
+            + (f"; {key} exists, but keyed-HMAC tokens are not enabled" if key.exists() else "")
+        )
+    log.warning("partner %s: %s", partner, HMAC_OPT_IN)
+    return Tokenizer.from_file(key)
 
 
 def token_or_decoy(source: TokenSource, customer_id: str) -> str:
