@@ -552,3 +552,57 @@ def marginals(truth: NDArray[np.integer], bins_per_feature: Sequence[int]) -> li
         counts = np.bincount(column, minlength=size).astype(np.float64) + 0.5
         out.append(counts / counts.sum())
     return out
+
+
+def top_vectors(prior: Sequence[NDArray[np.floating]], size: int) -> IntArray:
+    """The ``size`` most probable bin vectors under the product of the per-feature
+    priors, most probable first. A beam over the features is exact here: a top vector's
+    prefix is always among the top prefixes, since a better prefix with the same suffix
+    would give a better vector."""
+    logs = [np.asarray(_log_prior([p], [len(p)]), dtype=np.float64) for p in prior]
+    vectors = np.zeros((1, 0), dtype=np.int64)
+    scores = np.zeros(1)
+    for log_p in logs:
+        candidates = (scores[:, None] + log_p[None, :]).ravel()
+        keep = min(size, candidates.size)
+        best = np.argpartition(-candidates, keep - 1)[:keep] if keep < candidates.size else None
+        chosen = np.arange(candidates.size) if best is None else best
+        rows, bins = np.divmod(chosen, len(log_p))
+        vectors = np.column_stack([vectors[rows], bins]).astype(np.int64)
+        scores = candidates[chosen]
+    order = np.argsort(-scores, kind="stable")
+    return vectors[order]
+
+
+def dictionary(
+    eq: Equations, prior: Sequence[NDArray[np.floating]], *, size: int = 1 << 20
+) -> IntArray:
+    """A meet-in-the-middle for partners too large to enumerate: the ``size`` most
+    probable vectors under the prior (the marginals the legacy bank learnt from its
+    histograms) with their scores under every table, and each row looked up among them.
+    A row is recovered when exactly one dictionary vector fits all its equations; real
+    data concentrate on few vectors, so a dictionary of a million covers most rows of a
+    partner with 2^45 possible ones. -1 rows: none or several fit."""
+    if not eq.tables:
+        return np.full((eq.observations.shape[0], len(eq.bins or ())), -1, dtype=np.int64)
+    vectors = top_vectors(prior, size)
+    sums = np.column_stack(
+        [
+            np.sum([table[j][vectors[:, j]] for j in range(vectors.shape[1])], axis=0)
+            for table in eq.tables
+        ]
+    )
+    order = np.argsort(sums[:, 0], kind="stable")
+    first = sums[order, 0]
+    tolerance = _effective_tolerance(eq)
+    distinct, inverse = _distinct_rows(eq)
+    solved = np.full((distinct.shape[0], vectors.shape[1]), -1, dtype=np.int64)
+    observed = eq.observations[distinct]
+    lo = np.searchsorted(first, observed[:, 0] - tolerance[0], side="left")
+    hi = np.searchsorted(first, observed[:, 0] + tolerance[0], side="right")
+    for i in np.nonzero(hi > lo)[0].tolist():
+        candidates = order[lo[i] : hi[i]]
+        fits = np.all(np.abs(sums[candidates] - observed[i]) <= tolerance, axis=1)
+        if int(fits.sum()) == 1:
+            solved[i] = vectors[candidates[fits][0]]
+    return solved[inverse]

@@ -72,6 +72,13 @@ def register(app: typer.Typer) -> None:
                 envvar="FEDSCREEN_ALLOW_HMAC_TOKENS",
             ),
         ] = False,
+        trace_dir: Annotated[
+            Path | None,
+            typer.Option(
+                help="Write what the bank holds after the session (its gradients, steps and "
+                "decrypted aggregate scores) to DIR/trace.npz, for `fedscreen evaluate --audit`."
+            ),
+        ] = None,
         model_version: Annotated[str | None, typer.Option()] = None,
         rollout: Annotated[bool, typer.Option(help="Publish the bundles over Kafka.")] = True,
     ) -> None:
@@ -106,6 +113,7 @@ def register(app: typer.Typer) -> None:
                 model_version=model_version,
                 rollout=rollout,
                 allow_hmac_tokens=allow_hmac_tokens,
+                trace_dir=trace_dir,
             )
         except (DataError, ValueError) as exc:
             raise CliError(str(exc)) from exc

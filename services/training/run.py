@@ -74,6 +74,8 @@ class TrainJob:
     key_bits: int = 2048
     model_version: str | None = None
     rollout: bool = True
+    trace_dir: Path | None = None
+    """Write what the bank holds after the session (trace.npz) for the privacy audit."""
     allow_hmac_tokens: bool = False
     """Opt in to keyed-HMAC tokens where no PSI token map exists (docs/privacy.md)."""
     timeout_s: float = 900.0
@@ -109,8 +111,18 @@ async def run_training(
     )
     async with coordinator:
         with CryptoPool(key) as pool:
-            trainer = FederatedTrainer(coordinator, key, tokenizers, job.params, progress, pool)
+            trainer = FederatedTrainer(
+                coordinator,
+                key,
+                tokenizers,
+                job.params,
+                progress,
+                pool,
+                trace=job.trace_dir is not None,
+            )
             trained = await trainer.fit(job.train, job.test)
+        if trainer.trace is not None and job.trace_dir is not None:
+            trainer.trace.save(job.trace_dir)
         bytes_sent, bytes_received = coordinator.bytes_sent, coordinator.bytes_received
     bank, partner_bundles = build_bundles(
         trained,

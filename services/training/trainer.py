@@ -64,6 +64,7 @@ from services.kernel.crypto.tokens import TokenSource, token_or_decoy
 from services.kernel.model.scoring import sigmoid
 from services.training.coordinator import Channel, TrainingError
 from services.training.parallel import CryptoPool
+from services.training.trace import TrainingTrace
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,11 @@ class FederatedTrainer:
         params: TrainParams,
         progress: Callable[[str, float], None] | None = None,
         pool: CryptoPool | None = None,
+        trace: bool = False,
     ) -> None:
         self.coord = coordinator
+        self.keep_trace = trace
+        self.trace: TrainingTrace | None = None
         self.key = key
         self.pool = pool or CryptoPool(key)  # without workers: runs in this process
         self.tokenizers = tokenizers
@@ -224,8 +228,17 @@ class FederatedTrainer:
         # held out; the order does not change the model.
         rng = np.random.default_rng(secrets.randbits(128))
         rows = _Rows(rng.permutation(n_fit + n_val + n_test), n_fit, n_val, n_test)
-        bins = await self._start(rows, [*fit.ids, *val.ids, *test.ids])
+        ids = [*fit.ids, *val.ids, *test.ids]
+        bins = await self._start(rows, ids)
         total_features = sum(len(b) for b in bins.values())
+        if self.keep_trace:
+            listed = rows.order.tolist()
+            self.trace = TrainingTrace(
+                ids=[ids[i] for i in listed],
+                blind=self.blind,
+                bins_per_feature=bins,
+                held_out=[i >= n_fit for i in listed],
+            )
 
         # The aggregate partner score of every row (fit, val, test order), as the bank
         # tracks it: sum_r a_r du_r, exactly what the partners' final weights produce,
@@ -248,6 +261,11 @@ class FederatedTrainer:
             )
             steps.append(step)
             s = s + decode_step(self.blind, step) * du
+            if self.trace is not None:
+                scale = float(1 << self.blind.direction_bits)
+                self.trace.record_round(
+                    rows.to_list_order(g), np.rint(rows.to_list_order(du) * scale), step
+                )
             # Backfitting: the bank's trees re-learn on top of the new partner scores.
             booster = self._fit_bank(fit, val, s[:n_fit], s[n_fit : n_fit + n_val])
             f_fit = self._raw(booster, fit.x)
@@ -275,6 +293,8 @@ class FederatedTrainer:
             elif round_ - best[0] >= p.patience:
                 break
         best_round, booster, s = best
+        if self.trace is not None:
+            self.trace.best_round = best_round
         self.progress("final weights", 0.97)
         await self._finish(best_round, steps[:best_round])
         fallback = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
@@ -461,6 +481,8 @@ class FederatedTrainer:
         for k in self.partners:
             masked = [public.validate(b64_to_int(c)) for c in replies[k].ciphertexts]
             plain = await self.pool.decrypt(masked)
+            if self.trace is not None:
+                self.trace.truncated[k] = [int(x) for x in plain]
             try:
                 dropped = [truncate(self.blind, int(x)) for x in plain]
             except PackingOverflowError as exc:

@@ -14,12 +14,14 @@ from services.audit.bins import (
     BudgetExceeded,
     Equations,
     baseline_fraction,
+    dictionary,
     ilp,
     ilp_detailed,
     marginals,
     mitm,
     prior_mode,
     recovered_fraction,
+    top_vectors,
 )
 
 GRID = 2.0**-14
@@ -248,3 +250,32 @@ def test_marginals_are_smoothed_frequencies_and_their_mode_the_likeliest_bins() 
     np.testing.assert_array_equal(prior_mode([first, second]), [0, 1])
     with pytest.raises(ValueError, match="bins must lie"):
         marginals(truth, [2, 2])
+
+
+# -- dictionary -----------------------------------------------------------------------
+
+
+TWELVE = [12, 11, 12, 11, 11, 11, 17, 17, 17, 16, 16, 16]
+"""The reference split's repayments partner: 2^43 bin vectors, beyond mitm's budget."""
+
+
+def test_the_top_vectors_are_the_likeliest_in_order() -> None:
+    prior = [np.array([0.5, 0.3, 0.2]), np.array([0.9, 0.1])]
+    top = top_vectors(prior, 4)
+    assert top.tolist() == [[0, 0], [1, 0], [2, 0], [0, 1]]
+
+
+def test_a_dictionary_recovers_most_rows_of_a_partner_too_large_to_enumerate() -> None:
+    """Exact fixed-point equations, two rounds, the marginals as prior: every row whose
+    vector is among the dictionary's is recovered, and without the tables none is."""
+    rng = np.random.default_rng(5)
+    truth = _skewed(rng, TWELVE, 3000)
+    prior = marginals(truth, TWELVE)
+    known = _tables(rng, TWELVE, 2, 1.0)
+    eq = _equations(known, _observe(known, truth))
+    with pytest.raises(BudgetExceeded):
+        mitm(eq, budget=1 << 18)
+    got = recovered_fraction(dictionary(eq, prior, size=1 << 18), truth)
+    assert got >= 0.5 > baseline_fraction(truth) + 0.01
+    wrong = _tables(rng, TWELVE, 2, 1.0)
+    assert recovered_fraction(dictionary(_equations(wrong, eq.observations), prior), truth) < 0.01
