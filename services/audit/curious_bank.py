@@ -20,11 +20,12 @@ dictionary of the likeliest vectors. What decides the outcome is which tables it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from schemas import BankBundle, EncryptedFragment, PendingBatch
 from services.audit.bins import (
     BudgetExceeded,
     Equations,
@@ -34,7 +35,14 @@ from services.audit.bins import (
     mitm,
     recovered_fraction,
 )
+from services.audit.transcript import read_topic
+from services.kernel.config import KafkaSettings
 from services.kernel.crypto.blind import direction_multipliers
+from services.kernel.crypto.codec import b64_to_int
+from services.kernel.crypto.packing import PackingOverflowError, unpack
+from services.kernel.crypto.paillier import PrivateKey
+from services.kernel.kafka.topics import FRAGMENTS, PENDING
+from services.prescreen.joiner import KIND_HEADER
 from services.training.trace import TrainingTrace
 
 Table = list[np.ndarray]
@@ -235,3 +243,81 @@ def recover(
             )
         )
     return out
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingView:
+    """Per model version, the aggregate partner score the bank decrypted for each
+    customer it screened (in units of 2^-frac_bits), and the partners summed."""
+
+    scores: dict[str, dict[str, int]]
+    partners: dict[str, list[str]]
+
+
+async def serving_view(
+    kafka: KafkaSettings, private_keys: Mapping[str, PrivateKey], bundles: Sequence[BankBundle]
+) -> ServingView:
+    """What the bank can read back: its pending records and every fragment on
+    ``fed.fragments.v1``, multiplied per batch and decrypted with its own keys, as
+    prescreen does (plus every batch prescreen decided without some partner, which
+    decodes to nothing)."""
+    by_version = {b.model_version: b for b in bundles}
+    pending = {}
+    for record in await read_topic(kafka, PENDING):
+        batch = PendingBatch.model_validate_json(record.value)
+        pending[batch.batch_id] = batch
+    fragments: dict[str, list[EncryptedFragment]] = {}
+    for record in await read_topic(kafka, FRAGMENTS):
+        if any(key == KIND_HEADER for key, _ in record.headers):
+            continue  # prescreen's own deadline ticks
+        fragment = EncryptedFragment.model_validate_json(record.value)
+        fragments.setdefault(fragment.batch_id, []).append(fragment)
+    scores: dict[str, dict[str, int]] = {}
+    partners: dict[str, list[str]] = {}
+    for batch_id, batch in pending.items():
+        bundle = by_version.get(batch.model_version)
+        answers = {f.partner: f for f in fragments.get(batch_id, []) if f.mode == "paillier"}
+        if bundle is None or set(answers) != set(batch.partners):
+            continue
+        key = private_keys[bundle.key_id]
+        product = 1
+        for fragment in answers.values():
+            product = product * b64_to_int(fragment.ciphertext or "") % key.public.nsquare
+        features = {c.partner: len(c.bins_per_feature) for c in bundle.partners}
+        try:
+            slots = unpack(
+                bundle.packing, int(key.decrypt(product)), len(batch.candidates), features
+            )
+        except PackingOverflowError:
+            continue
+        unit = 1 << bundle.packing.frac_bits
+        seen = scores.setdefault(batch.model_version, {})
+        for candidate, slot in zip(batch.candidates, slots, strict=True):
+            seen[candidate.customer_id] = round(slot.partner_score * unit)
+        partners[batch.model_version] = sorted(batch.partners)
+    return ServingView(scores, partners)
+
+
+def serving_knowledge(
+    view: ServingView,
+    customers: Sequence[str],
+    weights: Mapping[str, Mapping[str, Table]],
+    label: str,
+) -> Knowledge:
+    """One equation per model version, for customers screened under every version:
+    their decrypted aggregate score against the versions' weight tables (in units of
+    2^-frac_bits) where the attacker holds them. ``weights`` is empty for this
+    protocol's bank, whose bundles carry none; the legacy bank bundle carried them."""
+    knowledge = Knowledge(label)
+    for version, scores in sorted(view.scores.items()):
+        tables = dict(weights.get(version, {}))
+        if not tables:
+            knowledge.notes.append(f"{version}: no weight table held")
+            continue
+        observed = np.array([scores[c] for c in customers], dtype=float)
+        tolerance = 0.5 + sum(len(t) for t in tables.values())
+        knowledge.add(view.partners[version], tables, observed, tolerance)
+    return knowledge

@@ -3,11 +3,14 @@
 No image is built here: the Dockerfile is linted (hadolint) and its structure checked,
 and the compose file is validated against the Compose Specification (``compose-spec``),
 then against the code: every command a fedscreen container runs must parse as a real
-``fedscreen`` subcommand, and every environment variable must be a setting.
+``fedscreen`` subcommand, and every environment variable must be a setting. Customer ids
+become tokens by PSI: the align steps' token maps are what intake, training and the
+partners' stores use, and no keyed-HMAC token key is used without the explicit opt-in.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import importlib
 import json
@@ -39,6 +42,9 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 FEDSCREEN_IMAGE = "fedscreen:"
 SHELL_ENTRYPOINT = ["/bin/sh", "-ec"]
+HMAC_TOKEN_KEY = "--token-key"
+HMAC_OPT_IN = "--allow-hmac-tokens"
+HMAC_OPT_IN_ENV = ("INTAKE_ALLOW_HMAC_TOKENS", "FEDSCREEN_ALLOW_HMAC_TOKENS")
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|[a-z0-9.+-]+-dev)\b")
 
 
@@ -244,6 +250,50 @@ def invocations(service: dict[str, Any]) -> Iterator[list[str]]:
             yield args
 
 
+def script_variables(service: dict[str, Any]) -> dict[str, str]:
+    """The plain assignments of a service's script (``name=value``, no substitution of a
+    command), with the variables they use expanded."""
+    variables: dict[str, str] = {}
+    for line in (script_of(service) or "").splitlines():
+        match = re.fullmatch(r"\s*([A-Za-z_]\w*)=([^\s\"'`()]+)\s*", line)
+        if match:
+            variables[match.group(1)] = expand(match.group(2), variables)
+    return variables
+
+
+def expand(value: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), value)
+
+
+def options(args: list[str]) -> dict[str, list[str]]:
+    """An invocation's options: ``--name value`` or ``--name=value`` -> values ("" for a
+    flag), in order."""
+    found: dict[str, list[str]] = {}
+    for index, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg.partition("=")
+        if not sep and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            value = args[index + 1]
+        found.setdefault(name, []).append(value)
+    return found
+
+
+def calls(service: dict[str, Any]) -> list[tuple[list[str], dict[str, list[str]]]]:
+    """A service's fedscreen invocations with their options, script variables expanded."""
+    variables = script_variables(service)
+    return [
+        (
+            args,
+            {
+                name: [expand(v, variables) for v in values]
+                for name, values in options(args).items()
+            },
+        )
+        for args in invocations(service)
+    ]
+
+
 @pytest.fixture(scope="module")
 def fedscreen_cli() -> Any:
     if not any(group.name == "intake" for group in cli.app.registered_groups):
@@ -296,6 +346,9 @@ def test_every_fedscreen_container_runs_a_real_subcommand(
     assert ran["topics"] == ["topics"]
     assert ran["train"] == ["rollout", "train"]
     assert ran["intake"] == ["intake run"] and ran["prescreen"] == ["prescreen run"]
+    assert ran["align"] == ["align"]
+    for partner in ("repayments", "payments"):
+        assert ran[f"partner-{partner}-align"] == ["partner align", "partner load"]
 
 
 def known_settings() -> dict[str, tuple[type[BaseSettings], str]]:
@@ -461,3 +514,66 @@ def test_the_sample_candidates_are_what_intake_expects(compose: dict[str, Any]) 
         assert key == event.customer_id, "candidates are keyed by customer id"
         assert set(event.features) == bank_features
     assert invalid == 1
+
+
+def token_keys_without_opt_in(compose: dict[str, Any]) -> list[str]:
+    """Every fedscreen invocation that passes a keyed-HMAC token key without the opt-in."""
+    return [
+        f"{name}: fedscreen {' '.join(args)}"
+        for name, service in fedscreen_services(compose).items()
+        for args, found in calls(service)
+        if HMAC_TOKEN_KEY in found and HMAC_OPT_IN not in found
+    ]
+
+
+def test_no_token_key_without_the_hmac_opt_in(compose: dict[str, Any]) -> None:
+    assert token_keys_without_opt_in(compose) == []
+    # The check bites: the pre-PSI store load, with and without the opt-in.
+    broken = copy.deepcopy(compose)
+    step = broken["services"]["partner-payments-align"]
+    step["command"] = [step["command"][0].replace("--token-map", "--token-key")]
+    assert len(token_keys_without_opt_in(broken)) == 1
+    step["command"] = [step["command"][0].replace("--token-key", f"{HMAC_OPT_IN} --token-key")]
+    assert token_keys_without_opt_in(broken) == []
+
+
+def test_customer_ids_become_tokens_by_psi(compose: dict[str, Any]) -> None:
+    """The bank's align step writes the token maps intake and training read, for every
+    partner; each partner's align step writes the map its store is loaded with; every
+    reader waits for its writer, and the bank's align for the partners' to start."""
+    services = fedscreen_services(compose)
+    named = {
+        s["environment"]["PARTNER_NAME"]: n
+        for n, s in services.items()
+        if "PARTNER_NAME" in s.get("environment", {})
+    }
+
+    def waits(service: str, on: str, condition: str) -> bool:
+        depends = compose["services"][service].get("depends_on", {})
+        return bool(depends.get(on, {}).get("condition") == condition)
+
+    (bank,) = [found for args, found in calls(services["align"]) if args[0] == "align"]
+    assert set(bank["--partner"]) == set(named)
+    (maps,) = bank["--out"]
+    assert services["intake"]["environment"]["INTAKE_TOKEN_KEYS_DIR"] == maps
+    (train,) = [found for args, found in calls(services["train"]) if args[0] == "train"]
+    assert train["--token-keys-dir"] == [maps]
+    assert waits("intake", "align", "service_completed_successfully")
+    assert waits("train", "align", "service_completed_successfully")
+    aligned = set()
+    for name, service in services.items():
+        steps = {" ".join(args[:2]): found for args, found in calls(service)}
+        if "partner align" not in steps:
+            continue
+        (partner,) = steps["partner align"]["--name"]
+        aligned.add(partner)
+        assert steps["partner load"]["--token-map"] == steps["partner align"]["--out"], name
+        assert waits("align", name, "service_started"), f"align does not start after {name}"
+        assert waits(named[partner], name, "service_completed_successfully"), named[partner]
+    assert aligned == set(named)
+    # PSI is the default: nobody opts in to keyed-HMAC tokens, and no token key is made.
+    for name, service in services.items():
+        for args, found in calls(service):
+            assert HMAC_OPT_IN not in found and args[:2] != ["keys", "token"], name
+        for variable in HMAC_OPT_IN_ENV:
+            assert str(service.get("environment", {}).get(variable, "false")).lower() == "false"

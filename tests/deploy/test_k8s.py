@@ -6,8 +6,10 @@ Every overlay is rendered with ``kubectl kustomize`` (kubectl comes from the
 resources against the schemas vendored in ``k8s/schemas/strimzi`` (made strict the same
 way). Then the properties an operator relies on are asserted: topics match the code,
 workloads are hardened and probed, secrets are read-only files, NetworkPolicies deny by
-default, every environment variable is a real setting, and each KafkaUser's ACLs are
-exactly what its workload needs. Each ``check_*`` function returns the problems it
+default, every environment variable is a real setting, each KafkaUser's ACLs are
+exactly what its workload needs, and customer ids become tokens by PSI: the align Jobs'
+token maps are what intake, training and the store load read, and no keyed-HMAC token
+key is used without the explicit opt-in. Each ``check_*`` function returns the problems it
 found; the ``test_*_catches_*`` tests feed it broken copies to prove that it bites.
 """
 
@@ -72,6 +74,8 @@ COMMAND_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
     ("partner", "run"): (KafkaSettings, PartnerSettings),
     ("train",): (KafkaSettings,),
     ("rollout",): (KafkaSettings,),
+    ("align",): (KafkaSettings,),
+    ("partner", "align"): (KafkaSettings,),
     ("partner", "load"): (),
 }
 SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
@@ -82,6 +86,10 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
 }
 GENERIC_ENV = {"HOME"}
 """Environment variables set for the runtime, not read as fedscreen settings."""
+HMAC_TOKEN_KEY = "--token-key"
+HMAC_OPT_IN = "--allow-hmac-tokens"
+HMAC_OPT_IN_ENV = ("INTAKE_ALLOW_HMAC_TOKENS", "FEDSCREEN_ALLOW_HMAC_TOKENS")
+"""Keyed-HMAC tokens: the partner's key option, and the explicit opt-in it needs."""
 
 
 # --------------------------------------------------------------------------- rendering
@@ -477,6 +485,116 @@ def check_network_policies(objs: list[Obj], kafka_port: int) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- tokens
+
+
+def option_values(container: Obj, option: str) -> list[str]:
+    """The values of ``--option=value`` in a container's args."""
+    return [
+        arg.split("=", 1)[1] for arg in container.get("args", []) if arg.startswith(f"{option}=")
+    ]
+
+
+def option_value(container: Obj, option: str) -> str | None:
+    values = option_values(container, option)
+    return values[0] if len(values) == 1 else None
+
+
+def on_volume(workload: Obj, container: Obj, path: str | None) -> tuple[str, str] | None:
+    """Where a path of a container lives: (PersistentVolumeClaim, path inside it), or
+    None if it is not on a claim."""
+    if path is None:
+        return None
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if path != root and not path.startswith(root + "/"):
+            continue
+        claim = volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName")
+        inside = "/".join(part for part in (mount.get("subPath", ""), path[len(root) :]) if part)
+        return (claim, inside.strip("/")) if claim else None
+    return None
+
+
+def by_command(objs: list[Obj], command: tuple[str, ...]) -> list[tuple[Obj, Obj]]:
+    return [
+        (w, pod_spec(w)["containers"][0]) for w in workloads(objs) if workload_command(w) == command
+    ]
+
+
+def check_hmac_opt_in(objs: list[Obj]) -> list[str]:
+    """No workload passes a keyed-HMAC token key without the explicit opt-in."""
+    problems = []
+    for workload in workloads(objs):
+        for container in pod_spec(workload)["containers"]:
+            options = {arg.split("=", 1)[0] for arg in container.get("args", [])}
+            if HMAC_TOKEN_KEY in options and HMAC_OPT_IN not in options:
+                problems.append(
+                    f"{workload['kind']}/{workload['metadata']['name']}: {HMAC_TOKEN_KEY} "
+                    f"without {HMAC_OPT_IN}"
+                )
+    return problems
+
+
+def check_psi_tokens(objs: list[Obj]) -> list[str]:
+    """PSI is the default: on the bank's side the align Job writes its token maps where
+    intake and the training Job read them, for every partner trained with; on a partner's
+    side the store load reads the token map the align Job writes. Nobody opts in to
+    keyed-HMAC tokens."""
+    problems = []
+    for workload in workloads(objs):
+        for container in pod_spec(workload)["containers"]:
+            where = f"{workload['kind']}/{workload['metadata']['name']}"
+            if HMAC_OPT_IN in {arg.split("=", 1)[0] for arg in container.get("args", [])}:
+                problems.append(f"{where}: opts in to keyed-HMAC tokens ({HMAC_OPT_IN})")
+            for name in HMAC_OPT_IN_ENV:
+                if container_env(objs, container).get(name, "").lower() not in {"", "false", "0"}:
+                    problems.append(f"{where}: opts in to keyed-HMAC tokens ({name})")
+    bank_align = by_command(objs, ("align",))
+    if bank_align or by_command(objs, ("intake", "run")):
+        if len(bank_align) != 1:
+            return [*problems, f"{len(bank_align)} align Jobs on the bank's side, want 1"]
+        (job, align) = bank_align[0]
+        maps = on_volume(job, align, option_value(align, "--out"))
+        if maps is None:
+            problems.append("the align Job does not write its token maps to a volume")
+        readers = [
+            (w, c, container_env(objs, c).get("INTAKE_TOKEN_KEYS_DIR"))
+            for w, c in by_command(objs, ("intake", "run"))
+        ] + [(w, c, option_value(c, "--token-keys-dir")) for w, c in by_command(objs, ("train",))]
+        if len(readers) < 2:
+            problems.append("intake or the training Job is missing")
+        for workload, container, path in readers:
+            if on_volume(workload, container, path) != maps:
+                problems.append(
+                    f"{workload['metadata']['name']}: tokens from {path}, not the align Job's "
+                    f"token maps ({maps})"
+                )
+        aligned = set(option_values(align, "--partner"))
+        for workload, container in by_command(objs, ("train",)):
+            if set(option_values(container, "--partner")) != aligned:
+                problems.append(
+                    f"{workload['metadata']['name']}: partners "
+                    f"{sorted(option_values(container, '--partner'))}, aligned {sorted(aligned)}"
+                )
+    partner_align = by_command(objs, ("partner", "align"))
+    if partner_align or by_command(objs, ("partner", "load")):
+        if len(partner_align) != 1:
+            return [*problems, f"{len(partner_align)} align Jobs on the partner's side, want 1"]
+        (job, align) = partner_align[0]
+        token_map = on_volume(job, align, option_value(align, "--out"))
+        if token_map is None:
+            problems.append("the partner's align Job does not write its token map to a volume")
+        for workload, container in by_command(objs, ("partner", "load")):
+            path = option_value(container, "--token-map")
+            if on_volume(workload, container, path) != token_map:
+                problems.append(
+                    f"{workload['metadata']['name']}: --token-map {path}, not the align Job's "
+                    f"token map ({token_map})"
+                )
+    return problems
+
+
 # --------------------------------------------------------------------------- ACLs
 
 Grants = dict[tuple[str, str], frozenset[str]]
@@ -771,6 +889,8 @@ def test_workloads_are_hardened_probed_and_configured(overlay: Path) -> None:
     assert check_secrets(objs) == []
     assert check_writable_paths(objs) == []
     assert check_env_names(objs) == []
+    assert check_hmac_opt_in(objs) == []
+    assert check_psi_tokens(objs) == []
 
 
 @pytest.mark.parametrize("overlay", ENVIRONMENTS, ids=str)
@@ -880,6 +1000,42 @@ def test_env_check_catches_a_typo_and_a_foreign_setting() -> None:
     for change in (typo, foreign):
         problems = check_env_names(broken("dev", "Deployment", "fedscreen-prescreen", change))
         assert len(problems) == 1
+
+
+def test_token_checks_catch_hmac_without_opt_in_and_stray_token_maps() -> None:
+    def hmac_load(j: Obj) -> None:
+        args = first_container(j)["args"]
+        index = next(i for i, a in enumerate(args) if a.startswith("--token-map="))
+        args[index] = "--token-key=/etc/fedscreen/token/token.key"
+
+    def opt_in(j: Obj) -> None:
+        first_container(j)["args"].append(HMAC_OPT_IN)
+
+    objs = broken("partner-repayments", "Job", "fedscreen-partner-load", hmac_load)
+    assert check_hmac_opt_in(objs)
+    assert check_psi_tokens(objs)
+    objs = broken("partner-repayments", "Job", "fedscreen-partner-load", opt_in)
+    assert not check_hmac_opt_in(objs)
+    assert check_psi_tokens(objs)
+
+    def elsewhere(d: Obj) -> None:
+        first_container(d)["env"].append({"name": "INTAKE_TOKEN_KEYS_DIR", "value": "/tmp"})
+
+    def hmac_env(d: Obj) -> None:
+        first_container(d)["env"].append({"name": "INTAKE_ALLOW_HMAC_TOKENS", "value": "true"})
+
+    def other_dir(j: Obj) -> None:
+        args = first_container(j)["args"]
+        index = next(i for i, a in enumerate(args) if a.startswith("--token-keys-dir="))
+        args[index] = "--token-keys-dir=/var/lib/fedscreen/training/tokens"
+
+    def one_partner_less(j: Obj) -> None:
+        first_container(j)["args"].remove("--partner=payments")
+
+    for change in (elsewhere, hmac_env):
+        assert check_psi_tokens(broken("dev", "Deployment", "fedscreen-intake", change))
+    assert check_psi_tokens(broken("dev", "Job", "fedscreen-train", other_dir))
+    assert check_psi_tokens(broken("dev", "Job", "fedscreen-align", one_partner_less))
 
 
 def test_acl_checks_catch_an_overreaching_partner() -> None:
