@@ -82,8 +82,14 @@ class PartnerService:
             min_participants=settings.min_participants,
         )
         self.watcher = BundleWatcher(
-            kafka, rollout_topic(self.name), PartnerBundle, on_bundle=self._offer_bundle
+            kafka,
+            rollout_topic(self.name),
+            PartnerBundle,
+            on_bundle=self._offer_bundle,
+            on_refused=self._refused_bundle,
         )
+        self._dlq: DeadLetters | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.service_name = f"partner-{self.name}"
         self.requests: AIOKafkaConsumer | None = None
 
@@ -98,6 +104,26 @@ class PartnerService:
             raise
         self.cache.offer(bundle)
 
+    def _refused_bundle(self, partition: int, value: bytes, why: str) -> None:
+        """Dead-letter a bundle this partner will not load (the watcher's callback runs
+        on the event loop, inside the topic reader)."""
+        if self._dlq is None:
+            return
+        reason = "bad-signature" if "not signed by the bank" in why else "unusable-bundle"
+        task = asyncio.get_running_loop().create_task(
+            self._dlq.send_raw(
+                topic=rollout_topic(self.name),
+                partition=partition,
+                offset=-1,
+                key=self.name.encode(),
+                value=value,
+                reason=reason,
+                error=why,
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def ready(self) -> bool:
         """A model is loaded and this instance owns request partitions."""
         return bool(self.cache.models) and bool(self.requests and self.requests.assignment())
@@ -106,6 +132,7 @@ class PartnerService:
         producer = make_producer(self.kafka)
         await producer.start()
         dlq = DeadLetters(producer, self.service_name, self.kafka.max_message_bytes)
+        self._dlq = dlq
         # Published on every start (newest wins), before any request can need it.
         await publish_agreement_key(producer, self.name, self.agreement_key, self.signing_key)
 
@@ -182,8 +209,9 @@ class PartnerService:
             )
             return
         try:
+            source = f"{getattr(record, 'partition', '')}:{getattr(record, 'offset', '')}"
             fragment = await self.server.answer(
-                request, min(remaining, self.settings.bundle_wait_s)
+                request, min(remaining, self.settings.bundle_wait_s), source
             )
         except RequestError as exc:
             PARTNER_REFUSALS.labels(reason=exc.reason).inc()

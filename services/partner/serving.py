@@ -210,7 +210,11 @@ class FragmentServer:
         self.ledger_s = ledger_s
         self._pruned_at = 0.0
 
-    async def answer(self, request: FragmentRequest, wait_s: float) -> EncryptedFragment:
+    async def answer(
+        self, request: FragmentRequest, wait_s: float, source: str = ""
+    ) -> EncryptedFragment:
+        """``source`` says where the request was read (partition and offset): the same
+        record read again is answered again, a copy of it elsewhere is a replay."""
         try:
             self.bank_key.verify(request)
         except SignatureError as exc:
@@ -234,7 +238,7 @@ class FragmentServer:
                 f"batch {request.batch_id}: the token digests do not cover the participants "
                 "or do not match this partner's tokens",
             )
-        self.check_ledger(request)
+        self.check_ledger(request, source)
         started = time.monotonic()
         model = await self.cache.get(request.model_version, wait_s)
         if model is None:
@@ -253,19 +257,27 @@ class FragmentServer:
             raise RequestError("no-agreement-key", f"no agreement key from {missing} yet")
         return self.compute(request, model)
 
-    def check_ledger(self, request: FragmentRequest) -> None:
+    def check_ledger(self, request: FragmentRequest, source: str) -> None:
         """Refuse a request for a (batch, attempt) this partner was already asked about with
         other tokens, another model or other participants: answering both would let the
-        bank difference them. The same request again (a redelivery, intake re-sending after
-        a restart, a replay) gets the same answer, which reveals nothing new."""
+        bank difference them. The same record read again (Kafka redelivers after a
+        restart) is answered again, with the same plaintext; a copy of it written again
+        (a replay) is refused."""
         now = time.time()
         digest = request_digest(request)
-        held = self.store.remember_request(request.batch_id, request.attempt, digest, now)
+        held, first = self.store.remember_request(
+            request.batch_id, request.attempt, digest, source, now
+        )
         if held != digest:
             raise RequestError(
                 "conflicting-request",
                 f"batch {request.batch_id} attempt {request.attempt} was asked before with "
                 "other tokens, model or participants",
+            )
+        if first != source:
+            raise RequestError(
+                "replayed-request",
+                f"batch {request.batch_id} attempt {request.attempt} was read before at {first}",
             )
         if now - self._pruned_at > 3600:
             self._pruned_at = now

@@ -60,7 +60,7 @@ class FeatureStore:
             );
             CREATE TABLE IF NOT EXISTS requests (
                 batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, digest TEXT NOT NULL,
-                seen_at REAL NOT NULL, PRIMARY KEY (batch_id, attempt)
+                source TEXT NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (batch_id, attempt)
             ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS scorecards (
                 scorecard_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, key_id TEXT NOT NULL,
@@ -203,19 +203,22 @@ class FeatureStore:
         return Binning.from_json(row[0]) if row else None
 
     # -- the request ledger -------------------------------------------------------
-    def remember_request(self, batch_id: str, attempt: int, digest: str, now: float) -> str:
-        """Record the digest of a request for (batch, attempt) if none is recorded yet, and
-        return the digest recorded (this one, or an earlier request's)."""
+    def remember_request(
+        self, batch_id: str, attempt: int, digest: str, source: str, now: float
+    ) -> tuple[str, str]:
+        """Record a request for (batch, attempt), its digest and where it was read from
+        (topic partition and offset), if none is recorded yet; return what is recorded
+        (this request's, or an earlier one's)."""
         with self.db:
             self.db.execute(
-                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?)",
-                (batch_id, attempt, digest, now),
+                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?)",
+                (batch_id, attempt, digest, source, now),
             )
             row = self.db.execute(
-                "SELECT digest FROM requests WHERE batch_id = ? AND attempt = ?",
+                "SELECT digest, source FROM requests WHERE batch_id = ? AND attempt = ?",
                 (batch_id, attempt),
             ).fetchone()
-        return str(row[0])
+        return str(row[0]), str(row[1])
 
     def forget_requests(self, before: float) -> int:
         with self.db:

@@ -679,6 +679,7 @@ def expected_grants(env: dict[str, str], partners: tuple[str, ...]) -> dict[str,
                 t.dlq_topic(t.requests_topic(p)): w,
                 t.dlq_topic(t.training_topic(p)): w,
                 t.dlq_topic(t.align_topic(p)): w,
+                t.dlq_topic(t.rollout_topic(p)): w,  # bundles it refused
             },
         )
     return expected

@@ -445,9 +445,10 @@ async def test_a_partner_refuses_to_mask_for_participants_it_cannot_pair_with(
 
 async def test_a_partner_answers_only_the_banks_one_request_per_batch(world: World) -> None:
     """Signed by the bank's pinned key, a first attempt, digests that match: answered,
-    and answered again identically when it comes again. Anything else is refused, and a
-    second, different request for the same batch above all (its answer, differenced
-    with the first, would tell the bank what the masks hide)."""
+    and answered again identically when Kafka delivers the same record again. Anything
+    else is refused: a copy of it written again (a replay), and a second, different
+    request for the same batch above all (its answer, differenced with the first, would
+    tell the bank what the masks hide)."""
     pending = world.pending("b12", [1, 2])
     server = world.servers["payments"]
     key = load_signing_key(world.deployment.bank_signing_key)
@@ -463,16 +464,17 @@ async def test_a_partner_answers_only_the_banks_one_request_per_batch(world: Wor
         )["payments"]
 
     first = requests(pending.tokens)
-    answered = await server.answer(first, 1.0)
-    again = await server.answer(first, 1.0)  # a redelivery or a replay: same question
+    answered = await server.answer(first, 1.0, "0:17")
+    again = await server.answer(first, 1.0, "0:17")  # the same record, redelivered
     volatile = {"ciphertext", "signature", "signed_at"}
     assert answered.model_dump(exclude=volatile) == again.model_dump(exclude=volatile)
 
-    async def refused(request: FragmentRequest) -> str:
+    async def refused(request: FragmentRequest, source: str = "0:99") -> str:
         with pytest.raises(RequestError) as caught:
-            await server.answer(request, 0.5)
+            await server.answer(request, 0.5, source)
         return caught.value.reason
 
+    assert await refused(first, "0:18") == "replayed-request"  # a copy written again
     other = {**pending.tokens, "payments": list(reversed(pending.tokens["payments"]))}
     assert await refused(requests(other)) == "conflicting-request"
     forger = new_signing_key()

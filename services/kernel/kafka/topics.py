@@ -81,6 +81,8 @@ def partner_topics(partner: str) -> list[TopicSpec]:
     return [
         *_with_dlq([requests_topic(partner), training_topic(partner), align_topic(partner)]),
         TopicSpec(rollout_topic(partner), COMPACTED),
+        # Bundles the partner refused (a forged signature, an unusable bundle).
+        TopicSpec(dlq_topic(rollout_topic(partner))),
     ]
 
 

@@ -130,8 +130,12 @@ class BundleWatcher(Generic[BundleT]):
         model: type[BundleT],
         *,
         on_bundle: Callable[[BundleT], None] | None = None,
+        on_refused: Callable[[int, bytes, str], None] | None = None,
         keep: int = 4,
     ) -> None:
+        """``on_refused(partition, value, why)`` hears of every bundle that could not be
+        read or adopted (a partner dead-letters them: a forged bundle is evidence)."""
+        self.on_refused = on_refused
         self.settings = settings
         self.topic = topic
         self.model: type[BundleT] = model
@@ -170,6 +174,7 @@ class BundleWatcher(Generic[BundleT]):
         reassembler = Reassembler()
 
         def handle(partition: int, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+            whole: bytes | None = value
             try:
                 whole = reassembler.feed(partition, value, headers)
                 if whole is None:
@@ -177,5 +182,7 @@ class BundleWatcher(Generic[BundleT]):
                 self.accept(self.model.model_validate_json(whole))
             except (ChunkError, ValidationError, ValueError) as exc:
                 log.error("ignoring unusable bundle on %s: %s", self.topic, exc)
+                if self.on_refused is not None:
+                    self.on_refused(partition, whole or b"", str(exc))
 
         await follow_topic(self.settings, self.topic, handle, self.caught_up)
