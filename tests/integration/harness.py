@@ -102,7 +102,12 @@ async def start_pipeline(
     names = [p.name for p in partners]
     deployment = Deployment.at(root)
     bank_bundle, partner_bundles, key = build_quick_model(
-        deployment, bank, partners, policy, model_version="m-test"
+        deployment,
+        bank,
+        partners,
+        policy,
+        model_version="m-test",
+        plaintext=options is not None and options.plaintext,
     )
     broker = EmbeddedBroker(partitions=4, topics=all_topics(names), log_path=root / "broker.log")
     await broker.start()

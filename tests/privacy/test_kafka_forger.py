@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -44,11 +43,6 @@ from tests.integration.harness import (
     Running,
     produce,
     read_all,
-    send_candidates,
-    start_pipeline,
-    stop_pipeline,
-    uncapped_policy,
-    wait_for_decisions,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,16 +50,9 @@ pytestmark = pytest.mark.integration
 PARTNER = "payments"
 
 
-@pytest.fixture(scope="module")
-async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    running = await start_pipeline(tmp_path_factory.mktemp("forger"), 60, uncapped_policy())
-    try:
-        events = [running.candidate(i, event_id=f"real-{i}") for i in range(40)]
-        await send_candidates(running.settings, events)
-        await wait_for_decisions(running.settings, [e.event_id for e in events])
-        yield running
-    finally:
-        stop_pipeline(running)
+@pytest.fixture
+def running(serving: Running) -> Running:
+    return serving
 
 
 async def _genuine(running: Running) -> FragmentRequest:
