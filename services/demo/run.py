@@ -33,6 +33,7 @@ from rich.table import Table as RichTable
 from sklearn.metrics import roc_auc_score
 
 from schemas import CandidateEvent, Decision
+from services.bench.alignment import PartnerInput, align_and_load
 from services.bench.fixtures import Deployment, PartnerData
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.demo import dataset as ds
@@ -114,96 +115,18 @@ class Demo:
         """ECDH-PSI between the bank and each partner (every side its own process), then
         each partner loads only the shared customers under their PSI tokens."""
         self.console.rule("private set intersection (ECDH on ristretto255, over Kafka)")
-        env = {**os.environ, **broker.env()}
-        partners = list(ds.REFERENCE_PARTNERS)
-        # The partners are other organisations: their output goes to their logs.
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        logs = {name: open(self.root / "logs" / f"align-{name}.log", "wb") for name in partners}  # noqa: SIM115
-        answering = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.cli",
-                "partner",
-                "align",
-                "--name",
-                name,
-                "--csv",
-                str(self._partner_dir(name) / "features.csv"),
-                "--id-column",
-                "ID",
-                "--secret-file",
-                str(self._partner_dir(name) / "psi.scalar"),
-                "--out",
-                str(self._partner_dir(name) / "tokens.csv"),
-                "--bank-key",
-                deployment.bank_public_key,
-                "--signing-key",
-                str(deployment.signing_keys[name]),
-                env=env,
-                stdout=logs[name],
-                stderr=subprocess.STDOUT,
-            )
-            for name in partners
+        partners = [
+            PartnerInput(name, self._partner_dir(name) / "features.csv", columns, "BLACKLISTED")
+            for name, columns in ds.REFERENCE_PARTNERS.items()
         ]
-        bank = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "align",
-            "--csv",
-            str(self.root / "bank" / "customers.csv"),
-            "--id-column",
-            "ID",
-            *(arg for name in partners for arg in ("--partner", name)),
-            "--secret-dir",
-            str(self.root / "keys" / "psi"),
-            "--out",
-            str(deployment.token_dir),
-            "--signing-key",
-            str(deployment.bank_signing_key),
-            "--partner-keys",
-            deployment.registry_spec,
-            env=env,
+        return await align_and_load(
+            broker,
+            deployment,
+            self.root / "bank" / "customers.csv",
+            ds.ID,
+            partners,
+            self.root / "logs",
         )
-        codes = await asyncio.gather(bank.wait(), *(p.wait() for p in answering))
-        for handle in logs.values():
-            handle.close()
-        if any(codes):
-            raise RuntimeError(f"alignment failed (exit codes {codes})")
-        shared = {}
-        for name in partners:
-            directory = self._partner_dir(name)
-            loaded = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.cli",
-                    "partner",
-                    "load",
-                    "--csv",
-                    str(directory / "features.csv"),
-                    "--id-column",
-                    "ID",
-                    "--features",
-                    ",".join(ds.REFERENCE_PARTNERS[name]),
-                    "--blacklist-column",
-                    "BLACKLISTED",
-                    "--token-map",
-                    str(directory / "tokens.csv"),
-                    "--db",
-                    str(directory / "features.sqlite"),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if loaded.returncode != 0:
-                raise RuntimeError(f"partner load failed for {name}: {loaded.stderr.strip()}")
-            deployment.partner_dbs[name] = directory / "features.sqlite"
-            shared[name] = len((deployment.token_dir / f"{name}.csv").read_text().splitlines()) - 1
-        return shared
 
     def _partner_dir(self, name: str) -> Path:
         return self.root / "partners" / name

@@ -31,6 +31,13 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Scratch (keys, stores, logs); empty or new. Default: temp in OUT."),
         ] = None,
+        audit: Annotated[
+            bool,
+            typer.Option(
+                help="Also run the privacy attacks on this run (with the bank's key) and write "
+                "audit.json and audit.html; exits 1 if any attack beats guessing."
+            ),
+        ] = False,
     ) -> None:
         """Federated model vs bank-only floor and pooled ceiling on one stratified split,
         through the real protocol (embedded broker, a process per party)."""
@@ -51,6 +58,7 @@ def register(app: typer.Typer) -> None:
             out_dir=out,
             rounds=rounds,
             workdir=workdir,
+            audit=audit,
         )
         dataset = read_dataset(spec)
         from services.evaluate.run import evaluate as run_evaluation
@@ -59,15 +67,18 @@ def register(app: typer.Typer) -> None:
         e = outputs.evaluation
         for key, model in e.models.items():
             typer.echo(f"{key}: AUC {model.auc:.4f}, KS {model.ks:.4f}")
-        m = e.training.metrics
-        if "test_auc_stacked_in_sample" in m:
-            typer.echo(
-                f"stacker on out-of-fold partner scores: test AUC {m['test_auc_stacked']:.4f}; "
-                f"on in-sample scores: {m['test_auc_stacked_in_sample']:.4f} "
-                f"(kept: {'stacked' if m.get('stacked') else 'additive'})"
-            )
         typer.echo(
             f"training {e.training.seconds:.0f}s, rounds {e.training.rounds_run} run / "
             f"{e.training.rounds_kept} kept; wrote {outputs.predictions}, "
             f"{outputs.report_json}, {outputs.report_html}"
         )
+        if outputs.audit is not None:
+            for attack in outputs.audit.attacks:
+                typer.echo(
+                    f"audit: {attack.verdict:>6}  {attack.adversary}: {attack.name} "
+                    f"({attack.target}): {attack.recovered_fraction:.2%} recovered, "
+                    f"baseline {attack.baseline_fraction:.2%}"
+                )
+            typer.echo(f"wrote {out / 'audit.json'}, {out / 'audit.html'}")
+            if not outputs.audit.holds:
+                raise typer.Exit(1)

@@ -16,16 +16,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from services.audit.report import Audit
+from services.bench.alignment import PartnerInput, align_and_load
 from services.bench.fixtures import Deployment
-from services.bench.pipeline import Pipeline
+from services.bench.pipeline import Pipeline, PipelineOptions
 from services.evaluate import metrics
+from services.evaluate.audit import Auditor
 from services.evaluate.report import CEILING, FEDERATED, FLOOR, Evaluation, ModelScore, Training
 from services.evaluate.report_html import render
 from services.evaluate.spec import EvaluateSpec
@@ -33,7 +36,6 @@ from services.evaluate.split import Dataset, Split, read_dataset, split, write_p
 from services.kernel.errors import CliError
 from services.kernel.kafka.broker import EmbeddedBroker, stop_process_group
 from services.kernel.kafka.topics import all_topics
-from services.partner.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_FILE = ROOT / "deploy" / "policy.toml"
@@ -62,6 +64,7 @@ class Outputs:
     report_json: Path
     report_html: Path
     evaluation: Evaluation
+    audit: Audit | None = None
 
 
 Say = Callable[[str], None]
@@ -83,26 +86,6 @@ def prepare_workdir(spec: EvaluateSpec) -> tuple[Path, bool]:
         raise CliError(f"--workdir {spec.workdir} must be an empty or new directory")
     spec.workdir.mkdir(parents=True, exist_ok=True)
     return spec.workdir.resolve(), False
-
-
-def load_partner(
-    deployment: Deployment, data: Dataset, id_column: str, name: str, columns: list[str]
-) -> None:
-    """Partner ``name``'s own CSV (ids and its columns), loaded into its own SQLite store
-    under its own token key, as ``fedscreen partner load`` would (and
-    ``Deployment.load_partner_store`` does, with the caller's id column kept)."""
-    tokenizer = deployment.new_partner_keys(name)  # token key shared with the bank; own keys
-    directory = deployment.root / "partners" / name
-    csv_path, db = directory / "features.csv", directory / "features.sqlite"
-    write_party_csv(csv_path, data, id_column, columns, np.arange(len(data.ids)))
-    store = FeatureStore(db)
-    try:
-        store.load_csv(csv_path, id_column=id_column, features=columns, tokenizer=tokenizer)
-    except ValueError as exc:  # StoreError: e.g. a column name SQLite cannot take
-        raise CliError(f"partner {name}: {_one_line(exc)}") from exc
-    finally:
-        store.close()
-    deployment.partner_dbs[name] = db
 
 
 def policy_file(workdir: Path) -> Path:
@@ -143,7 +126,7 @@ def train_command(spec: EvaluateSpec, workdir: Path, deployment: Deployment) -> 
         str(deployment.paillier_dir),
         "--signing-key",
         str(deployment.bank_signing_key),
-        *(["--allow-hmac-tokens"] if deployment.hmac_tokens else []),
+        *(["--trace-dir", str(bank / "trace")] if spec.audit else []),
         "--partner-keys",
         deployment.registry_spec,
         "--out",
@@ -167,12 +150,24 @@ def _failure(log: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+AfterTraining = Callable[[Path], Awaitable[None]]
+
+
 async def train(
-    spec: EvaluateSpec, workdir: Path, deployment: Deployment, broker: EmbeddedBroker
+    spec: EvaluateSpec,
+    workdir: Path,
+    deployment: Deployment,
+    broker: EmbeddedBroker,
+    after: AfterTraining | None = None,
 ) -> Path:
     """Start the partners, run the bank's training process, watch both; returns the
-    directory the training run wrote its report and test scores to."""
-    pipeline = Pipeline(broker, deployment, list(spec.partners))
+    directory the training run wrote its report and test scores to. ``after`` runs with
+    that directory while the partners are still up (the audit's forger needs them)."""
+    # A one-partner federation is an explicit opt-in on the partner's side: the
+    # evaluation stands in for its operator (docs/privacy.md).
+    alone = {"PARTNER_MIN_PARTICIPANTS": "1"} if len(spec.partners) == 1 else {}
+    options = PipelineOptions(extra_env={f"partner-{name}": alone for name in spec.partners})
+    pipeline = Pipeline(broker, deployment, list(spec.partners), options)
     log = workdir / "logs" / "train.log"
     process: subprocess.Popen[bytes] | None = None
     try:
@@ -202,6 +197,8 @@ async def train(
                 f"fedscreen train failed with exit code {process.returncode}: "
                 f"{_failure(log)} (log: {log})"
             )
+        if after is not None:
+            await after(workdir / "bank" / "models" / MODEL_VERSION)
     finally:
         if process is not None:
             stop_process_group(process, 10.0)
@@ -275,8 +272,8 @@ async def evaluate(
     workdir, temporary = prepare_workdir(spec)
     out = spec.out_dir
     targets = (out / "predictions.csv", out / "report.json", out / "report.html")
-    for stale in targets:  # a failed run must not leave an older run's results looking current
-        stale.unlink(missing_ok=True)
+    for stale in (*targets, out / "audit.json", out / "audit.html"):
+        stale.unlink(missing_ok=True)  # a failed run must not leave older results looking current
     try:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         bank_dir = workdir / "bank"
@@ -284,12 +281,14 @@ async def evaluate(
             write_party_csv(
                 bank_dir / name, data, spec.id_column, spec.bank_columns, rows, spec.label_column
             )
-        deployment = Deployment.at(workdir)
+        everyone = np.arange(len(data.ids))
+        write_party_csv(bank_dir / "customers.csv", data, spec.id_column, [], everyone)
+        partners = []
         for name, own in spec.partners.items():
-            load_partner(deployment, data, spec.id_column, name, own)
-        say(
-            f"federated training: bank + {', '.join(spec.partners)} (rounds: {spec.rounds} at most)"
-        )
+            csv_path = workdir / "partners" / name / "features.csv"
+            write_party_csv(csv_path, data, spec.id_column, own, everyone)
+            partners.append(PartnerInput(name, csv_path, own))
+        deployment = Deployment.at(workdir)
         broker = EmbeddedBroker(
             partitions=4, topics=all_topics(spec.partners), log_path=workdir / "logs" / "broker.log"
         )
@@ -297,10 +296,32 @@ async def evaluate(
             await broker.start()
         except (RuntimeError, TimeoutError, OSError) as exc:
             raise EvaluateError(f"the embedded broker did not start: {_one_line(exc)}") from exc
+        auditor = Auditor(spec, deployment, broker) if spec.audit else None
         try:
-            model_dir = await train(spec, workdir, deployment, broker)
+            say("ID alignment: ECDH-PSI between the bank and each partner")
+            try:
+                await align_and_load(
+                    broker,
+                    deployment,
+                    bank_dir / "customers.csv",
+                    spec.id_column,
+                    partners,
+                    workdir / "logs",
+                )
+            except RuntimeError as exc:
+                raise EvaluateError(_one_line(exc)) from exc
+            say(
+                f"federated training: bank + {', '.join(spec.partners)} "
+                f"(rounds: {spec.rounds} at most)"
+            )
+            model_dir = await train(
+                spec, workdir, deployment, broker, auditor.forge if auditor else None
+            )
         finally:
             await asyncio.to_thread(broker.stop)
+        if auditor is not None:
+            say("privacy audit: the attacks on this run's transcript")
+            audit = auditor.finish(model_dir)
         report = json.loads((model_dir / "report.json").read_text())
         training = training_summary(report, spec.rounds)
         federated = read_test_scores(model_dir / "test_scores.csv", test_ids)
@@ -346,6 +367,9 @@ async def evaluate(
         evaluation.wall_seconds = time.perf_counter() - started
         outputs.report_json.write_text(json.dumps(evaluation.to_json(), indent=2) + "\n")
         outputs.report_html.write_text(render(evaluation, y_test, scores))
+        if auditor is not None:
+            outputs.audit = audit
+            audit.write(out)
     except CliError as exc:
         if temporary:  # keep the logs, and say where they are
             raise EvaluateError(f"{exc} (scratch kept in {workdir})", exc.exit_code) from exc

@@ -23,6 +23,7 @@ class EvaluateSpec:
     out_dir: Path
     rounds: int = 12
     workdir: Path | None = None
+    audit: bool = False
 
     @property
     def party_columns(self) -> dict[str, list[str]]:
@@ -63,6 +64,7 @@ def build_spec(
     out_dir: Path,
     rounds: int = 12,
     workdir: Path | None = None,
+    audit: bool = False,
 ) -> EvaluateSpec:
     """Everything that can be checked without reading the data; raises :class:`CliError`."""
     if not 0.0 < test_size < 1.0:
@@ -89,6 +91,7 @@ def build_spec(
         out_dir=out_dir,
         rounds=rounds,
         workdir=workdir,
+        audit=audit,
     )
     owner: dict[str, str] = {}
     for party, columns in spec.party_columns.items():

@@ -36,9 +36,7 @@ class Evaluated:
     workdir: Path
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
-    root = tmp_path_factory.mktemp("evaluate")
+def _evaluate(root: Path, partners: dict[str, list[str]], *extra: str) -> Evaluated:
     data = root / "sample.csv"
     with ds.DATA_CSV.open() as source:
         data.write_text("".join(line for _, line in zip(range(ROWS + 1), source, strict=False)))
@@ -48,11 +46,11 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
         *("--id", ds.ID, "--label", ds.LABEL, "--bank", ",".join(ds.BANK_FEATURES)),
         *(
             arg
-            for name, cols in PARTNERS.items()
+            for name, cols in partners.items()
             for arg in ("--partner", f"{name}={','.join(cols)}")
         ),
         *("--test-size", "0.3", "--seed", str(SEED), "--rounds", "1"),
-        *("--out", str(out), "--workdir", str(workdir)),
+        *("--out", str(out), "--workdir", str(workdir), *extra),
     ]
     result = subprocess.run(
         command,
@@ -63,6 +61,17 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
         check=False,
     )
     return Evaluated(result, data, out, workdir)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
+    return _evaluate(tmp_path_factory.mktemp("evaluate"), PARTNERS, "--audit")
+
+
+@pytest.fixture(scope="module")
+def one_partner(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
+    every_column = [c for cols in PARTNERS.values() for c in cols]
+    return _evaluate(tmp_path_factory.mktemp("evaluate-one"), {"all": every_column}, "--audit")
 
 
 def _labels(data: Path) -> dict[str, int]:
@@ -143,3 +152,31 @@ def test_each_party_got_only_its_own_columns(evaluated: Evaluated) -> None:
         assert header(work / "partners" / name / "features.csv") == [ds.ID, *columns]
         log = (work / "logs" / f"partner-{name}.log").read_text()
         assert "training session" in log and "encrypted weights stored" in log
+
+
+@pytest.mark.parametrize("which", ["evaluated", "one_partner"])
+def test_the_audit_runs_every_attack_on_the_run_and_every_claim_holds(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    run: Evaluated = request.getfixturevalue(which)
+    assert run.result.returncode == 0, run.result.stdout + run.result.stderr
+    audit = json.loads((run.out / "audit.json").read_text())
+    names = set(json.loads((run.out / "report.json").read_text())["columns"]["partners"])
+    attacks = audit["attacks"]
+    keys = {"name", "adversary", "target", "rows", "recovered_fraction", "baseline_fraction"}
+    assert all(set(a) == keys | {"verdict"} for a in attacks)
+    for partner in names:
+        mine = [a for a in attacks if a["target"].startswith(f"{partner}:")]
+        assert {(a["adversary"], a["name"]) for a in mine} == {
+            ("curious bank", "training: subset-sum per round"),
+            ("curious bank", "training and serving: solver across rounds and versions"),
+            ("Kafka principal", "forged bank messages"),
+        }
+    for attack in attacks:
+        assert attack["rows"] > 0
+        assert attack["verdict"] == "holds", attack
+        assert attack["recovered_fraction"] <= attack["baseline_fraction"] + 0.01
+    bins = [a for a in attacks if a["adversary"] == "curious bank"]
+    assert all(0 < a["baseline_fraction"] < 0.5 for a in bins)  # a real guessing baseline
+    page = (run.out / "audit.html").read_text()
+    assert "Every attack did no better than guessing" in page and "holds" in page

@@ -1,5 +1,6 @@
 """The curious bank against training: per-row bin recovery from everything it holds
-after a real training run over the broker (services/audit/curious_bank.py).
+after a real training run over the broker (services/audit/curious_bank.py); and the
+curious partner's look at the same run: which rows did the bank hold out?
 
 The same attack twice on the same run: first with what the earlier protocol gave the
 bank (the direction tables it chose, each partner's scores on their own), where it
@@ -15,7 +16,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from schemas import TrainStart
+from schemas.training import TO_PARTNER
 from services.audit.curious_bank import bank_knowledge, legacy_knowledge, recover
+from services.audit.curious_partner import held_out_guess
+from services.audit.transcript import read_messages
+from services.kernel.crypto.tokens import load_token_source
+from services.kernel.kafka.topics import training_topic
 from tests.privacy.runs import TrainingRun, train
 
 pytestmark = pytest.mark.integration
@@ -56,3 +63,26 @@ async def test_with_what_this_bank_holds_the_attack_does_no_better_than_guessing
     assert any("no direction table" in note for note in knowledge.notes)
     for result in recover(knowledge, truths):
         assert result.recovered_fraction <= result.baseline_fraction + 0.01, result
+
+
+async def test_a_partner_cannot_tell_which_rows_the_bank_held_out(run: TrainingRun) -> None:
+    """The earlier protocol sent the held-out rows in a field of their own, after the fit
+    rows; now every row is in one shuffled list, held-out rows with encrypted zero
+    gradients. The partner's best bet, the tail of the list, does as well as a guess."""
+    name = next(iter(run.partners))
+    tokens = load_token_source(run.deployment.token_dir, name, allow_hmac=True)
+    listed = [tokens.token(i) or "" for i in run.trace.ids]
+    held = {t for t, out in zip(listed, run.trace.held_out, strict=True) if out}
+    fit = [t for t, out in zip(listed, run.trace.held_out, strict=True) if not out]
+    legacy = fit + [t for t in listed if t in held]  # "tokens" then "eval_tokens"
+    assert len(held_out_guess(legacy, len(held)) & held) == len(held)
+
+    starts = [
+        TO_PARTNER.validate_json(v)
+        for v in await read_messages(run.broker.settings(), training_topic(name))
+    ]
+    (start,) = [m for m in starts if isinstance(m, TrainStart)]
+    assert start.tokens == listed  # the list the trace describes is the one sent
+    precision = len(held_out_guess(start.tokens, len(held)) & held) / len(held)
+    share = len(held) / len(listed)
+    assert precision <= share + 4 * (share * (1 - share) / len(held)) ** 0.5
