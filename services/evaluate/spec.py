@@ -9,6 +9,7 @@ from pathlib import Path
 from services.kernel.errors import CliError
 
 PARTNER_NAME = re.compile(r"^[a-z0-9-]+$")
+FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ def build_spec(
             raise CliError("--partner: 'bank' is the bank's own name; pick another")
         if name in parsed:
             raise CliError(f"--partner {name} is given twice")
+        for column in columns:
+            # The partner's feature store names a SQLite column after each feature.
+            if not FEATURE_NAME.match(column):
+                raise CliError(f"partner {name}: feature name {column!r} is not a plain identifier")
         parsed[name] = columns
     spec = EvaluateSpec(
         data=data,
