@@ -183,7 +183,7 @@ def forgeries(
 
 
 async def attempt(
-    kafka: KafkaSettings, partner: str, attempts: list[Forgery], settle_s: float = 8.0
+    kafka: KafkaSettings, partner: str, attempts: list[Forgery], settle_s: float = 4.0
 ) -> list[Outcome]:
     """Write the forgeries, give the partner ``settle_s`` to act, and read what it did."""
     producer = make_producer(kafka)

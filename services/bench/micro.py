@@ -6,8 +6,10 @@ sums plus an any-partner blacklist count, decrypted at the bank), from the same
 encrypted weight tables, so the unit test can check that they agree:
 
 - fragment path (what the services run): each partner multiplies its pre-shifted
-  table entries into one slot-packed ciphertext per batch and re-randomises it once;
-  the bank multiplies the partners' fragments, decrypts once (CRT) and unpacks.
+  table entries into one slot-packed ciphertext per batch and re-randomises it once,
+  with a uniform ``r^n`` its factor pool computed ahead (timed separately: the pool
+  spends it off the hot path, but it is CPU all the same); the bank multiplies the
+  partners' fragments, decrypts once (CRT) and unpacks.
 - naive path (python-paillier as a newcomer would use it): per candidate, each partner
   sums its J ``EncryptedNumber`` entries and adds a freshly encrypted blacklist bit
   (that ``encrypt`` is also what re-randomises the sum); the bank adds the two sums
@@ -37,11 +39,13 @@ from services.kernel.crypto.packing import (
     unpack,
 )
 from services.kernel.crypto.paillier import PrivateKey, PublicKey, generate_keypair
+from services.kernel.crypto.randomness import uniform_factors
 
 # Shapes like the reference partners: "repayments" has 12 features, "payments" 6; with
 # max_bins 16 a feature has up to 16 value bins plus the missing bin.
 DEFAULT_SHAPES: dict[str, int] = {"repayments": 12, "payments": 6}
 DEFAULT_BINS = 17
+FACTOR_SAMPLES = 20
 
 
 @dataclass
@@ -69,6 +73,12 @@ class MicroResult:
     fragment_us_per_candidate: float
     fragment_partner_us_per_candidate: float
     fragment_bank_us_per_candidate: float
+    uniform_factor_ms: float
+    """One uniform r^n (what every ciphertext leaving a partner carries)."""
+    short_factor_ms: float
+    """One short-exponent factor (what they carried before: hides from outsiders only)."""
+    fragment_factor_us_per_candidate: float
+    """The partners' uniform factors, amortised over a batch: pool CPU per candidate."""
     naive_candidates: int
     naive_us_per_candidate: float
     naive_encrypt_us_per_candidate: float
@@ -165,6 +175,9 @@ def fragment_path(workload: Workload) -> FragmentRun:
         partners[name] = built
     features = workload.features_per_partner()
     nsquare = key.public.nsquare
+    batches = -(-workload.candidates // spec.slots)
+    # What each partner's pool holds ready when a batch comes.
+    factors = iter(uniform_factors(key.public.n, batches * len(partners)))
     partner_s = bank_s = 0.0
     results: list[SlotResult] = []
     for start in range(0, workload.candidates, spec.slots):
@@ -172,7 +185,9 @@ def fragment_path(workload: Workload) -> FragmentRun:
         t0 = time.perf_counter()
         fragments = [
             partners[name].fragment(
-                workload.bins[name][start:stop], workload.hits[name][start:stop]
+                workload.bins[name][start:stop],
+                workload.hits[name][start:stop],
+                factor=next(factors),
             )
             for name in partners
         ]
@@ -246,6 +261,15 @@ def run_micro(options: MicroOptions, key: PrivateKey | None = None) -> MicroResu
     setup_s = time.perf_counter() - started
     frag = fragment_path(workload)
     naive = naive_path(workload, options.naive_candidates)
+    started = time.perf_counter()
+    uniform_factors(key.public.n, FACTOR_SAMPLES)
+    uniform_ms = (time.perf_counter() - started) / FACTOR_SAMPLES * 1e3
+    public = PublicKey(key.public.n)
+    public.randomizer()
+    started = time.perf_counter()
+    for _ in range(FACTOR_SAMPLES):
+        public.random_factor()
+    short_ms = (time.perf_counter() - started) / FACTOR_SAMPLES * 1e3
     # The two paths must agree on the candidates both computed; a benchmark of a
     # wrong answer is worth nothing.
     if frag.results[: len(naive.results)] != naive.results:
@@ -265,6 +289,9 @@ def run_micro(options: MicroOptions, key: PrivateKey | None = None) -> MicroResu
         fragment_us_per_candidate=frag_us,
         fragment_partner_us_per_candidate=frag.partner_s / len(frag.results) * 1e6,
         fragment_bank_us_per_candidate=frag.bank_s / len(frag.results) * 1e6,
+        uniform_factor_ms=uniform_ms,
+        short_factor_ms=short_ms,
+        fragment_factor_us_per_candidate=uniform_ms * 1e3 * len(options.features) / spec.slots,
         naive_candidates=len(naive.results),
         naive_us_per_candidate=naive_us,
         naive_encrypt_us_per_candidate=naive.encrypt_s / len(naive.results) * 1e6,

@@ -207,7 +207,8 @@ def print_micro(console: Console, micro: MicroResult) -> None:
         str(micro.fragment_candidates),
         _f(micro.fragment_us_per_candidate, 1),
         f"partners {micro.fragment_partner_us_per_candidate:.1f}, "
-        f"bank {micro.fragment_bank_us_per_candidate:.1f}",
+        f"bank {micro.fragment_bank_us_per_candidate:.1f}; plus the partners' uniform "
+        f"factors {micro.fragment_factor_us_per_candidate:.1f} (pool, off the hot path)",
     )
     table.add_row(
         "naive python-paillier (per candidate)",
@@ -220,7 +221,9 @@ def print_micro(console: Console, micro: MicroResult) -> None:
     build = ", ".join(f"{k} {v:.2f}s" for k, v in micro.fragment_tables_build_s.items())
     console.print(
         f"speed-up: {micro.speedup:.0f}x; one-off: pre-shifted tables {build}, "
-        f"table encryption {micro.table_encrypt_s:.2f}s"
+        f"table encryption {micro.table_encrypt_s:.2f}s; one uniform r^n "
+        f"{micro.uniform_factor_ms:.2f} ms, one short-exponent factor "
+        f"{micro.short_factor_ms:.2f} ms"
     )
 
 

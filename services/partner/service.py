@@ -85,24 +85,24 @@ class PartnerService:
             kafka,
             rollout_topic(self.name),
             PartnerBundle,
-            on_bundle=self._offer_bundle,
+            on_bundle=self.cache.offer,
             on_refused=self._refused_bundle,
+            check=self._check_bundle,
         )
         self._dlq: DeadLetters | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.service_name = f"partner-{self.name}"
         self.requests: AIOKafkaConsumer | None = None
 
-    def _offer_bundle(self, bundle: PartnerBundle) -> None:
-        """Only a bundle the bank signed: its Paillier key is the one this partner will
-        encrypt under, so anyone else's would read every fragment (SignatureError is a
-        ValueError: the watcher logs it and ignores the bundle)."""
+    def _check_bundle(self, bundle: PartnerBundle) -> None:
+        """Only a bundle the bank signed, a republished version included: its Paillier
+        key is the one this partner will encrypt under, so anyone else's would read every
+        fragment (SignatureError is a ValueError: the watcher dead-letters the bundle)."""
         try:
             self.bank_key.verify(bundle)
         except SignatureError:
             PARTNER_REFUSALS.labels(reason="bad-signature").inc()
             raise
-        self.cache.offer(bundle)
 
     def _refused_bundle(self, partition: int, value: bytes, why: str) -> None:
         """Dead-letter a bundle this partner will not load (the watcher's callback runs

@@ -131,11 +131,15 @@ class BundleWatcher(Generic[BundleT]):
         *,
         on_bundle: Callable[[BundleT], None] | None = None,
         on_refused: Callable[[int, bytes, str], None] | None = None,
+        check: Callable[[BundleT], None] | None = None,
         keep: int = 4,
     ) -> None:
-        """``on_refused(partition, value, why)`` hears of every bundle that could not be
-        read or adopted (a partner dead-letters them: a forged bundle is evidence)."""
+        """``check`` vets every bundle before anything else, a republished version too
+        (raising ValueError refuses it); ``on_refused(partition, value, why)`` hears of
+        every bundle that could not be read or adopted (a partner dead-letters them: a
+        forged bundle is evidence)."""
         self.on_refused = on_refused
+        self.check: Callable[[BundleT], None] | None = check
         self.settings = settings
         self.topic = topic
         self.model: type[BundleT] = model
@@ -151,6 +155,8 @@ class BundleWatcher(Generic[BundleT]):
         return self.bundles.get(version)
 
     def accept(self, bundle: BundleT) -> None:
+        if self.check is not None:
+            self.check(bundle)
         known = self.bundles.get(bundle.model_version)
         if known is not None:
             if bundle.created_at > known.created_at:
