@@ -212,6 +212,9 @@ class ModeBench:
             "produce_s": produced - first_send,
             "produce_rate": o.candidates / max(produced - first_send, 1e-9),
             "steady_decisions_per_s": steady_rate(received),
+            # Decisions made without a partner score (a missed deadline) are cheap: the
+            # capacity that counts is that of scored ones.
+            "steady_scored_per_s": steady_rate([s.received for s in seen if s and s.scored]),
             "overall_decisions_per_s": (
                 len(received) / (max(received) - first_send) if received else math.nan
             ),

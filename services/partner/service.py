@@ -50,7 +50,10 @@ class PartnerService:
         self.name = settings.name
         self.store = FeatureStore.open_existing(settings.db)
         self.cache = ModelCache(
-            self.store, partner=self.name, allow_plaintext=settings.allow_plaintext
+            self.store,
+            partner=self.name,
+            allow_plaintext=settings.allow_plaintext,
+            factor_pool=settings.factor_pool,
         )
         self.signing_key = load_signing_key(settings.signing_key_file)
         self.bank_key = BankKey.configured(settings.bank_key, settings.bank_key_file)

@@ -87,7 +87,7 @@ class LoadedModel:
 
 
 def build_model(
-    bundle: PartnerBundle, store: FeatureStore, *, allow_plaintext: bool
+    bundle: PartnerBundle, store: FeatureStore, *, allow_plaintext: bool, factor_pool: int = 64
 ) -> LoadedModel:
     """CPU-heavy (W squarings per slot and entry); call it off the event loop.
 
@@ -125,7 +125,7 @@ def build_model(
         bundle,
         binning,
         FragmentTables(public_key, bundle.packing, tables),
-        FactorPool(public_key.n),
+        FactorPool(public_key.n, target=factor_pool),
     )
 
 
@@ -133,15 +133,19 @@ class ModelCache:
     """Loaded models by version. Building happens in a worker thread (gmpy2 releases the
     GIL in batched powmods), so the service keeps answering while a new version loads."""
 
-    def __init__(self, store: FeatureStore, *, partner: str, allow_plaintext: bool) -> None:
+    def __init__(
+        self, store: FeatureStore, *, partner: str, allow_plaintext: bool, factor_pool: int = 64
+    ) -> None:
         self.store = store
         self.partner = partner
         self.allow_plaintext = allow_plaintext
+        self.factor_pool = factor_pool
         self.models: dict[str, LoadedModel] = {}
         self._building: dict[str, asyncio.Task[LoadedModel]] = {}
         self.on_ready: Callable[[str], Awaitable[None]] | None = None
 
     KEEP = 4  # the newest versions stay loaded: in-flight batches of the previous ones
+    SPARE = 8  # uniform factors kept ready for a version that is no longer the newest
 
     def offer(self, bundle: PartnerBundle) -> None:
         if bundle.partner != self.partner:
@@ -157,13 +161,20 @@ class ModelCache:
         started = time.perf_counter()
         try:
             model = await asyncio.to_thread(
-                build_model, bundle, self.store, allow_plaintext=self.allow_plaintext
+                build_model,
+                bundle,
+                self.store,
+                allow_plaintext=self.allow_plaintext,
+                factor_pool=self.factor_pool,
             )
         except Exception:
             log.exception("cannot load model %s", bundle.model_version)
             raise
         finally:
             self._building.pop(bundle.model_version, None)
+        for older in self.models.values():
+            if older.factors is not None:
+                older.factors.resize(self.SPARE)  # in-flight batches of earlier versions
         self.models[bundle.model_version] = model
         log.info("model %s ready in %.1fs", bundle.model_version, time.perf_counter() - started)
         if self.on_ready is not None:

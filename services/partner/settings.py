@@ -61,6 +61,15 @@ class PartnerSettings(BaseSettings):
         description="How long the digest of every answered (batch, attempt) is kept: a second, "
         "different request for the same batch is refused within this time.",
     )
+    factor_pool: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Uniform re-randomisation factors (one per fragment, about 8.5-16 ms of "
+        "CPU each, 512 bytes) kept ready for the newest model, computed at the lowest "
+        "priority while the machine is idle: a burst of this many batches costs the hot "
+        "path nothing.",
+    )
     max_bins: int = Field(default=32, ge=2, le=255, description="Cap on bins per feature.")
     allow_plaintext: bool = Field(
         default=False, description="Benchmark only: answer plaintext bundles without encryption."

@@ -12,14 +12,18 @@ read which ones were multiplied from the leftover factor.
 Every ciphertext leaving a partner therefore carries a factor ``r^n mod n^2`` with r
 uniform in Z*_n: an element uniform among the n-th residues, whatever the bank knows,
 so the product's random factor is uniform too (statistically, not computationally).
-One costs a full exponentiation (about 8.5 ms for a 2048-bit n); :class:`FactorPool`
-computes them ahead in a thread (gmpy2 releases the GIL in ``powmod_base_list``), so
-the hot path only pops one.
+One costs a full exponentiation (8.5 to 16 ms for a 2048-bit n, by machine);
+:class:`FactorPool` computes them ahead in a thread at the lowest scheduling priority
+(gmpy2 releases the GIL in ``powmod_base_list``): the pool fills while the partner and
+whatever shares its machine are idle, the hot path only pops one, and a burst of
+requests drains a full pool before it costs the hot path anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 import threading
 from collections import deque
@@ -52,6 +56,8 @@ class FactorPool:
     CHUNK = 8
 
     def __init__(self, n: mpz, target: int = 64) -> None:
+        """``target``: how many to keep ready; :meth:`resize` changes it (a partner
+        shrinks the pools of the model versions it no longer serves first)."""
         self.n = mpz(n)
         self.target = target
         self._ready: deque[mpz] = deque()
@@ -75,12 +81,23 @@ class FactorPool:
     def __len__(self) -> int:
         return len(self._ready)
 
+    def resize(self, target: int) -> None:
+        with self._wanted:
+            self.target = target
+            while len(self._ready) > target:
+                self._ready.pop()
+            self._wanted.notify()
+
     def close(self) -> None:
         with self._wanted:
             self._stopped = True
             self._wanted.notify()
 
     def _fill(self) -> None:
+        # Off the hot path: the scheduler runs this thread only when nothing else of the
+        # machine wants the CPU (Linux: a thread has a nice value of its own).
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while True:
             with self._wanted:
                 while not self._stopped and len(self._ready) >= self.target:
