@@ -86,6 +86,13 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(help="Intake's batch linger (INTAKE_LINGER_MS): latency vs batch size."),
         ] = 20.0,
+        factor_pool: Annotated[
+            int,
+            typer.Option(
+                help="Each partner's PARTNER_FACTOR_POOL; the federated throughput run "
+                "starts once the pools are full.",
+            ),
+        ] = 1024,
         soak: Annotated[
             bool,
             typer.Option(
@@ -115,6 +122,8 @@ def register(app: typer.Typer) -> None:
             raise CliError("--candidates must be at least 1")
         check_load(rate, duration)
         check_setup(rows, linger_ms)
+        if factor_pool < 1:
+            raise CliError("--factor-pool must be at least 1")
         if not micro and not pipeline and not training:
             raise CliError("nothing to run: --no-micro and --no-pipeline without --training")
         if out.exists() and out.is_dir():
@@ -131,6 +140,7 @@ def register(app: typer.Typer) -> None:
             rows=rows,
             linger_ms=linger_ms,
             training=training,
+            factor_pool=factor_pool,
         )
         run_or_fail(
             lambda: run_bench(request),

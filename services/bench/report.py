@@ -140,6 +140,16 @@ def _f(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def pools_line(pools: dict[str, Any]) -> str:
+    """What a phase drew from the partners' pools of re-randomisation factors."""
+    start, end, inline = pools["ready_at_start"], pools["ready_at_end"], pools["computed_inline"]
+    parts = [
+        f"{p} {start.get(p, 0):,} -> {end.get(p, 0):,} ready, {inline.get(p, 0):,} inline"
+        for p in sorted(end)
+    ]
+    return "partner factor pools: " + "; ".join(parts)
+
+
 def print_pipeline(console: Console, bench: PipelineBench) -> None:
     table = Table(title="Pipeline throughput (candidates produced as fast as possible)")
     for column in ("mode", "candidates", "produced/s", "steady /s", "overall /s", "decided"):
@@ -161,6 +171,10 @@ def print_pipeline(console: Console, bench: PipelineBench) -> None:
     console.print(table)
     if bench.ratio is not None:
         console.print(f"federated/plaintext steady-state throughput ratio: {bench.ratio:.2f}")
+    for mode, run in bench.modes.items():
+        for phase, numbers in (("throughput", run.throughput), ("latency", run.latency)):
+            if "factor_pools" in numbers:
+                console.print(f"{mode}, {phase} phase: {pools_line(numbers['factor_pools'])}")
 
     table = Table(title="Latency at a fixed offered load (decided_at - occurred_at)")
     for column in ("mode", "offered /s", "achieved /s", "p50 ms", "p95 ms", "p99 ms", "max ms"):

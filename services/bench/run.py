@@ -27,11 +27,12 @@ import numpy as np
 from rich.console import Console
 
 from schemas import PolicyConfig
+from services.bench.factors import FactorPools, read_pools, wait_for_full_pools
 from services.bench.fixtures import BankData, PartnerData
 from services.bench.load import CandidateTemplates, DecisionCollector, now_iso, send_messages
 from services.bench.micro import MicroOptions, MicroResult, run_micro
 from services.bench.pipeline import PipelineOptions
-from services.bench.session import running_pipeline
+from services.bench.session import PipelineSession, running_pipeline
 from services.bench.stats import Accounting, CpuMeter, parse_ts, percentiles_ms, steady_rate
 from services.bench.training_crypto import (
     TrainingCryptoResult,
@@ -59,6 +60,8 @@ class BenchOptions:
     linger_ms: float = 20.0
     deadline_ms: float = 3000.0
     warmup: int = 1000
+    # Each partner's PARTNER_FACTOR_POOL; the throughput phase starts once they are full.
+    factor_pool: int = 1024
     tick_ms: float = 10.0
     chunk: int = 1000  # throughput phase: messages per round of record batches
     idle_timeout_s: float = 30.0
@@ -137,6 +140,10 @@ class ModeBench:
             linger_ms=o.linger_ms,
             deadline_ms=o.deadline_ms,
             log_level="WARNING",  # per-request logging would cost measured CPU
+            extra_env={
+                f"partner-{p.name}": {"PARTNER_FACTOR_POOL": str(o.factor_pool)}
+                for p in self.world.partners
+            },
         )
         async with running_pipeline(
             self.root,
@@ -151,13 +158,47 @@ class ModeBench:
         ) as session:
             producer, collector = session.producer, session.collector
             await self.warm_up(producer, collector)
+            pools = await self.fill_pools(session)
             meter = CpuMeter(session.pids())
             await self.throughput(producer, collector)
             self.result.throughput["cpu"] = meter.read()
+            pools = await self.drawn(session, pools, self.result.throughput)
             meter = CpuMeter(session.pids())
             await self.latency(producer, collector)
             self.result.latency["cpu"] = meter.read()
+            await self.drawn(session, pools, self.result.latency)
         return self.result
+
+    async def fill_pools(self, session: PipelineSession) -> FactorPools | None:
+        """Partners answer from factors computed ahead: start the flood with full pools
+        (as after a quiet spell), and report what it drew, so that a reader can tell a
+        burst served from the pools from what the partners sustain."""
+        if self.mode != "federated":
+            return None
+        target = self.options.factor_pool
+        self.say(f"[{self.mode}] waiting for the partners' factor pools ({target} each)")
+        pools = await wait_for_full_pools(session, target, timeout_s=max(120.0, target / 8))
+        if any(count < target for count in pools.ready.values()):
+            self.result.problems.append(
+                f"factor pools not full before the throughput phase: {pools.ready}"
+            )
+        return pools
+
+    async def drawn(
+        self, session: PipelineSession, before: FactorPools | None, phase: dict[str, Any]
+    ) -> FactorPools | None:
+        """Record in ``phase`` the pools at its start and end, and the factors the
+        partners had to compute on the request path during it."""
+        if before is None:
+            return None
+        after = await read_pools(session)
+        phase["factor_pools"] = {
+            "target": self.options.factor_pool,
+            "ready_at_start": before.ready,
+            "ready_at_end": after.ready,
+            "computed_inline": {p: after.inline[p] - before.inline.get(p, 0) for p in after.inline},
+        }
+        return after
 
     def sample(self, count: int) -> list[int]:
         """Customers drawn with replacement: repeats are normal in a campaign stream."""
@@ -335,6 +376,7 @@ class BenchRequest:
     training: bool = False
     training_sample_rows: int = 200
     warmup: int = 1000
+    factor_pool: int = BenchOptions.factor_pool
     micro_options: MicroOptions = field(default_factory=MicroOptions)
 
 
@@ -373,6 +415,7 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
             rows=request.rows,
             linger_ms=request.linger_ms,
             warmup=request.warmup,
+            factor_pool=request.factor_pool,
         )
         pipeline = await run_pipeline_bench(
             options, say=lambda text: console.print(text, markup=False, highlight=False)
@@ -393,6 +436,7 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
             "modes": list(request.modes),
             "rows": request.rows,
             "warmup": request.warmup,
+            "partner_factor_pool": request.factor_pool,
             "partners": list(ds.REFERENCE_PARTNERS),
             "key_bits": BenchOptions.key_bits,
             "partitions": BenchOptions.partitions,

@@ -29,6 +29,17 @@ PARTNER_REFUSALS = Counter(
     "request, too few participants, a re-request, ...), by reason",
     ["reason"],
 )
+PARTNER_FACTORS_READY = Gauge(
+    "fedscreen_partner_factors_ready",
+    "Uniform re-randomisation factors computed ahead for the newest model version",
+    ["partner"],
+)
+PARTNER_FACTORS_INLINE = Counter(
+    "fedscreen_partner_factors_inline_total",
+    "Re-randomisation factors computed while answering a request because the pool was "
+    "empty (the pool does not keep up with the request rate)",
+    ["partner"],
+)
 WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
 PARTNER_LATENCY = Histogram(
     "fedscreen_partner_latency_seconds",

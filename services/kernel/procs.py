@@ -42,7 +42,12 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                # Its own process group (stopped and killed as one, and spared the
+                # terminal's Ctrl-C), in the caller's session: Linux's autogroup
+                # scheduler weighs sessions against each other, so a service in a
+                # session of its own would give its lowest-priority threads (the
+                # partners' factor pools) a fair share against the other services.
+                process_group=0,
             )
 
     @property

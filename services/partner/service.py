@@ -32,7 +32,13 @@ from services.kernel.kafka.topics import (
     training_topic,
 )
 from services.kernel.lifecycle import run_until_stopped
-from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, PARTNER_REFUSALS, start_http
+from services.kernel.metrics import (
+    MESSAGES_IN,
+    MESSAGES_OUT,
+    PARTNER_FACTORS_READY,
+    PARTNER_REFUSALS,
+    start_http,
+)
 from services.kernel.model.rollout import BundleWatcher, announce_ready
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
 from services.partner.serving import FragmentServer, ModelCache, RequestError
@@ -55,6 +61,7 @@ class PartnerService:
             allow_plaintext=settings.allow_plaintext,
             factor_pool=settings.factor_pool,
         )
+        PARTNER_FACTORS_READY.labels(partner=self.name).set_function(self.cache.factors_ready)
         self.signing_key = load_signing_key(settings.signing_key_file)
         self.bank_key = BankKey.configured(settings.bank_key, settings.bank_key_file)
         self.agreement_key = load_agreement_key(settings.agreement_key_file)

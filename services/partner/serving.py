@@ -26,7 +26,7 @@ from services.kernel.crypto.packing import FragmentTables, PlainTables, slot_val
 from services.kernel.crypto.paillier import PublicKey
 from services.kernel.crypto.randomness import FactorPool
 from services.kernel.crypto.signing import BankKey, SignatureError, sign
-from services.kernel.metrics import CRYPTO_SECONDS
+from services.kernel.metrics import CRYPTO_SECONDS, PARTNER_FACTORS_INLINE
 from services.partner.agreement import (
     ParticipantsError,
     PeerDirectory,
@@ -181,6 +181,13 @@ class ModelCache:
             await self.on_ready(bundle.model_version)
         return model
 
+    def factors_ready(self) -> int:
+        """Factors ready for the newest loaded version (what a burst can draw on)."""
+        for model in reversed(self.models.values()):
+            if model.factors is not None:
+                return len(model.factors)
+        return 0
+
     async def get(self, version: str, wait_s: float) -> LoadedModel | None:
         deadline = time.monotonic() + wait_s
         while True:
@@ -331,7 +338,8 @@ class FragmentServer:
                     "no-agreement-key", f"no agreement key from {exc.names}"
                 ) from exc
             addend = fragment_addend(spec, context, self.partner, seeds, self.peers.tag_seed, hits)
-            factor = model.factors.take() if model.factors is not None else None
+            inline = PARTNER_FACTORS_INLINE.labels(partner=self.partner).inc
+            factor = model.factors.take(inline) if model.factors is not None else None
             ciphertext = model.tables.fragment(rows, addend=addend, factor=factor)
             payload = {"mode": "paillier", "ciphertext": int_to_b64(ciphertext)}
         elif request.flags_only:

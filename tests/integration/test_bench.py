@@ -58,6 +58,38 @@ async def test_tiny_bench_decides_every_candidate(tmp_path: Path) -> None:
     assert statuses["fragment"] == "NOT RUN"  # micro was off, so no speed-up to judge
 
 
+@pytest.mark.integration
+async def test_tiny_federated_bench_starts_its_flood_with_full_factor_pools(
+    tmp_path: Path,
+) -> None:
+    """The throughput phase is served from pools the partners filled beforehand; the
+    results say so, and what each partner had to compute on the request path."""
+    request = BenchRequest(
+        candidates=200,
+        rate=40.0,
+        duration_s=2.0,
+        modes=("federated",),
+        micro=False,
+        out=tmp_path / "results.json",
+        workdir=tmp_path / "work",
+        rows=1000,
+        warmup=20,
+        factor_pool=48,
+    )
+    console = io.StringIO()
+    outcome = await bench(request, Console(file=console, width=160))
+    assert outcome.problems == []
+    run = outcome.results["pipeline"]["modes"]["federated"]
+    assert run["throughput"]["accounting"]["scored"] == 200  # every one with both partners
+    pools = run["throughput"]["factor_pools"]
+    assert pools["target"] == 48
+    assert set(pools["ready_at_start"]) == {"repayments", "payments"}
+    assert all(count >= 48 for count in pools["ready_at_start"].values())
+    assert all(count >= 0 for count in pools["computed_inline"].values())
+    assert set(run["latency"]["factor_pools"]["ready_at_end"]) == {"repayments", "payments"}
+    assert "federated, throughput phase: partner factor pools: payments" in console.getvalue()
+
+
 def test_fragment_and_naive_paths_decrypt_the_same_sums() -> None:
     options = MicroOptions(key_bits=1024, hit_rate=0.3, seed=3)
     key = generate_keypair(1024, allow_small=True)

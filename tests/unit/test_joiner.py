@@ -3,6 +3,8 @@ dicts stand in for the faust tables and a list records what would be sent."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -505,6 +507,29 @@ async def test_a_redelivered_request_gets_the_same_plaintext_in_a_new_ciphertext
     assert first.ciphertext != second.ciphertext
     plain = [world.key.decrypt(b64_to_int(f.ciphertext or "")) for f in (first, second)]
     assert plain[0] == plain[1]
+
+
+async def test_a_partner_reports_its_factor_pool_and_each_factor_computed_inline(
+    world: World,
+) -> None:
+    """What an operator watches to see whether a partner's CPU keeps up: the factors
+    ready for the newest version, and every fragment that had to compute its own."""
+    from services.kernel.metrics import PARTNER_FACTORS_INLINE
+
+    server = world.servers["payments"]
+    pool = server.cache.models["m1"].factors
+    assert pool is not None
+    deadline = time.monotonic() + 60
+    # A full pool leaves its thread idle, so the resize below is not raced by a chunk.
+    while server.cache.factors_ready() < pool.target and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert server.cache.factors_ready() == pool.target > 0
+    pool.resize(0)
+    assert server.cache.factors_ready() == 0
+    inline = PARTNER_FACTORS_INLINE.labels(partner="payments")
+    before = inline._value.get()
+    world.fragment("payments", world.pending("b13", [0, 1]))
+    assert inline._value.get() == before + 1
 
 
 async def test_a_timer_tick_during_the_decision_leaves_nothing_cached(world: World) -> None:

@@ -25,9 +25,12 @@ def test_the_pool_fills_to_its_target_hands_each_factor_out_once_and_shrinks(
         while len(pool) < 16 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(pool) == 16
-        taken = [pool.take() for _ in range(20)]  # four more than ready: computed inline
+        emptied: list[int] = []
+        # Four more than ready: computed inline, each reported (the partner's metric).
+        taken = [pool.take(lambda: emptied.append(1)) for _ in range(20)]
         # The 17th could not wait for a chunk of 8 (over 60 ms): it was computed inline.
         assert len(set(taken)) == 20 and pool.inline >= 1
+        assert len(emptied) == pool.inline
         pool.resize(2)
         deadline = time.monotonic() + 30
         while len(pool) < 2 and time.monotonic() < deadline:

@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import gmpy2
 from gmpy2 import mpz
@@ -68,11 +69,14 @@ class FactorPool:
         self._thread = threading.Thread(target=self._fill, name="factor-pool", daemon=True)
         self._thread.start()
 
-    def take(self) -> mpz:
+    def take(self, on_empty: Callable[[], None] | None = None) -> mpz:
+        """The next factor; computed here, after calling ``on_empty``, if none is ready."""
         try:
             factor = self._ready.popleft()
         except IndexError:
             self.inline += 1
+            if on_empty is not None:
+                on_empty()
             factor = uniform_factors(self.n, 1)[0]
         with self._wanted:
             self._wanted.notify()
@@ -94,10 +98,16 @@ class FactorPool:
             self._wanted.notify()
 
     def _fill(self) -> None:
-        # Off the hot path: the scheduler runs this thread only when nothing else of the
-        # machine wants the CPU (Linux: a thread has a nice value of its own).
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        # Off the hot path: the scheduler runs this thread only when nothing else wants
+        # the CPU, and a waking thread preempts it at once (Linux's SCHED_IDLE, per
+        # thread; elsewhere the lowest nice value). Across processes this holds within
+        # one scheduling group: a session under autogroup, a container's cgroup.
+        tid = threading.get_native_id()
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            with contextlib.suppress(AttributeError, OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
         while True:
             with self._wanted:
                 while not self._stopped and len(self._ready) >= self.target:
