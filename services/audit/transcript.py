@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.chunks import Reassembler
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer
+from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, partitions_of
 from services.kernel.kafka.window import Record
 
 
@@ -22,12 +22,7 @@ async def read_topic(
     await reader.start()
     try:
         async with asyncio.timeout(timeout_s):
-            partitions = reader.partitions_for_topic(topic)
-            while not partitions:
-                await asyncio.sleep(0.2)
-                await reader._client.force_metadata_update()
-                partitions = reader.partitions_for_topic(topic)
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
             records: list[Record] = []

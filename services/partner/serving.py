@@ -219,6 +219,7 @@ class FragmentServer:
         ledger_s: float = 30 * 86400.0,
     ) -> None:
         self.partner = partner
+        self._factor_computed_inline = PARTNER_FACTORS_INLINE.labels(partner=partner).inc
         self.store = store
         self.cache = cache
         self.signing_key = signing_key
@@ -338,8 +339,8 @@ class FragmentServer:
                     "no-agreement-key", f"no agreement key from {exc.names}"
                 ) from exc
             addend = fragment_addend(spec, context, self.partner, seeds, self.peers.tag_seed, hits)
-            inline = PARTNER_FACTORS_INLINE.labels(partner=self.partner).inc
-            factor = model.factors.take(inline) if model.factors is not None else None
+            on_empty = self._factor_computed_inline
+            factor = model.factors.take(on_empty) if model.factors is not None else None
             ciphertext = model.tables.fragment(rows, addend=addend, factor=factor)
             payload = {"mode": "paillier", "ciphertext": int_to_b64(ciphertext)}
         elif request.flags_only:

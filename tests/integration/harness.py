@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +25,11 @@ from services.demo import dataset as ds
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.chunks import Reassembler
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics, dlq_topic
 from services.training.policy_file import load_policy
+from services.training.run import TrainJob
+from services.training.trainer import BankRows, TrainParams
 
 PARTNERS = list(ds.REFERENCE_PARTNERS)
 POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "policy.toml"
@@ -85,6 +86,50 @@ def reference_partners(table: ds.Table) -> list[PartnerData]:
         PartnerData(name, cols, table.select(cols), ds.blacklist(table, name))
         for name, cols in ds.REFERENCE_PARTNERS.items()
     ]
+
+
+def load_partner_stores(
+    deployment: Deployment, table: ds.Table, partners: Mapping[str, list[str]]
+) -> None:
+    """Each partner's store holds its columns and blacklist for every row of ``table``."""
+    for name, columns in partners.items():
+        data = PartnerData(name, columns, table.select(columns), ds.blacklist(table, name))
+        deployment.load_partner_store(data, table.ids).close()
+
+
+def training_job(
+    deployment: Deployment,
+    train: ds.Table,
+    test: ds.Table,
+    partners: list[str],
+    out_dir: Path,
+    *,
+    rounds: int,
+    model_version: str,
+    trace_dir: Path | None = None,
+) -> TrainJob:
+    """A training job on the bank's columns of these rows, with the deployment's keys."""
+
+    def rows(table: ds.Table) -> BankRows:
+        return BankRows(table.ids, table.select(ds.BANK_FEATURES), table.column(ds.LABEL))
+
+    return TrainJob(
+        train=rows(train),
+        test=rows(test),
+        bank_features=ds.BANK_FEATURES,
+        partners=partners,
+        token_keys_dir=deployment.token_dir,
+        paillier_dir=deployment.paillier_dir,
+        signing_key_file=deployment.bank_signing_key,
+        partner_keys=deployment.registry_spec,
+        policy=load_policy(POLICY_FILE),
+        out_dir=out_dir,
+        params=TrainParams(rounds=rounds, patience=rounds),
+        model_version=model_version,
+        timeout_s=300,
+        trace_dir=trace_dir,
+        allow_hmac_tokens=True,  # the fixture's partners hold HMAC token keys
+    )
 
 
 async def start_pipeline(
@@ -150,17 +195,6 @@ async def send_candidates(settings: KafkaSettings, events: Sequence[CandidateEve
 async def read_all(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:
     """Every value on a topic, read from the beginning until it stays quiet."""
     return [r.value for r in await read_records(settings, topic, idle_s) if r.value is not None]
-
-
-async def read_messages(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:
-    """Every whole value on a topic, chunked ones reassembled (training, bundles)."""
-    reassembler = Reassembler()
-    out = []
-    for record in await read_records(settings, topic, idle_s):
-        whole = reassembler.feed(record.partition, record.value, record.headers)
-        if whole is not None:
-            out.append(whole)
-    return out
 
 
 async def read_records(

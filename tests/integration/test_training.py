@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.bench.fixtures import Deployment, PartnerData
+from services.audit.transcript import read_messages
+from services.bench.fixtures import Deployment
 from services.bench.pipeline import Pipeline
 from services.demo import dataset as ds
 from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.topics import TRAINING_TO_BANK, all_topics, training_topic
 from services.partner.store import FeatureStore
-from services.training.policy_file import load_policy
-from services.training.run import TrainJob, TrainResult, run_training
-from services.training.trainer import BankRows, TrainParams
-from tests.integration.harness import PARTNERS, POLICY_FILE, read_messages
+from services.training.run import TrainResult, run_training
+from tests.integration.harness import PARTNERS, load_partner_stores, training_job
 
 pytestmark = pytest.mark.integration
 ROWS = 2400
@@ -43,29 +42,20 @@ async def trained(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tra
     table, _ = ds.split(ds.load(), test_size=1 - ROWS / 30000, seed=3)
     train, test = ds.split(table)
     deployment = Deployment.at(root)
-    for name, columns in ds.REFERENCE_PARTNERS.items():
-        data = PartnerData(name, columns, table.select(columns), ds.blacklist(table, name))
-        deployment.load_partner_store(data, table.ids).close()
+    load_partner_stores(deployment, table, ds.REFERENCE_PARTNERS)
     broker = EmbeddedBroker(partitions=4, topics=all_topics(PARTNERS), log_path=root / "broker.log")
     await broker.start()
     pipeline = Pipeline(broker, deployment, PARTNERS)
     try:
         await pipeline.start_partners()
-        job = TrainJob(
-            train=BankRows(train.ids, train.select(ds.BANK_FEATURES), train.column(ds.LABEL)),
-            test=BankRows(test.ids, test.select(ds.BANK_FEATURES), test.column(ds.LABEL)),
-            bank_features=ds.BANK_FEATURES,
-            partners=PARTNERS,
-            token_keys_dir=deployment.token_dir,
-            paillier_dir=deployment.paillier_dir,
-            signing_key_file=deployment.bank_signing_key,
-            partner_keys=deployment.registry_spec,
-            policy=load_policy(POLICY_FILE),
-            out_dir=root / "models",
-            params=TrainParams(rounds=2, patience=2),
+        job = training_job(
+            deployment,
+            train,
+            test,
+            PARTNERS,
+            root / "models",
+            rounds=2,
             model_version="m-train-test",
-            allow_hmac_tokens=True,  # the fixture's partners hold HMAC token keys
-            timeout_s=300,
         )
         result = await run_training(job, broker.settings())
         yield Trained(broker, pipeline, table, test, result)

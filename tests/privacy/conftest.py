@@ -5,10 +5,13 @@ fragments on the topics)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
 from services.bench.fixtures import PartnerData
+from services.bench.pipeline import PipelineOptions
 from services.demo import dataset as ds
 from tests.integration.harness import (
     Running,
@@ -31,15 +34,24 @@ def flagging_partners(table: ds.Table) -> list[PartnerData]:
     return partners
 
 
-@pytest.fixture(scope="package")
-async def serving(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+@asynccontextmanager
+async def flagging_pipeline(
+    root: Path, tag: str, options: PipelineOptions | None = None
+) -> AsyncIterator[Running]:
+    """The pipeline with :func:`flagging_partners`, 40 candidates already decided."""
     running = await start_pipeline(
-        tmp_path_factory.mktemp("serving"), 60, uncapped_policy(), partners_of=flagging_partners
+        root, 60, uncapped_policy(), options, partners_of=flagging_partners
     )
     try:
-        events = [running.candidate(i, event_id=f"real-{i}") for i in range(40)]
+        events = [running.candidate(i, event_id=f"{tag}-{i}") for i in range(40)]
         await send_candidates(running.settings, events)
         await wait_for_decisions(running.settings, [e.event_id for e in events])
         yield running
     finally:
         stop_pipeline(running)
+
+
+@pytest.fixture(scope="package")
+async def serving(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    async with flagging_pipeline(tmp_path_factory.mktemp("serving"), "real") as running:
+        yield running

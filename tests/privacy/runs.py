@@ -9,18 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from services.audit.curious_bank import PartnerTruth
-from services.bench.fixtures import Deployment, PartnerData
+from services.bench.fixtures import Deployment
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.demo import dataset as ds
 from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.topics import all_topics
 from services.partner.store import FeatureStore
-from services.training.policy_file import load_policy
-from services.training.run import TrainJob, TrainResult, run_training
+from services.training.run import TrainResult, run_training
 from services.training.trace import TrainingTrace
-from services.training.trainer import BankRows, TrainParams
-from tests.integration.harness import POLICY_FILE
+from tests.integration.harness import load_partner_stores, training_job
 
 ROWS = 2400
 
@@ -66,9 +64,7 @@ async def train(root: Path, partners: dict[str, list[str]], *, rounds: int = 3) 
     table, _ = ds.split(ds.load(), test_size=1 - ROWS / 30000, seed=5)
     train_rows, test_rows = ds.split(table)
     deployment = Deployment.at(root)
-    for name, columns in partners.items():
-        data = PartnerData(name, columns, table.select(columns), ds.blacklist(table, name))
-        deployment.load_partner_store(data, table.ids).close()
+    load_partner_stores(deployment, table, partners)
     names = list(partners)
     broker = EmbeddedBroker(partitions=2, topics=all_topics(names), log_path=root / "broker.log")
     await broker.start()
@@ -77,26 +73,15 @@ async def train(root: Path, partners: dict[str, list[str]], *, rounds: int = 3) 
     pipeline = Pipeline(broker, deployment, names, options)
     try:
         await pipeline.start_partners()
-        job = TrainJob(
-            train=BankRows(
-                train_rows.ids, train_rows.select(ds.BANK_FEATURES), train_rows.column(ds.LABEL)
-            ),
-            test=BankRows(
-                test_rows.ids, test_rows.select(ds.BANK_FEATURES), test_rows.column(ds.LABEL)
-            ),
-            bank_features=ds.BANK_FEATURES,
-            partners=names,
-            token_keys_dir=deployment.token_dir,
-            paillier_dir=deployment.paillier_dir,
-            signing_key_file=deployment.bank_signing_key,
-            partner_keys=deployment.registry_spec,
-            policy=load_policy(POLICY_FILE),
-            out_dir=root / "models",
-            params=TrainParams(rounds=rounds, patience=rounds),
+        job = training_job(
+            deployment,
+            train_rows,
+            test_rows,
+            names,
+            root / "models",
+            rounds=rounds,
             model_version="m-privacy",
-            timeout_s=300,
             trace_dir=root / "trace",
-            allow_hmac_tokens=True,  # the fixture's partners hold HMAC token keys
         )
         result = await run_training(job, broker.settings())
     except BaseException:

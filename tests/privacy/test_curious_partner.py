@@ -42,13 +42,8 @@ from services.kernel.kafka.topics import FRAGMENTS, all_topics
 from services.prescreen.joiner import KIND_HEADER
 from tests.integration.harness import (
     Running,
-    send_candidates,
-    start_pipeline,
-    stop_pipeline,
-    uncapped_policy,
-    wait_for_decisions,
 )
-from tests.privacy.conftest import flagging_partners
+from tests.privacy.conftest import flagging_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -119,20 +114,9 @@ async def test_with_psi_tokens_a_partner_names_none_it_did_not_hold(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 async def crypto_off(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    running = await start_pipeline(
-        tmp_path_factory.mktemp("crypto-off"),
-        60,
-        uncapped_policy(),
-        PipelineOptions(plaintext=True),
-        partners_of=flagging_partners,
-    )
-    try:
-        events = [running.candidate(i, event_id=f"plain-{i}") for i in range(40)]
-        await send_candidates(running.settings, events)
-        await wait_for_decisions(running.settings, [e.event_id for e in events])
+    root = tmp_path_factory.mktemp("crypto-off")
+    async with flagging_pipeline(root, "plain", PipelineOptions(plaintext=True)) as running:
         yield running
-    finally:
-        stop_pipeline(running)
 
 
 async def _share_of_flags_read(running: Running) -> tuple[float, int]:

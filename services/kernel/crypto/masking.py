@@ -56,6 +56,19 @@ def _lp(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def _check_participants(participants: tuple[str, ...]) -> None:
+    if list(participants) != sorted(set(participants)):
+        raise ValueError("participants must be sorted and unique")
+
+
+def _encode_names(participants: tuple[str, ...]) -> bytes:
+    return b"".join(_lp(p.encode()) for p in participants)
+
+
+def _encode_modulus(modulus: int) -> bytes:
+    return modulus.to_bytes((modulus.bit_length() + 7) // 8, "big")
+
+
 def pair_seed(own: X25519PrivateKey, own_name: str, peer: X25519PublicKey, peer_name: str) -> bytes:
     """seed_ij = HKDF-SHA256(X25519(own, peer), info = names and public keys in name order):
     both partners of the pair derive the same 32 bytes. Raises ValueError for a
@@ -98,12 +111,10 @@ class MaskContext:
     """:func:`batch_digest` of every participant's token-list digest."""
 
     def __post_init__(self) -> None:
-        if list(self.participants) != sorted(set(self.participants)):
-            raise ValueError("participants must be sorted and unique")
+        _check_participants(self.participants)
 
     def encode(self) -> bytes:
-        names = b"".join(_lp(p.encode()) for p in self.participants)
-        n = self.modulus.to_bytes((self.modulus.bit_length() + 7) // 8, "big")
+        names, n = _encode_names(self.participants), _encode_modulus(self.modulus)
         return b"".join(
             (
                 _lp(self.batch_id.encode()),
@@ -145,12 +156,10 @@ class TrainingMaskContext:
     modulus: int
 
     def __post_init__(self) -> None:
-        if list(self.participants) != sorted(set(self.participants)):
-            raise ValueError("participants must be sorted and unique")
+        _check_participants(self.participants)
 
     def encode(self) -> bytes:
-        names = b"".join(_lp(p.encode()) for p in self.participants)
-        n = self.modulus.to_bytes((self.modulus.bit_length() + 7) // 8, "big")
+        names, n = _encode_names(self.participants), _encode_modulus(self.modulus)
         return b"".join(
             (
                 b"fedscreen.training-mask.v1",
