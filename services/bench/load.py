@@ -20,20 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from schemas import CandidateEvent
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.clients import make_consumer
-from services.kernel.kafka.topics import CANDIDATES, DECISIONS
+from services.kernel.kafka.topics import CANDIDATES, DECISIONS, home_partition
 
 Message = tuple[int, bytes, bytes]  # partition, key, value
 FETCH_WAIT_MS = 10
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """aiokafka's (and the Java client's) default partitioner, computed once per key."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 class CandidateTemplates:
@@ -48,7 +42,7 @@ class CandidateTemplates:
         partitions: int,
     ) -> None:
         self.keys = [cid.encode() for cid in ids]
-        self.partitions = [partition_for(k, partitions) for k in self.keys]
+        self.partitions = [home_partition(k, partitions) for k in self.keys]  # once per key
         self.bodies = []
         for cid, campaign, row in zip(ids, campaigns, features, strict=True):
             body = json.dumps(

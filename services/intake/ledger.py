@@ -75,6 +75,15 @@ class Ledger:
         self.dirty[(partition, customer_id)] = state
         return True
 
+    def batched(self, partition: int, customer_id: str, event_id: str, at: float) -> bool:
+        """Learn from a batch read back after a crash that this event was admitted: it is
+        seen and its screening counts against the cap (the state that said so was lost
+        with the crash). False if the state already knew."""
+        if self.seen(partition, customer_id, event_id):
+            return False
+        self._state(partition, customer_id).screenings.append(at)
+        return True
+
     def take_dirty(self, hold: set[tuple[int, str]] | None = None) -> list[tuple[int, str, bytes]]:
         """(partition, customer id, state bytes) for every state changed since the last call,
         except the ``hold`` ones: customers whose events sit in a batch not yet emitted.

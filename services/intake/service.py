@@ -49,12 +49,13 @@ from services.kernel.kafka.topics import (
     INTAKE_CUSTOMERS,
     PENDING,
     ROLLOUT_BANK,
+    home_partition,
     requests_topic,
 )
 from services.kernel.kafka.window import read_window
 from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
-from services.kernel.metrics import MESSAGES_IN, start_http
+from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, start_http
 from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, ReadinessBoard
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.service.restore(assigned)
 
 
+FORWARDED_HEADER = "fedscreen-forwarded"
+
+
+def forwarded(record: object) -> bool:
+    return any(k == FORWARDED_HEADER for k, _ in getattr(record, "headers", None) or [])
+
+
 class IntakeService:
     def __init__(self, settings: IntakeSettings, kafka: KafkaSettings) -> None:
         self.settings = settings
@@ -95,6 +103,7 @@ class IntakeService:
         self.open: OpenBatch | None = None
         self.positions: dict[TopicPartition, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
+        self.candidate_partitions = kafka.partitions  # the topic's own count, once started
         self.producer: AIOKafkaProducer | None = None
         self.dlq: DeadLetters | None = None
         # Set once the ledger of the assigned partitions is restored. aiokafka runs the
@@ -169,6 +178,7 @@ class IntakeService:
         consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
         self.consumer = consumer  # before start: the first assignment's restore uses it
         await consumer.start()
+        self.candidate_partitions = len(await partitions_of(consumer, CANDIDATES))
         log.info("intake consuming %s", CANDIDATES)
         while True:
             timeout = 500.0
@@ -208,6 +218,10 @@ class IntakeService:
         except ValidationError as exc:
             await self.dlq.send(record, "invalid-schema", exc)  # type: ignore[arg-type]
             return
+        home = home_partition(event.customer_id.encode(), self.candidate_partitions)
+        if tp.partition != home and not forwarded(record):
+            await self.forward(record, event, home)
+            return
         if self.ledger.seen(tp.partition, event.customer_id, event.event_id):
             log.debug("duplicate event %s ignored", event.event_id)
             return
@@ -223,6 +237,26 @@ class IntakeService:
             await self.decide(event, ReasonCode.FREQUENCY_CAP)
             return
         await self.add(tp, record, event, bundle)
+
+    async def forward(self, record: object, event: CandidateEvent, home: int) -> None:
+        """A customer's duplicate check and frequency cap live in one partition, the one
+        the murmur2 partitioner gives its id. A producer with another partitioner
+        (librdkafka's default) or another key put this event elsewhere: it is written to
+        that partition, where it is judged, before this record's offset is committed
+        (checkpoint flushes first); written twice after a crash, it is a duplicate there.
+        It is marked as forwarded and never moved again: two instances that briefly
+        disagree on the partition count (the topic just grew) cannot bounce it."""
+        assert self.producer is not None
+        headers = list(getattr(record, "headers", None) or [])
+        headers.append((FORWARDED_HEADER, b"1"))
+        await self.producer.send(
+            CANDIDATES,
+            key=event.customer_id.encode(),
+            value=getattr(record, "value", None),
+            partition=home,
+            headers=headers,
+        )
+        MESSAGES_OUT.labels(service=SERVICE, topic=CANDIDATES).inc()
 
     async def add(
         self, tp: TopicPartition, record: object, event: CandidateEvent, bundle: BankBundle
@@ -401,8 +435,11 @@ class IntakeService:
             for candidate in batch.candidates:
                 partition = candidate.source_partition
                 if partition in mine and partition is not None:
-                    marked += not self.ledger.seen(
-                        partition, candidate.customer_id, candidate.event_id
+                    marked += self.ledger.batched(
+                        partition,
+                        candidate.customer_id,
+                        candidate.event_id,
+                        candidate.occurred_at.timestamp(),
                     )
         log.info(
             "read back %d pending records since %s: %d redelivered events were batched "

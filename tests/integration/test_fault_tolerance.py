@@ -1,6 +1,9 @@
 """kill -9, in turn, every service of the pipeline while 10,000 candidates stream through,
 with the campaign tool flaky, throttling and then down for a minute: afterwards every
-candidate has exactly one decision and every release reached the receiver.
+candidate has exactly one decision, every customer exactly as many screenings as the
+frequency cap allows, and every release reached the receiver. The stream mixes two
+producers whose default partitioners disagree (librdkafka's CRC32, the Java client's
+murmur2), as a bank's systems do, for the same customers.
 
 Real processes on the embedded broker; nothing is mocked. One stream carries every
 fault so the whole scenario costs a few minutes of the suite, not one per fault.
@@ -15,9 +18,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import confluent_kafka
 import pytest
 
-from schemas import Decision
+from schemas import Decision, ReasonCode
 from services.bench.pipeline import PipelineOptions
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.topics import CANDIDATES
@@ -37,12 +41,13 @@ CANDIDATES_TOTAL = 10_000
 RATE = 125.0  # candidates/s: the stream lasts 80 s, long enough for every fault
 ROWS = 2_000
 RECEIVER_DOWN_S = 60.0
+CAP = 3  # screenings per customer; each customer has CANDIDATES_TOTAL / ROWS = 5 events
 SECRET = "whsec_" + base64.b64encode(b"fault-tolerance-test-secret!").decode()
 
 
 @pytest.fixture(scope="module")
 async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    policy = uncapped_policy(max_screenings=10_000)
+    policy = uncapped_policy(max_screenings=CAP)
     options = PipelineOptions(
         webhooks=True,
         webhook_secret=SECRET,
@@ -62,21 +67,28 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
 
 
 async def stream(running: Running, ids: list[str]) -> None:
-    """Offer the candidates at a steady rate, as a bank's systems would."""
+    """Offer the candidates at a steady rate, as a bank's systems would: every other one
+    through a librdkafka producer with its default partitioner, so a customer's events
+    arrive on two partitions."""
     producer = make_producer(running.settings)
+    librdkafka = confluent_kafka.Producer({"bootstrap.servers": running.settings.bootstrap_servers})
     await producer.start()
     try:
         started = time.monotonic()
         for n, event_id in enumerate(ids):
             event = running.candidate(n % ROWS, event_id=event_id)
-            await producer.send(
-                CANDIDATES, key=event.customer_id.encode(), value=event.model_dump_json().encode()
-            )
+            key, value = event.customer_id.encode(), event.model_dump_json().encode()
+            if n % 2:
+                librdkafka.produce(CANDIDATES, key=key, value=value)
+            else:
+                await producer.send(CANDIDATES, key=key, value=value)
             ahead = started + (n + 1) / RATE - time.monotonic()
             if ahead > 0:
                 await producer.flush()
+                await asyncio.to_thread(librdkafka.flush, 10)
                 await asyncio.sleep(ahead)
         await producer.flush()
+        assert await asyncio.to_thread(librdkafka.flush, 30) == 0, "librdkafka kept messages"
     finally:
         await producer.stop()
 
@@ -157,6 +169,12 @@ async def test_every_candidate_is_decided_once_and_every_release_delivered_throu
             where = await diagnosis(explain_copies(running.settings, event_id, batches))
             pytest.fail(f"decided two ways: {describe(copies)}\n{where}")
     outcomes = {event_id: copies[0] for event_id, copies in decisions.items()}
+    screened: dict[str, int] = {}
+    for d in outcomes.values():
+        if ReasonCode.FREQUENCY_CAP not in d.reasons:
+            screened[d.customer_id] = screened.get(d.customer_id, 0) + 1
+    off_cap = {c: n for c, n in screened.items() if n != CAP}
+    assert not off_cap, f"{len(off_cap)} customers not screened exactly {CAP} times: {off_cap}"
     released = {d.decision_id for d in outcomes.values() if d.outcome == "released"}
     # While a partner is down its batches get the deadline outcome (suppress), so how
     # much is released depends on the machine; enough must be to judge the delivery.

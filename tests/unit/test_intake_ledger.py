@@ -68,3 +68,15 @@ def test_customers_in_an_unemitted_batch_are_not_persisted_yet() -> None:
     assert [c for _, c, _ in first] == ["decided"]
     later = ledger.take_dirty()  # the batch was emitted: now it is persisted
     assert [c for _, c, _ in later] == ["batched"]
+
+
+def test_a_batch_read_back_after_a_crash_counts_against_the_cap() -> None:
+    # The crash lost the state that admitted e1 and e2; their batch survived.
+    ledger = Ledger(recent_events=8)
+    t0 = 1_000_000.0
+    assert ledger.batched(0, "c1", "e1", t0)
+    assert ledger.batched(0, "c1", "e2", t0 + 60)
+    assert not ledger.batched(0, "c1", "e2", t0 + 60)  # read back twice: counted once
+    assert ledger.seen(0, "c1", "e1")  # the redelivered event is not batched again
+    assert not ledger.admit(0, "c1", t0 + 120, CAP)  # a third screening would pass the cap
+    assert [change[1] for change in ledger.take_dirty()] == ["c1"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from aiokafka.partitioner import murmur2
+
 CANDIDATES = "bank.candidates.v1"
 PENDING = "prescreen.pending.v1"
 FRAGMENTS = "fed.fragments.v1"
@@ -23,6 +25,12 @@ INTAKE_CUSTOMERS = "intake.customers.v1"
 """Intake's per-customer state changelog (compacted), co-partitioned with CANDIDATES."""
 AGREEMENT_KEYS = "fed.agreement-keys.v1"
 """Partners' signed X25519 keys for secure aggregation (compacted, keyed by partner)."""
+
+
+def home_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's, aiokafka's, faust's) gives a
+    key: murmur2. librdkafka's default (CRC32) differs; intake moves such records home."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def requests_topic(partner: str) -> str:
