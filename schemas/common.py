@@ -31,9 +31,14 @@ B64Bytes = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[A-Za-z0
 
 
 class WireModel(BaseModel):
-    """Base of every message on Kafka: strict, immutable, no unknown fields."""
+    """Base of every message on Kafka: strict, immutable, no unknown fields.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    Strict means no coercion: a boolean is ``true`` or ``false`` (never ``"yes"`` or
+    ``1``), a number is a JSON number (never ``"0.5"``), an integer has no fraction, and a
+    timestamp carries its zone (``AwareDatetime``). JSON input still parses ISO-8601
+    strings to datetimes; Python callers pass ``datetime``, enum members and lists."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_strip_whitespace=False)
 
     SCHEMA_ID: ClassVar[str]
     """Stable name of the message type and its major version, e.g. ``candidate.v1``."""

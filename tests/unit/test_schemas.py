@@ -64,6 +64,7 @@ def test_candidate_validates_and_round_trips() -> None:
         {"event_id": "has space"},
         {"occurred_at": "2026-11-25T10:00:00"},  # naive timestamps are ambiguous
         {"consent_marketing": "maybe"},
+        {"consent_marketing": "yes"},  # strict: no string is coerced to a boolean
         {"unexpected": 1},
         {"features": {"x": "not a number"}},
     ],
@@ -85,10 +86,10 @@ def test_fragment_payload_must_match_its_mode() -> None:
         "signature": "",
     }
     with pytest.raises(ValidationError, match="ciphertext"):
-        EncryptedFragment(**common)
+        EncryptedFragment.model_validate(common)
     with pytest.raises(ValidationError, match="slot_count plain slots"):
-        EncryptedFragment(**common, mode="plaintext", plain_slots=[1])
-    ok = EncryptedFragment(**common, mode="plaintext", plain_slots=[1, 2])
+        EncryptedFragment.model_validate({**common, "mode": "plaintext", "plain_slots": [1]})
+    ok = EncryptedFragment.model_validate({**common, "mode": "plaintext", "plain_slots": [1, 2]})
     assert b"plain_slots=[1, 2]" in ok.signing_bytes()
     assert b"participants=['telco']" in ok.signing_bytes()
 
