@@ -7,6 +7,7 @@ stays fast and a service process loads only what it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -61,21 +62,41 @@ def broker(
         list[str] | None, typer.Option("--partner", help="Create this partner's topics too.")
     ] = None,
 ) -> None:
-    """Run the embedded Tansu broker in the foreground with every topic created."""
+    """Run the embedded Tansu broker in the foreground with every topic created.
+
+    SIGTERM and SIGINT stop the broker, wait for it and exit 0. Clients reach it
+    through a relay that lets librdkafka before 2.2.0 (Debian's kcat) connect.
+    """
+    import signal
+
     from services.kernel.kafka.broker import EmbeddedBroker
     from services.kernel.kafka.topics import all_topics
 
-    async def run() -> None:
+    async def run() -> int | None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
         embedded = EmbeddedBroker(
-            port=port or None, partitions=partitions, topics=all_topics(partner or [])
+            port=port or None,
+            partitions=partitions,
+            topics=all_topics(partner or []),
+            compat_relay=True,
         )
         async with embedded:
             typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}", err=False)
             sys.stdout.flush()
-            while embedded.process is not None and embedded.process.poll() is None:
-                await asyncio.sleep(0.5)
+            while not stopping.is_set():
+                if embedded.process is None or embedded.process.poll() is not None:
+                    return embedded.process.returncode if embedded.process else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
+        return None
 
-    asyncio.run(run())
+    exited = asyncio.run(run())
+    if exited is not None:
+        raise CliError(f"the broker exited on its own (status {exited})")
+    typer.echo("broker stopped", err=True)
 
 
 @app.command("topics")

