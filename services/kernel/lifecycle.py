@@ -5,15 +5,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
 from services.kernel.logs import configure_logging
 
-__all__ = ["configure_logging", "run_until_stopped"]
+__all__ = ["configure_logging", "exit_if_stuck", "run_until_stopped"]
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 30.0
+"""How long a signalled service may take to flush, commit and leave its group."""
+
+
+def exit_if_stuck(grace_s: float | None = None) -> threading.Timer:
+    """Exit the process ``grace_s`` (default :data:`STOP_GRACE_S`) from now unless it has
+    exited by then.
+
+    A clean stop flushes its outputs and commits its offsets, which waits on the broker;
+    with the broker gone that wait has no end, and an operator's SIGTERM would be
+    ignored. Past the grace the process exits as a kill -9 would, which the services
+    are built to survive: what was not committed is redelivered after the restart. The
+    timer is a daemon thread, so it never keeps a process alive that is otherwise done.
+    """
+
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+
+    def expire() -> None:
+        log.error(
+            "did not stop within %.0fs of the signal (is Kafka reachable?): exiting; "
+            "uncommitted work is redelivered after the restart",
+            grace_s,
+        )
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(grace_s, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def run_until_stopped(*coroutines: Coroutine[Any, Any, None]) -> None:
@@ -32,6 +65,8 @@ async def run_until_stopped(*coroutines: Coroutine[Any, Any, None]) -> None:
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            exit_if_stuck()  # covers the caller's own flush and commit after we return
     finally:
         for task in [*tasks, stopper]:
             task.cancel()
