@@ -47,6 +47,7 @@ from services.kernel.kafka.topics import (
     CANDIDATES,
     DECISIONS,
     INTAKE_CUSTOMERS,
+    MODEL_READY,
     PENDING,
     ROLLOUT_BANK,
     home_partition,
@@ -57,6 +58,7 @@ from services.kernel.lifecycle import run_until_stopped
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.metrics import MESSAGES_IN, MESSAGES_OUT, start_http
 from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, ReadinessBoard
+from services.kernel.readiness import report_readiness
 
 log = logging.getLogger(__name__)
 SERVICE = "intake"
@@ -97,7 +99,15 @@ class IntakeService:
         # Partners answer only requests signed with the key they pinned for the bank.
         self.signing_key = load_signing_key(settings.signing_key_file)
         self.tokenizers: dict[str, TokenSource] = {}
-        self.watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=self._load_tokens)
+        self.watcher = BundleWatcher(
+            kafka,
+            ROLLOUT_BANK,
+            BankBundle,
+            on_bundle=self._load_tokens,
+            on_refused=self._refused_bundle,
+        )
+        self.refused: str | None = None
+        """Why the newest bundle could not be adopted (no token map for a partner, ...)."""
         self.board = ReadinessBoard(kafka)
         self.ledger = Ledger(settings.recent_events)
         self.open: OpenBatch | None = None
@@ -121,6 +131,10 @@ class IntakeService:
                     card.partner,
                     allow_hmac=self.settings.allow_hmac_tokens,
                 )
+        self.refused = None
+
+    def _refused_bundle(self, _: int, __: bytes, why: str) -> None:
+        self.refused = why
 
     def active(self) -> BankBundle | None:
         """The newest bank bundle that prescreen and every partner it names have loaded. A
@@ -136,19 +150,39 @@ class IntakeService:
     def ready(self) -> bool:
         """A model is active and this instance owns candidate partitions, with their
         ledger restored."""
-        return (
-            self.active() is not None
-            and bool(self.consumer is not None and self.consumer.assignment())
-            and self.restored.is_set()
-        )
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why :meth:`ready` is false, for /readyz and the log; None when ready."""
+        bundles = sorted(self.watcher.bundles.values(), key=lambda b: b.created_at)
+        if not bundles:
+            if self.refused is not None:
+                return f"no usable model bundle on {ROLLOUT_BANK}: {self.refused}"
+            return f"waiting for a model bundle on {ROLLOUT_BANK}"
+        if self.active() is None:
+            newest = bundles[-1]
+            parties = [PRESCREEN_PARTY, *(c.partner for c in newest.partners)]
+            missing = [p for p in parties if not self.board.all_ready([p], newest.model_version)]
+            return (
+                f"waiting for readiness of {', '.join(missing)} for model "
+                f"{newest.model_version} on {MODEL_READY}"
+            )
+        if self.consumer is None or not self.consumer.assignment():
+            return f"no partition of {CANDIDATES} assigned yet (group {self.settings.group_id})"
+        if not self.restored.is_set():
+            return "restoring the customer ledger of the assigned partitions"
+        return None
 
     async def run(self) -> None:
         self.producer = make_producer(self.kafka)
         await self.producer.start()
         self.dlq = DeadLetters(self.producer, SERVICE, self.kafka.max_message_bytes)
-        http = await start_http(self.settings.metrics_port, self.ready)
+        http = await start_http(
+            self.settings.metrics_port, self.not_ready_reason, self.settings.metrics_host
+        )
         try:
             await run_until_stopped(
+                report_readiness(SERVICE, self.not_ready_reason),
                 self.watcher.run(),
                 self.board.run(),
                 self.consume(),

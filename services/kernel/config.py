@@ -8,7 +8,12 @@ side by side, through :func:`load_settings`.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+import re
 import ssl
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
@@ -18,11 +23,79 @@ from services.kernel.errors import CliError
 
 S = TypeVar("S", bound=BaseSettings)
 
+log = logging.getLogger(__name__)
+
+SHARED_PREFIXES = frozenset({"KAFKA_"})
+"""Prefixes other software uses too (Kafka's own scripts read KAFKA_HEAP_OPTS and
+KAFKA_OPTS, broker images KAFKA_CFG_*): an unknown name there is only reported when it
+is close to a setting (a typo of ours), not for every unknown name."""
+
+_SERVICE_LINK = re.compile(
+    r"^[A-Z0-9_]+_"
+    r"(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)$"
+)
+_SERVICE_LINK_PORT = re.compile(r"^(tcp|udp|sctp)://")
+"""What Kubernetes (``enableServiceLinks``, on by default) and Docker links inject for a
+service named, say, ``intake`` or ``partner-payments``: INTAKE_SERVICE_HOST,
+PARTNER_PAYMENTS_PORT_9100_TCP_ADDR, and ``<NAME>_PORT=tcp://…`` (recognised by its
+value, so that a misspelt ``INTAKE_METRIC_PORT=9100`` is still reported). Never ours."""
+
+
+def _service_link(name: str, value: str) -> bool:
+    return bool(_SERVICE_LINK.match(name)) or (
+        name.endswith("_PORT") and bool(_SERVICE_LINK_PORT.match(value))
+    )
+
+
+_warned: set[str] = set()
+
+
+def unknown_settings(
+    cls: type[BaseSettings], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """One message per environment variable that carries ``cls``'s prefix but names no
+    setting, with the closest setting when one is close: a misspelt variable is ignored
+    by pydantic-settings, so without this the service silently runs on the default."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    if not prefix:
+        return []
+    known = {prefix + name.upper() for name in cls.model_fields}
+    environ = os.environ if environ is None else environ
+    messages = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(prefix) or name in known or _service_link(name, environ[variable]):
+            continue
+        shared = prefix in SHARED_PREFIXES
+        # Compared without the prefix, which every candidate shares.
+        close = difflib.get_close_matches(
+            name.removeprefix(prefix),
+            sorted(known_name.removeprefix(prefix) for known_name in known),
+            n=1,
+            cutoff=0.8 if shared else 0.6,
+        )
+        if close:
+            messages.append(f"unknown setting {variable} (did you mean {prefix}{close[0]}?)")
+        elif not shared:
+            messages.append(f"unknown setting {variable} (no {prefix}* setting is close; ignored)")
+    return messages
+
+
+def warn_unknown_settings(cls: type[BaseSettings]) -> None:
+    """Log :func:`unknown_settings` as warnings, each variable once per process."""
+    for message in unknown_settings(cls):
+        variable = message.split()[2]
+        if variable not in _warned:
+            _warned.add(variable)
+            log.warning(message, extra={"variable": variable})
+
 
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Settings from the environment plus explicit (non-None) overrides; an invalid value
-    becomes a one-line error naming its environment variable."""
+    becomes a one-line error naming its environment variable, and an unknown variable
+    with the settings' prefix a warning (:func:`unknown_settings`)."""
     prefix = str(cls.model_config.get("env_prefix", ""))
+    warn_unknown_settings(cls)
     try:
         return cls(**{name: value for name, value in overrides.items() if value is not None})
     except ValidationError as exc:

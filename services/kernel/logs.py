@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,13 +57,43 @@ def formatter(kind: str | None = None) -> logging.Formatter:
     return JsonFormatter() if kind == "json" else logging.Formatter(TEXT_FORMAT)
 
 
+QUIET_LOGGERS = ("aiokafka",)
+"""Held at WARNING: aiokafka builds a DEBUG/INFO record per message and per group event."""
+
+
 def configure_logging(level: str = "INFO") -> None:
+    """Root logging to stderr in the configured format, Python warnings included, and a
+    warning for every unknown ``FEDSCREEN_LOG_*`` variable."""
+    from services.kernel.config import warn_unknown_settings
+
     root = logging.getLogger()
     root.setLevel(level.upper())
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
     use_formatter_everywhere()
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    warn_unknown_settings(LogSettings)
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """The same setup as :func:`configure_logging`, as a ``logging.config.dictConfig``
+    dictionary: for frameworks that configure logging themselves (faust's worker)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"fedscreen": {"()": formatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "fedscreen",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": "WARNING"} for name in QUIET_LOGGERS},
+    }
 
 
 def use_formatter_everywhere() -> None:

@@ -3,10 +3,10 @@ with /healthz (the process is alive) and /readyz (it has what it needs to work).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from services.kernel.readiness import NotReady
 
 MESSAGES_IN = Counter("fedscreen_messages_in_total", "Messages consumed", ["service", "topic"])
 MESSAGES_OUT = Counter("fedscreen_messages_out_total", "Messages produced", ["service", "topic"])
@@ -54,10 +54,17 @@ CONSUMER_LAG = Gauge(
 )
 
 
+DEFAULT_HOST = "0.0.0.0"
+"""Every interface: probes and scrapers reach a container from outside it. Each service's
+``*_METRICS_HOST`` narrows it (127.0.0.1 for a laptop)."""
+
+
 async def start_http(
-    port: int, ready: Callable[[], bool], host: str = "0.0.0.0"
+    port: int, not_ready: NotReady, host: str = DEFAULT_HOST
 ) -> web.AppRunner | None:
-    """Serve /metrics, /healthz and /readyz; port 0 disables the server."""
+    """Serve /metrics, /healthz and /readyz; port 0 disables the server. ``not_ready``
+    says why the service is not ready (None when it is): /readyz answers ``503`` with
+    ``not ready: <reason>``."""
     if port == 0:
         return None
 
@@ -68,7 +75,13 @@ async def start_http(
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(text="ready") if ready() else web.Response(status=503, text="not ready")
+        try:
+            reason = not_ready()
+        except Exception as exc:  # say so rather than answer 500
+            reason = f"readiness check failed: {exc!r}"
+        if reason is None:
+            return web.Response(text="ready")
+        return web.Response(status=503, text=f"not ready: {reason}")
 
     app = web.Application()
     app.add_routes(

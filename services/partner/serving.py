@@ -142,6 +142,8 @@ class ModelCache:
         self.factor_pool = factor_pool
         self.models: dict[str, LoadedModel] = {}
         self._building: dict[str, asyncio.Task[LoadedModel]] = {}
+        self.failed: dict[str, str] = {}
+        """Versions that could not be loaded, and why (for /readyz)."""
         self.on_ready: Callable[[str], Awaitable[None]] | None = None
 
     KEEP = 4  # the newest versions stay loaded: in-flight batches of the previous ones
@@ -167,8 +169,9 @@ class ModelCache:
                 allow_plaintext=self.allow_plaintext,
                 factor_pool=self.factor_pool,
             )
-        except Exception:
+        except Exception as exc:
             log.exception("cannot load model %s", bundle.model_version)
+            self.failed[bundle.model_version] = str(exc) or type(exc).__name__
             raise
         finally:
             self._building.pop(bundle.model_version, None)
@@ -180,6 +183,10 @@ class ModelCache:
         if self.on_ready is not None:
             await self.on_ready(bundle.model_version)
         return model
+
+    def building(self) -> list[str]:
+        """Versions being loaded right now."""
+        return list(self._building)
 
     def factors_ready(self) -> int:
         """Factors ready for the newest loaded version (what a burst can draw on)."""

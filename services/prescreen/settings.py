@@ -30,3 +30,10 @@ class PrescreenSettings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".fedscreen/prescreen"), description="faust data dir.")
     metrics_port: int = 0
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        description="Address the /metrics, /healthz and /readyz server listens on: every "
+        "interface by default, for probes and scrapers outside the container; 127.0.0.1 keeps "
+        "it to this machine.",
+    )

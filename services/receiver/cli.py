@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -43,8 +42,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Verify webhooks (401 if forged), de-duplicate them, append each to --out."""
         from services.kernel.config import load_settings
+        from services.kernel.logs import configure_logging
         from services.receiver.settings import ReceiverSettings
 
+        configure_logging("INFO")  # first: the settings' warnings are log lines too
         settings = load_settings(
             ReceiverSettings,
             port=port,
@@ -53,9 +54,6 @@ def register(app: typer.Typer) -> None:
             out=out,
             fail_first=fail_first,
             throttle_first=throttle_first,
-        )
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         asyncio.run(serve_until_signalled(settings))
 

@@ -42,10 +42,10 @@ def register(app: typer.Typer) -> None:
         from services.webhooks.settings import WebhooksSettings
         from services.webhooks.subscriptions import load_subscriptions
 
+        configure_logging(log_level)  # first: the settings' warnings are log lines too
         settings = load_settings(WebhooksSettings, subscriptions_file=subscriptions)
         kafka = load_settings(KafkaSettings)
         loaded = load_subscriptions(settings.subscriptions_file)
-        configure_logging(log_level)
         try:
             asyncio.run(run_until_signalled(kafka, settings, loaded))
         except RuntimeError as exc:
@@ -57,10 +57,17 @@ def register(app: typer.Typer) -> None:
 async def run_until_signalled(
     kafka: KafkaSettings, settings: WebhooksSettings, subscriptions: Subscriptions
 ) -> None:
+    from services.kernel.lifecycle import STOP_GRACE_S, exit_if_stuck
     from services.webhooks.service import WebhookService
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        if not stop.is_set():  # in-flight deliveries get their own grace first
+            exit_if_stuck(STOP_GRACE_S + settings.shutdown_grace_s)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stopping)
     await WebhookService(kafka, settings, subscriptions).run(stop)

@@ -22,6 +22,7 @@ from services.webhooks.retry import (
     parse_retry_after,
     retry_delay_s,
 )
+from services.webhooks.retry_log import RetryLog, error_cause, http_cause
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.signing import signed_headers
 from services.webhooks.subscriptions import Endpoint
@@ -41,6 +42,16 @@ class Attempt:
     status: int | None
     retry_after_s: float | None = None
     error: str = ""
+    """What aiohttp said when there was no HTTP answer."""
+    failure: str = ""
+    """Why there was no HTTP answer, short (``error_cause``): what the retry log counts."""
+
+    @property
+    def cause(self) -> str:
+        """What went wrong, short: ``HTTP 503``, ``connection refused``, ``timeout``, ..."""
+        if self.status is not None:
+            return http_cause(self.status)
+        return self.failure or "no answer"
 
 
 @dataclass(frozen=True)
@@ -58,10 +69,11 @@ class Outcome:
         return "webhook-rejected" if self.last.result == "rejected" else "webhook-delivery-failed"
 
     def describe(self) -> str:
-        status = self.last.status if self.last.status is not None else "none"
-        detail = f" ({self.last.error})" if self.last.error else ""
+        last = self.last
+        what = f"status {last.status}" if last.status is not None else last.cause
+        detail = f" ({last.error})" if last.error else ""
         return (
-            f"endpoint {self.endpoint.name} ({self.endpoint.url}): status {status} "
+            f"endpoint {self.endpoint.name} ({self.endpoint.url}): {what} "
             f"after {self.attempts} attempt(s){detail}"
         )
 
@@ -72,11 +84,13 @@ class Deliverer:
         session: aiohttp.ClientSession,
         settings: WebhooksSettings,
         rng: random.Random | None = None,
+        retry_log: RetryLog | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.rng = rng or random.Random()
+        self.retry_log = retry_log or RetryLog(settings.retry_log_interval_s)
 
     async def deliver(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Outcome:
         attempt_no = 0
@@ -95,15 +109,8 @@ class Deliverer:
                 max_retry_after_s=self.settings.max_retry_after_s,
                 rng=self.rng,
             )
-            log.info(
-                "webhook %s to %s: attempt %d %s (status %s), retrying in %.2fs",
-                msg_id,
-                endpoint.name,
-                attempt_no,
-                attempt.result,
-                attempt.status,
-                delay,
-                extra={"decision_id": msg_id, "endpoint": endpoint.name},
+            self.retry_log.retry(
+                endpoint.name, attempt.cause, decision_id=msg_id, attempt=attempt_no, delay_s=delay
             )
             await asyncio.sleep(delay)
 
@@ -126,10 +133,9 @@ class Deliverer:
                     # Read the (ignored) body so the connection goes back to the pool.
                     await response.read()
                     return classify(response.status, response.headers.get("Retry-After"))
-            except TimeoutError:
-                return Attempt("error", None, error="timeout")
-            except aiohttp.ClientError as exc:
-                return Attempt("error", None, error=f"{type(exc).__name__}: {exc}")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return Attempt("error", None, error=detail, failure=error_cause(exc))
 
 
 def classify(status: int, retry_after: str | None) -> Attempt:

@@ -26,9 +26,11 @@ from services.kernel.kafka.dlq import DeadLetters, oversized
 from services.kernel.kafka.lag import aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import RELEASES
 from services.kernel.metrics import MESSAGES_IN, start_http
+from services.kernel.readiness import report_readiness
 from services.webhooks.delivery import Deliverer
 from services.webhooks.payload import webhook_body
 from services.webhooks.progress import PartitionProgress
+from services.webhooks.retry_log import RetryLog
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.subscriptions import Endpoint, Subscriptions
 
@@ -58,6 +60,7 @@ class WebhookService:
         self._tasks: dict[Partition, set[asyncio.Task[None]]] = {}
         self._failure: BaseException | None = None
         self._ready = False
+        self._retry_log = RetryLog(settings.retry_log_interval_s)
         # Set in run(); None outside it.
         self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters: DeadLetters | None = None
@@ -67,13 +70,22 @@ class WebhookService:
     def ready(self) -> bool:
         return self._ready
 
+    def not_ready_reason(self) -> str | None:
+        if self._ready:
+            return None
+        if self._consumer is None:
+            return f"connecting to Kafka ({self.kafka.bootstrap_servers})"
+        return "stopping"
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver releases until ``stop`` is set (or a fatal error), then shut down."""
         self._progress.clear()
         self._tasks.clear()
         self._failure = None
         async with contextlib.AsyncExitStack() as stack:
-            metrics = await start_http(self.settings.metrics_port, lambda: self.ready)
+            metrics = await start_http(
+                self.settings.metrics_port, self.not_ready_reason, self.settings.metrics_host
+            )
             if metrics is not None:
                 stack.push_async_callback(metrics.cleanup)
             session = await stack.enter_async_context(
@@ -92,7 +104,7 @@ class WebhookService:
             self._consumer = consumer
             stack.callback(self._detach)
             self._dead_letters = DeadLetters(producer, SERVICE, self.kafka.max_message_bytes)
-            self._deliverer = Deliverer(session, self.settings)
+            self._deliverer = Deliverer(session, self.settings, retry_log=self._retry_log)
             self._ready = True
             log.info(
                 "webhooks: consuming %s as group %s, %d endpoint(s)",
@@ -102,6 +114,8 @@ class WebhookService:
             )
             lag = asyncio.create_task(watch_lag(SERVICE, lambda: aiokafka_samples(consumer)))
             stack.callback(lag.cancel)
+            readiness = asyncio.create_task(report_readiness(SERVICE, self.not_ready_reason))
+            stack.callback(readiness.cancel)
             try:
                 await self._consume(stop)
             finally:
@@ -126,6 +140,7 @@ class WebhookService:
             for partition, records in batch.items():
                 for record in records:
                     self._accept(partition, record)
+            self._retry_log.flush()
             if loop.time() >= next_commit:
                 await self._commit(list(self._progress))
                 next_commit = loop.time() + self.settings.commit_interval_s

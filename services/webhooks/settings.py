@@ -46,7 +46,20 @@ class WebhooksSettings(BaseSettings):
         description="On SIGTERM, how long in-flight deliveries may finish before they are "
         "abandoned (uncommitted, so redelivered after the restart).",
     )
+    retry_log_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Retries to one endpoint are logged as they start, then summarised at "
+        "most once per this interval, with counts by cause.",
+    )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics.")
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        description="Address the /metrics, /healthz and /readyz server listens on: every "
+        "interface by default, for probes and scrapers outside the container; 127.0.0.1 keeps "
+        "it to this machine.",
+    )
 
     @model_validator(mode="after")
     def _backoff_bounds(self) -> WebhooksSettings:

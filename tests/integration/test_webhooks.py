@@ -356,7 +356,7 @@ async def test_an_endpoint_that_keeps_failing_gets_the_release_dead_lettered(
         assert Release.model_validate_json(base64.b64decode(letter.value_b64)) == release
     assert "endpoint down" in down.error and "status 503" in down.error
     assert "3 attempt" in down.error
-    assert "status none" in unreachable.error
+    assert "connection refused after 3 attempt" in unreachable.error
 
 
 async def test_a_non_retryable_4xx_is_dead_lettered_without_retries(
@@ -567,4 +567,8 @@ async def test_fedscreen_webhooks_run_delivers_and_stops_cleanly_on_sigterm(
                 process.kill()
                 await process.wait()
         assert returncode == 0, log_path.read_text()
+        # FEDSCREEN_LOG_FORMAT=json, the default: every line is one JSON object
+        log_lines = log_path.read_text().splitlines()
+        assert log_lines
+        assert all(isinstance(json.loads(line), dict) for line in log_lines), log_lines
     assert [line["webhook_id"] for line in delivered_lines(app)] == [release.decision_id]
