@@ -56,9 +56,10 @@ RUN groupadd --system --gid 10001 fedscreen \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/*.whl
 
-# Read-only files the CLI's defaults point at, relative to the working directory:
-# `fedscreen train --policy deploy/policy.toml`, and the bundled data set (CC BY 4.0,
-# attribution in data/README.md) that deploy/compose.yaml feeds the parties.
+# Read-only files, relative to the working directory: deploy/policy.toml (the policy
+# `fedscreen train` also ships as its default; compose passes it with --policy), and the
+# bundled data set (CC BY 4.0, attribution in data/README.md) that deploy/compose.yaml
+# feeds the parties.
 WORKDIR /app
 COPY deploy/policy.toml deploy/policy.toml
 COPY data/README.md data/UCI_Credit_Card.csv data/

@@ -10,6 +10,7 @@ def register(app: typer.Typer) -> None:
     from services import keys_cli
     from services.alignment import cli as alignment_cli
     from services.bench import cli as bench_cli
+    from services.candidates import cli as candidates_cli
     from services.demo import cli as demo_cli
     from services.evaluate import cli as evaluate_cli
     from services.intake import cli as intake_cli
@@ -32,3 +33,4 @@ def register(app: typer.Typer) -> None:
     receiver_cli.register(app)
     bench_cli.register(app)
     evaluate_cli.register(app)
+    candidates_cli.register(app)

@@ -43,7 +43,6 @@ from services.demo import dataset as ds
 from services.training.policy_file import load_policy
 
 MODES = ("federated", "plaintext")
-POLICY_FILE = ds.ROOT / "deploy" / "policy.toml"
 Say = Callable[[str], None]
 
 
@@ -97,7 +96,7 @@ def prepare_world(options: BenchOptions) -> World:
 
 def scoring_policy() -> PolicyConfig:
     """The deployed policy minus everything that would stop a candidate before scoring."""
-    policy = load_policy(POLICY_FILE)
+    policy = load_policy()  # the packaged default, deploy/policy.toml
     return policy.model_copy(
         update={
             "campaigns": [c.model_copy(update={"quota": None}) for c in policy.campaigns],

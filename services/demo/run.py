@@ -198,8 +198,6 @@ class Demo:
             "repayments",
             "--partner",
             "payments",
-            "--policy",
-            str(ds.ROOT / "deploy" / "policy.toml"),
             "--token-keys-dir",
             str(self.root / "keys" / "tokens"),
             "--paillier-dir",

@@ -7,8 +7,88 @@ from typing import Annotated
 
 import typer
 
+from services.kernel.errors import CliError
+
+REFERENCE = "the reference split (data/README.md)"
+
 
 def register(app: typer.Typer) -> None:
+    @app.command("split")
+    def split_command(
+        data: Annotated[Path, typer.Option(help="CSV with ids, every party's columns, label.")],
+        out: Annotated[
+            Path,
+            typer.Option(
+                help="Writes OUT/bank/train.csv, test.csv (ids, bank columns, label), "
+                "OUT/bank/customers.csv (every id) and OUT/partners/<name>/features.csv."
+            ),
+        ],
+        id_column: Annotated[str, typer.Option("--id", help="Customer id column.")] = "ID",
+        label_column: Annotated[
+            str, typer.Option("--label", help="0/1 label column.")
+        ] = "default.payment.next.month",
+        bank: Annotated[
+            str | None,
+            typer.Option(help=f"Comma-separated bank feature columns. Default: {REFERENCE}."),
+        ] = None,
+        partner: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--partner",
+                help=f"NAME=COL1,COL2 (repeat per partner; a-z, 0-9, -). Default: {REFERENCE}.",
+            ),
+        ] = None,
+        rows: Annotated[
+            int | None,
+            typer.Option(min=10, help="Keep a stratified sample of this many rows first."),
+        ] = None,
+        test_size: Annotated[float, typer.Option(help="Share of rows held out, in (0, 1).")] = 0.3,
+        seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Split seed.")] = 0,
+    ) -> None:
+        """Split a data set between the bank and its partners, as `fedscreen evaluate` does:
+        each party's own file with only its own columns (stratified on the label)."""
+        from services.demo import dataset as reference
+        from services.evaluate.spec import build_spec
+        from services.evaluate.split import PartyFiles, read_dataset, sample, split, write_parties
+
+        partners = partner or [
+            f"{name}={','.join(columns)}" for name, columns in reference.REFERENCE_PARTNERS.items()
+        ]
+        spec = build_spec(
+            data=data,
+            id_column=id_column,
+            label_column=label_column,
+            bank=bank if bank is not None else ",".join(reference.BANK_FEATURES),
+            partners=partners,
+            test_size=test_size,
+            seed=seed,
+            out_dir=out,
+        )
+        dataset = read_dataset(spec)
+        total = len(dataset.ids)
+        if rows is not None:
+            if rows > total:
+                raise CliError(f"--rows {rows}: {data} has only {total} rows")
+            dataset = dataset.take(sample(dataset.labels, rows, seed))
+        parts = split(dataset.labels, spec.test_size, spec.seed)
+        if out.exists() and not out.is_dir():
+            raise CliError(f"--out {out} exists and is not a directory")
+        files = PartyFiles.at(out, list(spec.partners))
+        try:
+            write_parties(dataset, spec, parts, files)
+        except OSError as exc:
+            raise CliError(f"cannot write under {out}: {exc.strerror}") from exc
+        typer.echo(
+            f"{len(dataset.ids)} of {total} rows: {len(parts.train)} to train, "
+            f"{len(parts.test)} to test (stratified on {spec.label_column}, seed {spec.seed})"
+        )
+        typer.echo(
+            f"bank: {files.train}, {files.test} ({spec.id_column}, "
+            f"{','.join(spec.bank_columns)}, {spec.label_column}); {files.customers}"
+        )
+        for name, columns in spec.partners.items():
+            typer.echo(f"{name}: {files.partners[name]} ({spec.id_column}, {','.join(columns)})")
+
     @app.command("evaluate")
     def evaluate(
         data: Annotated[Path, typer.Option(help="CSV with ids, every party's columns, label.")],

@@ -32,26 +32,19 @@ from services.evaluate.audit import Auditor
 from services.evaluate.report import CEILING, FEDERATED, FLOOR, Evaluation, ModelScore, Training
 from services.evaluate.report_html import render
 from services.evaluate.spec import EvaluateSpec
-from services.evaluate.split import Dataset, Split, read_dataset, split, write_party_csv
+from services.evaluate.split import (
+    Dataset,
+    PartyFiles,
+    Split,
+    read_dataset,
+    split,
+    write_parties,
+)
 from services.kernel.errors import CliError
 from services.kernel.kafka.broker import EmbeddedBroker, stop_process_group
 from services.kernel.kafka.topics import all_topics
 
-ROOT = Path(__file__).resolve().parents[2]
-POLICY_FILE = ROOT / "deploy" / "policy.toml"
 MODEL_VERSION = "m-evaluate"
-# The bundle embeds a policy; an evaluation never serves, so any valid one will do when
-# the project's own file is not at hand (an installed, not cloned, fedscreen).
-FALLBACK_POLICY = """\
-[frequency_cap]
-max_screenings = 1
-window_hours = 720
-
-[[campaigns]]
-campaign_id = "evaluation"
-max_pd = 1.0
-score_bands = [{ band = "A", max_pd = 1.0 }]
-"""
 
 
 class EvaluateError(CliError):
@@ -88,14 +81,6 @@ def prepare_workdir(spec: EvaluateSpec) -> tuple[Path, bool]:
     return spec.workdir.resolve(), False
 
 
-def policy_file(workdir: Path) -> Path:
-    if POLICY_FILE.is_file():
-        return POLICY_FILE
-    path = workdir / "policy.toml"
-    path.write_text(FALLBACK_POLICY)
-    return path
-
-
 def train_command(spec: EvaluateSpec, workdir: Path, deployment: Deployment) -> list[str]:
     bank = workdir / "bank"
     command = [
@@ -116,10 +101,8 @@ def train_command(spec: EvaluateSpec, workdir: Path, deployment: Deployment) -> 
     ]
     for name in spec.partners:
         command += ["--partner", name]
-    return [
+    return [  # the policy: the packaged default (an evaluation never serves)
         *command,
-        "--policy",
-        str(policy_file(workdir)),
         "--token-keys-dir",
         str(deployment.token_dir),
         "--paillier-dir",
@@ -277,17 +260,16 @@ async def evaluate(
     try:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         bank_dir = workdir / "bank"
-        for name, rows in (("bank_train.csv", parts.train), ("bank_test.csv", parts.test)):
-            write_party_csv(
-                bank_dir / name, data, spec.id_column, spec.bank_columns, rows, spec.label_column
-            )
-        everyone = np.arange(len(data.ids))
-        write_party_csv(bank_dir / "customers.csv", data, spec.id_column, [], everyone)
-        partners = []
-        for name, own in spec.partners.items():
-            csv_path = workdir / "partners" / name / "features.csv"
-            write_party_csv(csv_path, data, spec.id_column, own, everyone)
-            partners.append(PartnerInput(name, csv_path, own))
+        files = PartyFiles(
+            bank_dir / "bank_train.csv",
+            bank_dir / "bank_test.csv",
+            bank_dir / "customers.csv",
+            {name: workdir / "partners" / name / "features.csv" for name in spec.partners},
+        )
+        write_parties(data, spec, parts, files)
+        partners = [
+            PartnerInput(name, files.partners[name], own) for name, own in spec.partners.items()
+        ]
         deployment = Deployment.at(workdir)
         broker = EmbeddedBroker(
             partitions=4, topics=all_topics(spec.partners), log_path=workdir / "logs" / "broker.log"

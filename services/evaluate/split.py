@@ -31,6 +31,16 @@ class Dataset:
     def matrix(self, columns: Sequence[str], rows: np.ndarray) -> np.ndarray:
         return np.column_stack([self.values[c][rows] for c in columns])
 
+    def take(self, rows: np.ndarray) -> Dataset:
+        """Only these rows (indices), in this order."""
+        picked = rows.tolist()
+        return Dataset(
+            [self.ids[i] for i in picked],
+            self.labels[rows],
+            {c: [t[i] for i in picked] for c, t in self.text.items()},
+            {c: v[rows] for c, v in self.values.items()},
+        )
+
 
 @dataclass
 class Split:
@@ -128,6 +138,53 @@ def split(labels: np.ndarray, test_size: float, seed: int) -> Split:
         if len(np.unique(labels[rows])) < 2:
             raise CliError(f"the {name} set would hold only one label class: use more rows")
     return Split(train, test)
+
+
+def sample(labels: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """A stratified subset of ``rows`` row indices (sorted); every row if there are fewer."""
+    if rows >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    try:
+        kept, _ = train_test_split(
+            np.arange(len(labels)), train_size=rows, stratify=labels, random_state=seed
+        )
+    except ValueError as exc:
+        raise CliError(f"cannot sample {rows} rows stratified on the label: {exc}") from exc
+    return np.sort(kept)
+
+
+@dataclass(frozen=True)
+class PartyFiles:
+    """Where each party's own file goes."""
+
+    train: Path  # the bank: ids, its features, the label (training rows)
+    test: Path  # the same columns, held-out rows
+    customers: Path  # every id the bank holds (its PSI offer)
+    partners: dict[str, Path]  # per partner: ids and its features, every row
+
+    @classmethod
+    def at(cls, root: Path, partners: Sequence[str]) -> PartyFiles:
+        """``fedscreen split``'s layout (the demo's): bank/, partners/<name>/features.csv."""
+        bank = root / "bank"
+        return cls(
+            bank / "train.csv",
+            bank / "test.csv",
+            bank / "customers.csv",
+            {name: root / "partners" / name / "features.csv" for name in partners},
+        )
+
+
+def write_parties(data: Dataset, spec: EvaluateSpec, parts: Split, files: PartyFiles) -> None:
+    """Each party's file with only that party's columns."""
+    bank = spec.bank_columns
+    write_party_csv(files.train, data, spec.id_column, bank, parts.train, spec.label_column)
+    write_party_csv(files.test, data, spec.id_column, bank, parts.test, spec.label_column)
+    everyone = np.arange(len(data.ids))
+    write_party_csv(files.customers, data, spec.id_column, [], everyone)
+    for name, own in spec.partners.items():
+        write_party_csv(files.partners[name], data, spec.id_column, own, everyone)
 
 
 def write_party_csv(

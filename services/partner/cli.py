@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Load the feature store from CSV; raw ids are tokenised and never stored."""
+        import sqlite3
+
         from services.kernel.crypto.tokens import HMAC_OPT_IN, Tokenizer, TokenMap, TokenSource
         from services.partner.store import FeatureStore, StoreError
 
@@ -58,7 +60,11 @@ def register(app: typer.Typer) -> None:
                 tokenizer = TokenMap.from_csv(token_map)
             else:
                 raise CliError("give exactly one of --token-key (HMAC) and --token-map (PSI)")
-            store = FeatureStore(db)
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+                store = FeatureStore(db)
+            except (OSError, sqlite3.Error) as exc:
+                raise CliError(f"cannot create the feature store {db}: {exc}") from exc
             try:
                 count = store.load_csv(
                     csv_path,

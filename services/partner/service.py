@@ -40,6 +40,7 @@ from services.kernel.metrics import (
     start_http,
 )
 from services.kernel.model.rollout import BundleWatcher, announce_ready
+from services.kernel.readiness import report_readiness
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
 from services.partner.serving import FragmentServer, ModelCache, RequestError
 from services.partner.settings import PartnerSettings
@@ -103,6 +104,8 @@ class PartnerService:
         self._background: set[asyncio.Task[None]] = set()
         self.service_name = f"partner-{self.name}"
         self.requests: AIOKafkaConsumer | None = None
+        self.refused: str | None = None
+        """Why the newest bundle was refused (not signed by the bank, ...)."""
 
     def _check_bundle(self, bundle: PartnerBundle) -> None:
         """Only a bundle the bank signed, a republished version included: its Paillier
@@ -117,6 +120,7 @@ class PartnerService:
     def _refused_bundle(self, partition: int, value: bytes, why: str) -> None:
         """Dead-letter a bundle this partner will not load (the watcher's callback runs
         on the event loop, inside the topic reader)."""
+        self.refused = why
         if self._dlq is None:
             return
         reason = "bad-signature" if "not signed by the bank" in why else "unusable-bundle"
@@ -136,7 +140,23 @@ class PartnerService:
 
     def ready(self) -> bool:
         """A model is loaded and this instance owns request partitions."""
-        return bool(self.cache.models) and bool(self.requests and self.requests.assignment())
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why :meth:`ready` is false, for /readyz and the log; None when ready."""
+        if not self.cache.models:
+            topic = rollout_topic(self.name)
+            if building := self.cache.building():
+                return f"loading model {', '.join(building)}"
+            if self.cache.failed:
+                version, why = next(reversed(self.cache.failed.items()))
+                return f"cannot load model {version}: {why}"
+            if self.refused is not None:
+                return f"no usable model bundle on {topic}: {self.refused}"
+            return f"waiting for a model bundle on {topic}"
+        if self.requests is None or not self.requests.assignment():
+            return f"no partition of {requests_topic(self.name)} assigned yet"
+        return None
 
     async def run(self) -> None:
         producer = make_producer(self.kafka)
@@ -165,10 +185,13 @@ class PartnerService:
         await requests.start()
         await training.start()
         self.requests = requests
-        http = await start_http(self.settings.metrics_port, self.ready)
+        http = await start_http(
+            self.settings.metrics_port, self.not_ready_reason, self.settings.metrics_host
+        )
         log.info("partner %s serving %s", self.name, requests_topic(self.name))
         try:
             await run_until_stopped(
+                report_readiness(self.service_name, self.not_ready_reason),
                 self.watcher.run(),
                 self.peers.follow(self.kafka),
                 self.serve(requests, producer, dlq),
@@ -246,6 +269,15 @@ class PartnerService:
     ) -> None:
         reassembler = Reassembler()
         limit = self.kafka.max_message_bytes - 4096
+        # A new group starts at the end of the topic: fix that position now and say so,
+        # so that a session the bank starts after this line is never missed.
+        while not consumer.assignment():
+            await asyncio.sleep(0.1)
+        for partition in consumer.assignment():
+            await consumer.position(partition)
+        log.info(
+            "partner %s taking training sessions from %s", self.name, training_topic(self.name)
+        )
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():

@@ -24,10 +24,10 @@ from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.dlq import DeadLetters
 from services.kernel.kafka.lag import Sample, faust_samples, watch_lag
 from services.kernel.kafka.topics import FRAGMENTS, PENDING, ROLLOUT_BANK
-from services.kernel.logs import use_formatter_everywhere
 from services.kernel.metrics import MESSAGES_IN, start_http
 from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announce_ready
 from services.kernel.model.scoring import BankScorer
+from services.kernel.readiness import report_readiness
 from services.partner.serving import PLAINTEXT_KEY_ID
 from services.prescreen import faust_patches
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
@@ -76,6 +76,12 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         scorer = scorers.get(version)
         return (bundle, scorer) if bundle is not None and scorer is not None else None
 
+    try:  # faust expects its data directory to exist; a fresh working directory has none
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"PRESCREEN_DATA_DIR {settings.data_dir}: cannot create it: {exc.strerror}"
+        ) from exc
     app = faust.App(
         settings.app_id,
         **kafka.faust_broker_kwargs(),
@@ -179,28 +185,37 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         consumer = getattr(app, "_consumer", None)
         return [] if consumer is None else faust_samples(consumer, (PENDING, FRAGMENTS))
 
+    def not_ready_reason() -> str | None:
+        """None once a model is rolled out, partitions are assigned and tables are
+        recovered; otherwise what is missing."""
+        if watcher.latest is None:
+            if waiting_for_key:
+                version, bundle = next(iter(waiting_for_key.items()))
+                return (
+                    f"no private key {bundle.key_id} for model {version} in "
+                    f"{settings.private_keys_dir}"
+                )
+            return f"waiting for a model bundle on {ROLLOUT_BANK}"
+        consumer = getattr(app, "_consumer", None)
+        if consumer is None or not consumer.assignment():
+            return f"no partition of {PENDING} and {FRAGMENTS} assigned yet"
+        if app.rebalancing:
+            return "rebalancing: recovering the tables from their changelogs"
+        return None
+
     def ready() -> bool:
         """A model is rolled out, partitions are assigned and tables are recovered."""
-        consumer = getattr(app, "_consumer", None)
-        return (
-            watcher.latest is not None
-            and consumer is not None
-            and bool(consumer.assignment())
-            and not app.rebalancing
-        )
+        return not_ready_reason() is None
 
     @app.task
     async def side_services() -> None:
-        # faust's worker leaves the root logger at DEBUG; aiokafka then builds (and drops)
-        # a debug record for every message sent, about a tenth of this process's CPU.
-        logging.getLogger("aiokafka").setLevel(logging.WARNING)
-        use_formatter_everywhere()  # after faust's worker installed its handlers
         producer = make_producer(kafka)
         await producer.start()
         state["dlq"] = DeadLetters(producer, SERVICE, kafka.max_message_bytes)
         dlq_ready.set()
-        await start_http(settings.metrics_port, ready)
+        await start_http(settings.metrics_port, not_ready_reason, settings.metrics_host)
         watching = asyncio.create_task(watcher.run())
+        readiness = asyncio.create_task(report_readiness(SERVICE, not_ready_reason))
         lag = asyncio.create_task(watch_lag(SERVICE, consumer_lag))
         recovering = asyncio.create_task(
             keep_recovering(
@@ -231,6 +246,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                 await announce_ready(producer, PRESCREEN_PARTY, version)
         finally:
             watching.cancel()
+            readiness.cancel()
             lag.cancel()
             recovering.cancel()
             await producer.stop()

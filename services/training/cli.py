@@ -26,9 +26,13 @@ def register(app: typer.Typer) -> None:
         eval_data: Annotated[
             Path | None, typer.Option(help="Held-out rows: scored through the protocol, never fit.")
         ] = None,
-        policy: Annotated[Path, typer.Option(help="Policy TOML embedded in the bundle.")] = Path(
-            "deploy/policy.toml"
-        ),
+        policy: Annotated[
+            Path | None,
+            typer.Option(
+                help="Policy TOML embedded in the bundle. Default: the policy shipped with "
+                "fedscreen (the same as deploy/policy.toml)."
+            ),
+        ] = None,
         token_keys_dir: Annotated[Path, typer.Option()] = Path("keys/tokens"),
         paillier_dir: Annotated[Path, typer.Option(help="Where the new key is written.")] = Path(
             "keys/paillier"

@@ -9,16 +9,28 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas import Decision, EncryptedFragment, FragmentRequest, ReasonCode, Release
+from schemas import (
+    CandidateEvent,
+    Decision,
+    DlqEnvelope,
+    EncryptedFragment,
+    FragmentRequest,
+    ReasonCode,
+    Release,
+)
+from schemas.examples import examples
 from services.bench.fixtures import install_model
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
@@ -27,12 +39,14 @@ from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.topics import (
     AGREEMENT_KEYS,
     CANDIDATES,
+    DECISIONS,
     FRAGMENTS,
     PENDING,
     RELEASES,
     requests_topic,
 )
 from services.kernel.model.scoring import BankScorer, sigmoid
+from services.kernel.procs import ServiceProcess
 from services.partner.store import FeatureStore
 from tests.integration.harness import (
     PARTNERS,
@@ -139,6 +153,95 @@ async def test_every_candidate_gets_one_correct_decision(running: Running) -> No
         }
 
 
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a service's log (its stdout and stderr) as JSON; fails on any other."""
+    text = path.read_text(errors="replace")
+    complete = text[: text.rfind("\n") + 1]  # a line still being written is not judged
+    lines = []
+    for number, line in enumerate(complete.splitlines(), 1):
+        try:
+            body = json.loads(line)
+        except ValueError:
+            pytest.fail(f"{path.name}:{number} is not JSON: {line!r}")
+        assert isinstance(body, dict) and {"ts", "level", "logger", "message"} <= set(body), line
+        lines.append(body)
+    return lines
+
+
+async def test_every_service_logs_one_json_object_per_line(running: Running) -> None:
+    """FEDSCREEN_LOG_FORMAT=json (the default): every line, faust's worker included, from
+    its first (before the worker configures logging) to the decisions just made."""
+    services = running.pipeline.fleet.services
+    assert {"intake", "prescreen", *(f"partner-{p}" for p in PARTNERS)} <= set(services)
+    for service in services.values():
+        lines = log_lines(service.log_path)
+        assert lines, f"{service.name} logged nothing"
+    prescreen = log_lines(services["prescreen"].log_path)
+    assert any(line["logger"].startswith("faust.") for line in prescreen)
+    assert any(line["message"] == "prescreen ready" for line in prescreen)
+
+
+async def test_an_intake_without_its_token_maps_says_why_it_is_not_ready(
+    running: Running, tmp_path: Path
+) -> None:
+    """The issue's by-hand mistake: INTAKE_TOKEN_KEY_DIR (misspelt, so the token maps are
+    looked for elsewhere). The misspelling is named at start, /readyz says what is
+    missing, and so does one log line."""
+    deployment = running.pipeline.deployment
+    wrong = tmp_path / "keys" / "tokens"
+    service = ServiceProcess(
+        name="intake-wrong-keys",
+        args=["intake", "run"],
+        env={},
+        log_path=tmp_path / "intake-wrong-keys.log",
+    )
+    service.env = {
+        **running.broker.env(),
+        "INTAKE_TOKEN_KEY_DIR": str(deployment.token_dir),
+        "INTAKE_TOKEN_KEYS_DIR": str(wrong),
+        "INTAKE_SIGNING_KEY_FILE": str(deployment.bank_signing_key),
+        "INTAKE_GROUP_ID": f"intake-wrong-keys-{uuid.uuid4().hex[:8]}",
+        "INTAKE_METRICS_HOST": "127.0.0.1",
+        "INTAKE_METRICS_PORT": str(service.metrics_port),
+    }
+    service.start()
+    try:
+        await service.wait_alive()
+        url = f"http://127.0.0.1:{service.metrics_port}/readyz"
+        status, body = 0, ""
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                async with session.get(url) as response:
+                    status, body = response.status, await response.text()
+                if "no PSI token map" in body:
+                    break
+                await asyncio.sleep(0.2)
+        assert status == 503
+        assert body.startswith("not ready: no usable model bundle on model.rollouts.bank.v1: ")
+        assert f"no PSI token map {wrong}/" in body
+
+        not_ready: list[dict[str, Any]] = []
+        for _ in range(300):  # logged once the reason has held for a few seconds
+            not_ready = [
+                line
+                for line in log_lines(service.log_path)
+                if line["message"].startswith("intake not ready: ")
+            ]
+            if not_ready:
+                break
+            await asyncio.sleep(0.2)
+        assert len(not_ready) == 1
+        assert not_ready[0]["level"] == "WARNING"
+        assert not_ready[0]["message"] == f"intake not ready: {body.removeprefix('not ready: ')}"
+        messages = [line["message"] for line in log_lines(service.log_path)]
+        assert (
+            "unknown setting INTAKE_TOKEN_KEY_DIR (did you mean INTAKE_TOKEN_KEYS_DIR?)" in messages
+        )
+        assert service.alive
+    finally:
+        service.stop()
+
+
 async def test_a_duplicate_event_is_decided_once(running: Running) -> None:
     event = running.candidate(3, event_id="dup-1")
     await send_candidates(running.settings, [event, event])
@@ -215,6 +318,69 @@ async def test_garbage_on_every_input_topic_goes_to_the_dlq(
         dead = {original_value(e) for e in envelopes}
         assert set(marked) <= dead, f"garbage on {topic} was not dead-lettered"
         assert all(e.reason == "invalid-schema" for e in envelopes if original_value(e) in marked)
+
+
+async def wait_for_dead_letters(
+    running: Running, topic: str, values: Collection[bytes], timeout_s: float = 60.0
+) -> list[DlqEnvelope]:
+    """The dead letters of ``topic`` whose original value is one of ``values``, waiting
+    until each value has one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = [
+            e for e in await dead_letters(running.settings, topic) if original_value(e) in values
+        ]
+        if {original_value(e) for e in found} >= set(values) or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
+async def test_the_schemas_counter_examples_are_dead_lettered_and_never_decided(
+    running: Running,
+) -> None:
+    """What ``candidate.v1.json`` refuses, intake refuses: each counter-example shipped
+    with the schema lands on the DLQ as ``invalid-schema`` and is never decided (a consent
+    of "yes" included); the valid examples sent with them are decided."""
+    shipped = examples(CandidateEvent.SCHEMA_ID)
+    invalid = [e for e in shipped if not e.valid]
+    valid = [e for e in shipped if e.valid]
+    documents = {e.body: json.loads(e.body) for e in shipped}
+
+    def key(body: bytes) -> bytes:
+        customer = documents[body].get("customer_id")
+        return customer.encode() if isinstance(customer, str) else b"counter-example"
+
+    await produce(running.settings, CANDIDATES, [(key(e.body), e.body) for e in invalid + valid])
+
+    valid_ids = [documents[e.body]["event_id"] for e in valid]
+    decided = await wait_for_decisions(running.settings, valid_ids)
+    assert {event_id: len(d) for event_id, d in decided.items()} == dict.fromkeys(valid_ids, 1)
+    for example in valid:
+        if documents[example.body]["consent_marketing"] is False:
+            assert decided[documents[example.body]["event_id"]][0].reasons == [
+                ReasonCode.NO_CONSENT
+            ]
+    refused = await wait_for_dead_letters(running, CANDIDATES, [e.body for e in invalid])
+    for example in invalid:
+        letters = [e for e in refused if original_value(e) == example.body]
+        assert letters, f"not dead-lettered: {example.why}"
+        assert {e.reason for e in letters} == {"invalid-schema"}, example.why
+    yes = next(e for e in invalid if documents[e.body].get("consent_marketing") == "yes")
+    assert all("consent_marketing" in e.error for e in refused if original_value(e) == yes.body)
+
+    # Every counter-example is dead-lettered by now, and a dead-lettered record is not
+    # processed further: none of them was decided, by intake or by prescreen.
+    names = {
+        documents[e.body][field]
+        for e in invalid
+        for field in ("event_id", "customer_id")
+        if isinstance(documents[e.body].get(field), str)
+    }
+    decisions = [
+        Decision.model_validate_json(v) for v in await read_all(running.settings, DECISIONS)
+    ]
+    assert not [d for d in decisions if d.event_id in names or d.customer_id in names]
 
 
 async def test_forged_fragments_are_rejected_with_a_reason(running: Running) -> None:
