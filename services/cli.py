@@ -130,11 +130,25 @@ def main(argv: list[str] | None = None) -> None:
         print("fedscreen: aborted", file=sys.stderr)
         sys.exit(130)
     except CliError as exc:
-        print(f"fedscreen: error: {exc}", file=sys.stderr)
+        report_error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def report_error(message: str) -> None:
+    """``fedscreen: error: …`` on stderr; a service that already set up JSON logging (its
+    ``run`` command does so first) logs it as one JSON line instead, so that a service
+    refusing to start (an invalid setting) writes nothing but JSON to its log."""
+    import logging
+
+    from services.kernel.logs import JsonFormatter
+
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("fedscreen").error("fedscreen: error: %s", message)
+    else:
+        print(f"fedscreen: error: {message}", file=sys.stderr)
 
 
 def existing_file(path: Path, what: str) -> Path:
