@@ -101,8 +101,13 @@ def read_candidates(
     return events
 
 
-async def send(settings: KafkaSettings, events: Sequence[CandidateEvent]) -> None:
-    """Each event to ``bank.candidates.v1``, keyed by its customer id."""
+async def send(
+    settings: KafkaSettings,
+    events: Sequence[CandidateEvent],
+    raw: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Each event to ``bank.candidates.v1``, keyed by its customer id, then the ``raw``
+    (key, value) records as they are (the demo's malformed input)."""
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -112,6 +117,8 @@ async def send(settings: KafkaSettings, events: Sequence[CandidateEvent]) -> Non
                 key=event.customer_id.encode(),
                 value=event.model_dump_json().encode(),
             )
+        for key, value in raw:
+            await producer.send(CANDIDATES, key=key, value=value)
         await producer.flush()
     finally:
         await producer.stop()

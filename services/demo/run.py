@@ -36,11 +36,12 @@ from schemas import CandidateEvent, Decision
 from services.bench.alignment import PartnerInput, align_and_load
 from services.bench.fixtures import Deployment, PartnerData
 from services.bench.pipeline import Pipeline, PipelineOptions
+from services.candidates.events import send as send_candidates
 from services.demo import dataset as ds
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.clients import make_consumer, make_producer
-from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics
+from services.kernel.kafka.clients import make_consumer
+from services.kernel.kafka.topics import DECISIONS, all_topics
 
 # How much of the bank's customer base each partner holds, and how many customers it
 # has that the bank does not: the PSI keeps the first, hides the second.
@@ -232,26 +233,9 @@ class Demo:
         c.rule("pre-screening the held-out customers")
         events = self.candidates(test)
         settings = broker.settings()
-        producer = make_producer(settings)
-        await producer.start()
-        try:
-            for event in events:
-                await producer.send(
-                    CANDIDATES,
-                    key=event.customer_id.encode(),
-                    value=event.model_dump_json().encode(),
-                )
-            for event in events[: self.options.duplicates]:  # bank systems retry
-                await producer.send(
-                    CANDIDATES,
-                    key=event.customer_id.encode(),
-                    value=event.model_dump_json().encode(),
-                )
-            for i in range(self.options.malformed):
-                await producer.send(CANDIDATES, key=b"junk", value=f'{{"broken": {i}'.encode())
-            await producer.flush()
-        finally:
-            await producer.stop()
+        retried = events[: self.options.duplicates]  # bank systems retry
+        junk = [(b"junk", f'{{"broken": {i}'.encode()) for i in range(self.options.malformed)]
+        await send_candidates(settings, [*events, *retried], junk)
         decisions = await self.collect(settings, {e.event_id for e in events})
         delivered = await self.await_deliveries(pipeline, decisions)
         return self.summarise(train, test, events, decisions, delivered, report, pipeline)

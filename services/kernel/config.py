@@ -14,7 +14,7 @@ import os
 import re
 import ssl
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.kernel.errors import CliError
 
 S = TypeVar("S", bound=BaseSettings)
+
+MetricsHost = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Address the /metrics, /healthz and /readyz server listens on: every "
+        "interface by default, for probes and scrapers outside the container; 127.0.0.1 keeps "
+        "it to this machine.",
+    ),
+]
+"""Every service's ``<PREFIX>_METRICS_HOST`` (default ``0.0.0.0``)."""
 
 log = logging.getLogger(__name__)
 

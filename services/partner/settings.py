@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.kernel.config import MetricsHost
+
 
 class PartnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PARTNER_", extra="ignore")
@@ -75,13 +77,7 @@ class PartnerSettings(BaseSettings):
         default=False, description="Benchmark only: answer plaintext bundles without encryption."
     )
     metrics_port: int = Field(default=0, description="0 disables /metrics, /healthz, /readyz.")
-    metrics_host: str = Field(
-        default="0.0.0.0",
-        min_length=1,
-        description="Address the /metrics, /healthz and /readyz server listens on: every "
-        "interface by default, for probes and scrapers outside the container; 127.0.0.1 keeps "
-        "it to this machine.",
-    )
+    metrics_host: MetricsHost = "0.0.0.0"
     bundle_wait_s: float = Field(
         default=5.0, description="How long a request may wait for its model version to load."
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.kernel.config import MetricsHost
+
 
 class PrescreenSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRESCREEN_", extra="ignore")
@@ -30,10 +32,4 @@ class PrescreenSettings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".fedscreen/prescreen"), description="faust data dir.")
     metrics_port: int = 0
-    metrics_host: str = Field(
-        default="0.0.0.0",
-        min_length=1,
-        description="Address the /metrics, /healthz and /readyz server listens on: every "
-        "interface by default, for probes and scrapers outside the container; 127.0.0.1 keeps "
-        "it to this machine.",
-    )
+    metrics_host: MetricsHost = "0.0.0.0"

@@ -12,6 +12,8 @@ from typing import TypeVar
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.kernel.config import MetricsHost
+
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -53,13 +55,7 @@ class WebhooksSettings(BaseSettings):
         "most once per this interval, with counts by cause.",
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics.")
-    metrics_host: str = Field(
-        default="0.0.0.0",
-        min_length=1,
-        description="Address the /metrics, /healthz and /readyz server listens on: every "
-        "interface by default, for probes and scrapers outside the container; 127.0.0.1 keeps "
-        "it to this machine.",
-    )
+    metrics_host: MetricsHost = "0.0.0.0"
 
     @model_validator(mode="after")
     def _backoff_bounds(self) -> WebhooksSettings:
