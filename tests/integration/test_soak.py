@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from services.bench.cli import run_soak_command
+from services.bench.probes import process_groups, read_processes
 from services.bench.run import finite
 from services.bench.soak import (
     BROKER,
@@ -23,8 +24,6 @@ from services.bench.soak import (
     analyse,
     latency_drift,
     memory_growth,
-    process_groups,
-    read_processes,
     slope_per_hour,
     soak,
 )
