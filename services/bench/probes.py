@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,34 +203,75 @@ def record_bytes(key: bytes | None, value: bytes | None, headers: Sequence[Any])
     return size
 
 
-async def topic_traffic(
-    settings: KafkaSettings,
-    before: dict[TopicPartition, int],
-    after: dict[TopicPartition, int],
-    *,
-    sample_per_topic: int = 1000,
-    timeout_s: float = 60.0,
-) -> dict[str, TopicTraffic]:
-    """Records written to each topic between two reads of the end offsets (exact), and
-    their mean size from up to ``sample_per_topic`` of them per topic, read back from
-    the phase's start offsets. Run outside a measured phase: it costs the broker CPU."""
-    grown = {tp: end - before.get(tp, 0) for tp, end in after.items()}
-    grown = {tp: n for tp, n in grown.items() if n > 0}
-    counts: dict[str, int] = {}
-    for tp, n in grown.items():
-        counts[tp.topic] = counts.get(tp.topic, 0) + n
-    sizes: dict[str, list[int]] = {topic: [] for topic in counts}
-    if grown:
+async def _read_back(
+    consumer: AIOKafkaConsumer,
+    starts: dict[TopicPartition, int],
+    visit: Callable[[TopicPartition, Any], None],
+    quiet_ms: int,
+) -> dict[TopicPartition, int]:
+    """Read every partition from its start offset until a fetch brings nothing for
+    ``quiet_ms`` (the pipeline is idle by then); the end of each: last offset + 1."""
+    consumer.assign(list(starts))
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    ends = dict(starts)
+    while batches := await consumer.getmany(timeout_ms=quiet_ms):
+        for tp, records in batches.items():
+            for record in records:
+                visit(tp, record)
+                ends[tp] = max(ends[tp], record.offset + 1)
+    return ends
+
+
+async def true_ends(
+    settings: KafkaSettings, reported: dict[TopicPartition, int], *, quiet_ms: int = 1000
+) -> dict[TopicPartition, int]:
+    """The end offset of each partition, from the broker's reported one. The embedded
+    broker (Tansu, in memory) reports the base offset of a partition's last record
+    batch plus one, not its last record's plus one: reading from there finds the rest."""
+    starts = {tp: max(0, end - 1) for tp, end in reported.items() if end > 0}
+    ends = dict(reported)
+    if starts:
         consumer = make_consumer(settings, group_id=None)
         await consumer.start()
         try:
-            consumer.assign(list(grown))
-            for tp in grown:
-                consumer.seek(tp, before.get(tp, 0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    _sample_sizes(consumer, grown, after, sizes, sample_per_topic), timeout_s
-                )
+            ends.update(await _read_back(consumer, starts, lambda tp, r: None, quiet_ms))
+        finally:
+            await consumer.stop()
+    return ends
+
+
+async def topic_traffic(
+    settings: KafkaSettings,
+    before: dict[TopicPartition, int],
+    reported_after: dict[TopicPartition, int],
+    *,
+    sample_per_topic: int = 2000,
+    quiet_ms: int = 1000,
+) -> dict[str, TopicTraffic]:
+    """Records written to each topic since ``before`` (true ends, ``true_ends``),
+    counted by reading them back to the end, and their mean size over the first
+    ``sample_per_topic`` of each topic. A partition whose reported end did not move
+    past ``before`` got nothing (a new batch's base offset is at least the old end).
+    Run it outside a measured phase, once the pipeline is idle: it costs the broker CPU
+    and reads until no record comes."""
+    starts = {
+        tp: before.get(tp, 0) for tp, end in reported_after.items() if end > before.get(tp, 0)
+    }
+    counts: dict[str, int] = {}
+    sizes: dict[str, list[int]] = {}
+
+    def visit(tp: TopicPartition, record: Any) -> None:
+        counts[tp.topic] = counts.get(tp.topic, 0) + 1
+        sample = sizes.setdefault(tp.topic, [])
+        if len(sample) < sample_per_topic:
+            sample.append(record_bytes(record.key, record.value, record.headers))
+
+    if starts:
+        consumer = make_consumer(settings, group_id=None)
+        await consumer.start()
+        try:
+            await _read_back(consumer, starts, visit, quiet_ms)
         finally:
             await consumer.stop()
     return {
@@ -241,25 +282,3 @@ async def topic_traffic(
         )
         for topic in sorted(counts)
     }
-
-
-async def _sample_sizes(
-    consumer: AIOKafkaConsumer,
-    grown: dict[TopicPartition, int],
-    after: dict[TopicPartition, int],
-    sizes: dict[str, list[int]],
-    limit: int,
-) -> None:
-    open_tps = set(grown)
-    while open_tps:
-        batches = await consumer.getmany(*open_tps, timeout_ms=500)
-        for tp, records in batches.items():
-            for record in records:
-                if record.offset < after[tp] and len(sizes[tp.topic]) < limit:
-                    sizes[tp.topic].append(record_bytes(record.key, record.value, record.headers))
-        for tp in list(open_tps):
-            # A partition is done when its topic has its sample or it is read to the
-            # phase's end (later records belong to the next phase).
-            if len(sizes[tp.topic]) >= limit or await consumer.position(tp) >= after[tp]:
-                open_tps.discard(tp)
-                consumer.pause(tp)

@@ -51,18 +51,18 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import PolicyConfig
+from services.bench.capacity import BROKER, HARNESS
 from services.bench.load import DecisionCollector, Seen, now_iso, send_messages, tag_of
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.bench.probes import KafkaProbe, ProcessSampler, machine_busy_s
 from services.bench.report import print_machine
 from services.bench.run import BenchOptions, World, finite, prepare_world
 from services.bench.session import running_pipeline
-from services.bench.stats import HARNESS, Accounting, parse_ts, percentiles_ms
+from services.bench.stats import Accounting, parse_ts, percentiles_ms
 from services.kernel.kafka.topics import FRAGMENTS, PENDING, requests_topic
 
 Say = Callable[[str], None]
 HOUR_S = 3600.0
-BROKER = "broker (tansu)"
 UNJUDGED = (BROKER, HARNESS)
 """Reported, not judged: the broker keeps every record in memory by design, and the
 harness is not part of the product."""
@@ -705,7 +705,7 @@ class SoakRequest:
     rate: float = 300.0
     interval_s: float = 10.0
     rows: int | None = 2000
-    out: Path = Path("soak-results.json")
+    out: Path = Path(".fedscreen/bench/soak-results.json")
     workdir: Path = Path(".fedscreen/bench")
     linger_ms: float = 20.0
     warmup_s: float | None = None

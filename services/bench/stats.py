@@ -14,6 +14,7 @@ from datetime import datetime
 
 import numpy as np
 
+from services.bench.capacity import HARNESS
 from services.bench.load import Seen
 from services.bench.probes import ProcessSampler
 
@@ -84,9 +85,6 @@ def percentiles_ms(values_s: Sequence[float]) -> dict[str, float]:
 
 def parse_ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
-
-
-HARNESS = "bench (load+collector)"
 
 
 class CpuMeter:

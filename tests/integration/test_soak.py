@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from services.bench.capacity import BROKER
 from services.bench.cli import run_soak_command
 from services.bench.probes import process_groups, read_processes
 from services.bench.run import finite
 from services.bench.soak import (
-    BROKER,
     SoakOptions,
     SoakRequest,
     Window,
