@@ -60,6 +60,7 @@ class CpuPerCandidate:
     services: dict[str, ServiceCpu]  # every pipeline process, the broker among them
     crypto_floor_us: float | None  # the micro-benchmark's fragment path, same run
     harness_us: float | None = None  # the load generator: reported, never summed
+    unscored: int = 0  # decided without the partners' scores (a missed deadline)
 
     @property
     def pipeline_us(self) -> float:
@@ -83,6 +84,7 @@ class CpuPerCandidate:
             "crypto_floor_us": self.crypto_floor_us,
             "ratio": self.ratio,
             "harness_us": self.harness_us,
+            "unscored": self.unscored,
         }
 
 
@@ -93,6 +95,7 @@ def cpu_per_candidate(
     crypto_floor_us: float | None = None,
     pool_drawn: Mapping[str, int] | None = None,
     factor_ms: float | None = None,
+    scored: int | None = None,
 ) -> CpuPerCandidate:
     """``cpu``: CPU seconds per process name in the phase (``CpuMeter.read()``);
     ``pool_drawn``: factors each partner drew from its pool and did not replace, by
@@ -115,6 +118,7 @@ def cpu_per_candidate(
         services,
         crypto_floor_us,
         float(harness["cpu_s"]) / decided * 1e6 if harness else None,
+        max(0, decided - scored) if scored is not None else 0,
     )
 
 
@@ -282,6 +286,11 @@ def plan(
             "partners' CPU does not include re-randomisation factors drawn from their "
             "pools (no micro-benchmark in the run, or no factor drawn)"
         )
+    if cpu.unscored:
+        notes.append(
+            f"{cpu.unscored} of {cpu.decided} candidates were decided without the partners' "
+            "scores (deadline): they cost less, so the plan may be short; measure again"
+        )
     if any(t.mean_bytes is None for t in traffic):
         notes.append("some topics' record sizes were not read: their MB/s is missing")
     return CapacityPlan(rate, a, services, broker, topics, partitions, reason, notes)
@@ -293,7 +302,8 @@ ASSUMPTIONS_TEXT = (
     "one instance uses at most {instance_cores:g} core(s); each runs at <= {headroom:.0%} busy",
     "intake, prescreen, webhooks and each partner scale per partition (a consumer group "
     "gives each instance whole partitions); every topic has the same partition count "
-    "(the joins are co-partitioned)",
+    "(the joins are co-partitioned); more than one replica of a partner needs its "
+    "replicas to share a store (docs/runbook.md#scale-out)",
     "partners' CPU includes the re-randomisation factors drawn from their pools during "
     "the run, at the micro-benchmark's cost per factor; partners run on their own cores",
     "the broker is not in the services' cores: its MB/s are payload writes (key + value "
@@ -323,7 +333,8 @@ def inputs_from_results(results: Mapping[str, Any]) -> PlanInputs:
     phase = fed.get("throughput") or {}
     cpu = phase.get("cpu")
     traffic = phase.get("traffic")
-    decided = (phase.get("accounting") or {}).get("decided")
+    accounting = phase.get("accounting") or {}
+    decided, scored = accounting.get("decided"), accounting.get("scored")
     if not cpu or not isinstance(decided, int):
         raise PlanError("the federated run has no CPU figures (results of an older bench?)")
     if traffic is None:
@@ -338,6 +349,7 @@ def inputs_from_results(results: Mapping[str, Any]) -> PlanInputs:
         crypto_floor_us=micro.get("fragment_us_per_candidate"),
         pool_drawn=drawn,
         factor_ms=micro.get("uniform_factor_ms"),
+        scored=scored if isinstance(scored, int) else None,
     )
     info = results.get("machine") or {}
     machine = (

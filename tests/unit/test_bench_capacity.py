@@ -142,6 +142,14 @@ def test_plan_rejects_a_rate_or_headroom_it_cannot_use() -> None:
         Assumptions(headroom=1.5)
 
 
+def test_a_plan_from_a_run_with_unscored_candidates_says_it_may_be_short() -> None:
+    cpu = cpu_per_candidate(CPU, 10_000, scored=9_160)
+    assert cpu.unscored == 840
+    made = plan(cpu, [], 10_000.0)
+    assert any("840 of 10000 candidates were decided without" in n for n in made.notes)
+    assert not any("without" in n for n in plan(measured(scored=10_000), [], 1.0).notes)
+
+
 def test_the_plan_states_its_assumptions() -> None:
     made = plan(measured(), [TopicLoad("t", 1.0, None)], 1_000.0, Assumptions(headroom=0.6))
     text = " ".join(assumption_lines(made.assumptions))
@@ -165,7 +173,7 @@ def results_json() -> dict[str, Any]:
             "modes": {
                 "federated": {
                     "throughput": {
-                        "accounting": {"decided": 10_000},
+                        "accounting": {"decided": 10_000, "scored": 10_000},
                         "cpu": CPU,
                         "factor_pools": {
                             "ready_at_start": {"repayments": 1024, "payments": 1024},
