@@ -4,15 +4,20 @@ steady run for memory growth and latency drift (services/bench/soak.py)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+# Standard library only (fedscreen --help stays fast); the rest is imported when run.
+from services.bench.capacity import Assumptions
 from services.kernel.errors import CliError
 
 VALID_MODES = ("federated", "plaintext")
+DEFAULT_WORKDIR = Path(".fedscreen/bench")
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -62,13 +67,17 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 help="Where to write the JSON results (default bench-results.json, "
-                "or soak-results.json with --soak).",
+                "or soak-results.json with --soak, in --workdir).",
                 show_default=False,
             ),
         ] = None,
         workdir: Annotated[
-            Path, typer.Option(help="Scratch directory: keys, stores, logs per mode.")
-        ] = Path(".fedscreen/bench"),
+            Path,
+            typer.Option(
+                help="Where everything the bench writes goes: keys, stores, logs per mode, "
+                "and the JSON results unless --out."
+            ),
+        ] = DEFAULT_WORKDIR,
         rows: Annotated[
             int | None,
             typer.Option(
@@ -107,17 +116,48 @@ def register(app: typer.Typer) -> None:
         interval: Annotated[
             float, typer.Option(help="--soak: seconds per sampling window.")
         ] = 10.0,
+        plan: Annotated[
+            list[float] | None,
+            typer.Option(
+                "--plan",
+                help="Target rate, candidates/s (repeatable): print the cores, instances, "
+                "Kafka partitions and broker throughput it needs, from the CPU per "
+                "candidate the federated run measures (docs/benchmarks.md#capacity-plan).",
+                show_default=False,
+            ),
+        ] = None,
+        from_: Annotated[
+            Path | None,
+            typer.Option(
+                "--from",
+                help="With --plan: plan from this saved results JSON instead of running.",
+                show_default=False,
+            ),
+        ] = None,
+        headroom: Annotated[
+            float, typer.Option(help="--plan: the share of its cores an instance may keep busy.")
+        ] = 0.7,
     ) -> None:
         """Benchmark the pipeline (federated and plaintext) and the crypto; write JSON.
-        With --soak, a long steady run for memory growth and latency drift instead."""
+        With --soak, a long steady run for memory growth and latency drift instead; with
+        --plan RATE --from FILE, a capacity plan from a saved run."""
+        rates = tuple(plan or ())
+        assumptions = check_plan(rates, headroom)
+        if from_ is not None:
+            if soak:
+                raise CliError("--from does not apply to --soak")
+            plan_from_file(from_, rates, assumptions)
+            return
         if soak:
+            if rates:
+                raise CliError("--plan does not apply to --soak (use a federated bench run)")
             run_soak_command(rate, duration, interval, rows, out, workdir, linger_ms, training)
             return
         from services.bench.run import BenchRequest, run_bench
 
         rate = 500.0 if rate is None else rate
         duration = 20.0 if duration is None else duration
-        out = Path("bench-results.json") if out is None else out
+        out = default_out(out, workdir, "bench-results.json")
         if candidates < 1:
             raise CliError("--candidates must be at least 1")
         check_load(rate, duration)
@@ -126,13 +166,19 @@ def register(app: typer.Typer) -> None:
             raise CliError("--factor-pool must be at least 1")
         if not micro and not pipeline and not training:
             raise CliError("nothing to run: --no-micro and --no-pipeline without --training")
+        parsed = parse_modes(modes)
+        if rates and (not pipeline or "federated" not in parsed):
+            raise CliError(
+                "--plan needs the federated pipeline run (--modes federated, no "
+                "--no-pipeline), or --from a saved results file"
+            )
         if out.exists() and out.is_dir():
             raise CliError(f"--out {out} is a directory")
         request = BenchRequest(
             candidates=candidates,
             rate=rate,
             duration_s=duration,
-            modes=parse_modes(modes),
+            modes=parsed,
             micro=micro,
             pipeline=pipeline,
             out=out,
@@ -141,12 +187,57 @@ def register(app: typer.Typer) -> None:
             linger_ms=linger_ms,
             training=training,
             factor_pool=factor_pool,
+            plans=rates,
+            assumptions=assumptions,
         )
         run_or_fail(
             lambda: run_bench(request),
             could_not="the benchmark could not run",
             broke=f"the benchmark found problems (listed above; results in {out})",
         )
+
+
+def default_out(out: Path | None, workdir: Path, name: str) -> Path:
+    """The results file: ``--out``, or ``name`` in the work directory, so that a run
+    leaves nothing in the directory it was started from."""
+    return workdir / name if out is None else out
+
+
+def check_plan(rates: tuple[float, ...], headroom: float) -> Assumptions:
+    for rate in rates:
+        if not 0 < rate <= 100_000_000:
+            raise CliError(f"--plan {rate:g}: a target rate must be in (0, 100000000] candidates/s")
+    if not 0 < headroom <= 1:
+        raise CliError("--headroom must be in (0, 1]")
+    return Assumptions(headroom=headroom)
+
+
+def plan_from_file(path: Path, rates: tuple[float, ...], assumptions: Assumptions) -> None:
+    """``--plan RATE --from FILE``: print the plans from a saved run; no run, no file."""
+    from rich.console import Console
+
+    from services.bench.capacity import PlanError, inputs_from_results, plan
+    from services.bench.report import print_measured, print_plan
+
+    if not rates:
+        raise CliError("--from needs at least one --plan RATE")
+    if not path.is_file():
+        raise CliError(f"--from {path}: no such file")
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"--from {path}: not a bench results JSON file ({exc})") from exc
+    if not isinstance(results, dict):
+        raise CliError(f"--from {path}: not a bench results JSON file (not an object)")
+    try:
+        measured = inputs_from_results(results)
+        plans = [plan(measured.cpu, measured.traffic, r, assumptions) for r in rates]
+    except (PlanError, KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"--from {path}: {exc}") from exc
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    print_measured(console, measured)
+    for made in plans:
+        print_plan(console, made, measured_on=measured.machine)
 
 
 def check_load(rate: float, duration: float) -> None:
@@ -192,7 +283,7 @@ def run_soak_command(
 
     rate = 300.0 if rate is None else rate
     duration = 600.0 if duration is None else duration
-    out = Path("soak-results.json") if out is None else out
+    out = default_out(out, workdir, "soak-results.json")
     rows = 2000 if rows is None else rows
     if training:
         raise CliError("--training does not apply to --soak")

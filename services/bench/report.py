@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from services.bench.capacity import (
+    BROKER,
+    HARNESS,
+    CapacityPlan,
+    CpuPerCandidate,
+    PlanInputs,
+    assumption_lines,
+)
 from services.bench.micro import MicroResult
 
 if TYPE_CHECKING:  # run.py imports this module when a bench runs
@@ -87,7 +95,11 @@ class Target:
         }
 
 
-def targets(pipeline: PipelineBench | None, micro: MicroResult | None) -> list[Target]:
+def targets(
+    pipeline: PipelineBench | None,
+    micro: MicroResult | None,
+    cpu: CpuPerCandidate | None = None,
+) -> list[Target]:
     fed = pipeline.modes.get("federated") if pipeline else None
     # Scored decisions only: a flood decided at its deadline, unscored, is no throughput.
     throughput = (
@@ -121,6 +133,14 @@ def targets(pipeline: PipelineBench | None, micro: MicroResult | None) -> list[T
             pipeline.ratio if pipeline else None,
             0.7,
             True,
+            "x",
+        ),
+        Target(
+            "pipeline CPU per candidate / crypto floor (same run)",
+            "<= 2x",
+            cpu.ratio if cpu else None,
+            2.0,
+            False,
             "x",
         ),
         Target(
@@ -210,6 +230,90 @@ def print_pipeline(console: Console, bench: PipelineBench) -> None:
         ]
         table.add_row(name, *[_f(c, 2) for c in cells])
     console.print(table)
+
+
+def _short(name: str) -> str:
+    return "broker (embedded Tansu)" if name == BROKER else name
+
+
+def print_measured(console: Console, measured: PlanInputs) -> None:
+    """CPU per candidate per service against the crypto floor, and what each candidate
+    writes to the broker: the federated throughput phase."""
+    cpu = measured.cpu
+    table = Table(
+        title=f"CPU per candidate, federated throughput phase ({cpu.decided:,} decided; "
+        "/proc, each service's process group)"
+    )
+    for column in ("process", "CPU s", "µs / candidate", "+ pool factors", "sustained µs"):
+        table.add_column(column, justify="left" if column == "process" else "right")
+    for name, s in sorted(cpu.services.items()):
+        table.add_row(
+            _short(name),
+            _f(s.cpu_s, 2),
+            _f(s.us_per_candidate, 1),
+            _f(s.pool_us_per_candidate, 1) if s.pool_us_per_candidate else "",
+            _f(s.sustained_us, 1),
+        )
+    table.add_row("pipeline (services + broker)", "", _f(cpu.pipeline_us, 1), "", "")
+    table.add_row("crypto floor (micro, same run)", "", _f(cpu.crypto_floor_us, 1), "", "")
+    ratio = cpu.ratio
+    table.add_row("pipeline / crypto floor", "", "-" if ratio is None else f"{ratio:.2f}x", "", "")
+    if cpu.harness_us is not None:
+        table.add_row(f"{HARNESS}, not counted", "", _f(cpu.harness_us, 1), "", "")
+    console.print(table)
+    table = Table(
+        title="Records per candidate per topic, same phase (payload: key + value + headers)"
+    )
+    for column in ("topic", "records / candidate", "bytes / record", "bytes / candidate"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for t in measured.traffic:
+        per = None if t.mean_bytes is None else t.per_candidate * t.mean_bytes
+        table.add_row(t.topic, _f(t.per_candidate, 3), _f(t.mean_bytes), _f(per))
+    console.print(table)
+
+
+def print_plan(console: Console, plan: CapacityPlan, measured_on: str | None = None) -> None:
+    a = plan.assumptions
+    where = f", measured on {measured_on}" if measured_on else ""
+    table = Table(
+        title=f"Capacity plan for {plan.rate:,.0f} candidates/s (each instance <= "
+        f"{a.headroom:.0%} busy{where})"
+    )
+    for column in ("service", "µs / candidate", "busy cores", "cores", "instances"):
+        table.add_column(column, justify="left" if column == "service" else "right")
+    for s in plan.services:
+        table.add_row(
+            s.name, _f(s.us_per_candidate, 1), _f(s.busy_cores, 2), _f(s.cores, 2), str(s.instances)
+        )
+    console.print(table)
+    partners = ", ".join(f"{n} {c:,.1f}" for n, c in plan.partner_cores().items())
+    console.print(
+        f"cores: bank {plan.bank_cores:,.1f} (intake, prescreen, webhooks if run); "
+        f"each partner, on its own infrastructure: {partners}"
+    )
+    if plan.broker_busy_cores is not None:
+        console.print(
+            f"broker: the embedded Tansu would be {plan.broker_busy_cores:,.1f} cores busy "
+            "(indicative only; not in the cores above)"
+        )
+    console.print(f"Kafka partitions per topic: {plan.partitions} ({plan.partitions_reason})")
+    table = Table(title=f"Broker throughput at {plan.rate:,.0f} candidates/s (writes)")
+    for column in ("topic", "messages/s", "MB/s", "partitions for MB/s"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for t in plan.topics:
+        table.add_row(
+            t.topic,
+            _f(t.messages_per_s),
+            _f(t.mb_per_s, 2),
+            "-" if t.partitions_for_bytes is None else str(t.partitions_for_bytes),
+        )
+    table.add_row("total", _f(plan.messages_per_s), _f(plan.mb_per_s, 2), "")
+    console.print(table)
+    console.print("assumptions:")
+    for line in assumption_lines(a):
+        console.print(f"  - {line}", markup=False, highlight=False)
+    for note in plan.notes:
+        console.print(f"  - note: {note}", markup=False, highlight=False)
 
 
 def print_micro(console: Console, micro: MicroResult) -> None:

@@ -27,11 +27,20 @@ import numpy as np
 from rich.console import Console
 
 from schemas import PolicyConfig
+from services.bench.capacity import (
+    Assumptions,
+    CapacityPlan,
+    PlanError,
+    PlanInputs,
+    inputs_from_results,
+    plan,
+)
 from services.bench.factors import FactorPools, read_pools, wait_for_full_pools
 from services.bench.fixtures import BankData, PartnerData
 from services.bench.load import CandidateTemplates, DecisionCollector, now_iso, send_messages
 from services.bench.micro import MicroOptions, MicroResult, run_micro
 from services.bench.pipeline import PipelineOptions
+from services.bench.probes import KafkaProbe, topic_traffic, true_ends
 from services.bench.session import PipelineSession, running_pipeline
 from services.bench.stats import Accounting, CpuMeter, parse_ts, percentiles_ms, steady_rate
 from services.bench.training_crypto import (
@@ -158,10 +167,21 @@ class ModeBench:
             producer, collector = session.producer, session.collector
             await self.warm_up(producer, collector)
             pools = await self.fill_pools(session)
-            meter = CpuMeter(session.pids())
-            await self.throughput(producer, collector)
-            self.result.throughput["cpu"] = meter.read()
+            probe = KafkaProbe(session.broker.settings(), {})
+            await probe.start()
+            try:
+                settings = session.broker.settings()
+                before = await true_ends(settings, await probe.end_offsets())
+                meter = CpuMeter(session.pids())
+                await self.throughput(producer, collector)
+                self.result.throughput["cpu"] = meter.read()
+                after = await probe.end_offsets()
+            finally:
+                await probe.stop()
             pools = await self.drawn(session, pools, self.result.throughput)
+            # After the CPU was read: reading records back costs the broker CPU.
+            traffic = await topic_traffic(settings, before, after)
+            self.result.throughput["traffic"] = {t: asdict(v) for t, v in traffic.items()}
             meter = CpuMeter(session.pids())
             await self.latency(producer, collector)
             self.result.latency["cpu"] = meter.read()
@@ -368,7 +388,7 @@ class BenchRequest:
     modes: tuple[str, ...] = MODES
     micro: bool = True
     pipeline: bool = True
-    out: Path = Path("bench-results.json")
+    out: Path = Path(".fedscreen/bench/bench-results.json")
     workdir: Path = Path(".fedscreen/bench")
     rows: int | None = None
     linger_ms: float = 20.0
@@ -377,6 +397,8 @@ class BenchRequest:
     warmup: int = 1000
     factor_pool: int = BenchOptions.factor_pool
     micro_options: MicroOptions = field(default_factory=MicroOptions)
+    plans: tuple[float, ...] = ()  # --plan: target rates, candidates/s
+    assumptions: Assumptions = field(default_factory=Assumptions)
 
 
 @dataclass
@@ -420,7 +442,19 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
             options, say=lambda text: console.print(text, markup=False, highlight=False)
         )
         report.print_pipeline(console, pipeline)
-    found = report.targets(pipeline, micro)
+    measured = measured_cpu(info, pipeline, micro)
+    if measured is not None:
+        report.print_measured(console, measured)
+    plans: list[CapacityPlan] = []
+    if measured is not None:
+        plans = [
+            plan(measured.cpu, measured.traffic, r, request.assumptions) for r in request.plans
+        ]
+    elif request.plans:
+        console.print("[red]--plan:[/red] no CPU figures from a federated run to plan from")
+    for made in plans:
+        report.print_plan(console, made)
+    found = report.targets(pipeline, micro, measured.cpu if measured else None)
     console.rule("targets")
     report.print_targets(console, found, info)
     problems = pipeline.problems if pipeline else []
@@ -445,10 +479,30 @@ async def bench(request: BenchRequest, console: Console) -> BenchOutcome:
         "pipeline": pipeline.to_json() if pipeline else None,
         "micro": micro.to_json() if micro else None,
         "training_round": training.to_json() if training else None,
+        "cpu_per_candidate": measured.cpu.to_json() if measured else None,
+        "plans": [p.to_json() for p in plans],
         "targets": [t.to_json() for t in found],
         "problems": problems,
     }
     return BenchOutcome(results, problems)
+
+
+def measured_cpu(
+    info: dict[str, Any], pipeline: PipelineBench | None, micro: MicroResult | None
+) -> PlanInputs | None:
+    """CPU per candidate and traffic of the federated run, read the way ``--plan
+    --from`` reads a saved run (one code path); None without a federated run."""
+    if pipeline is None or "federated" not in pipeline.modes:
+        return None
+    results = {
+        "machine": info,
+        "pipeline": finite(pipeline.to_json()),
+        "micro": finite(micro.to_json()) if micro else None,
+    }
+    try:
+        return inputs_from_results(results)
+    except PlanError:
+        return None  # a run that decided nothing: its problems say so
 
 
 def finite(value: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 
 from schemas import PolicyConfig
+from services.bench.capacity import BROKER
 from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
 from services.bench.load import DecisionCollector
 from services.bench.pipeline import Pipeline, PipelineOptions
@@ -44,7 +45,7 @@ class PipelineSession:
             if s.process is not None
         }
         if self.broker.process is not None:
-            pids["broker (tansu)"] = self.broker.process.pid
+            pids[BROKER] = self.broker.process.pid
         return pids
 
 

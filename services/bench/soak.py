@@ -34,7 +34,6 @@ every record: its growth is reported per record written, not judged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -48,27 +47,22 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
 from schemas import PolicyConfig
+from services.bench.capacity import BROKER, HARNESS
 from services.bench.load import DecisionCollector, Seen, now_iso, send_messages, tag_of
 from services.bench.pipeline import Pipeline, PipelineOptions
+from services.bench.probes import KafkaProbe, ProcessSampler, machine_busy_s
 from services.bench.report import print_machine
 from services.bench.run import BenchOptions, World, finite, prepare_world
 from services.bench.session import running_pipeline
 from services.bench.stats import Accounting, parse_ts, percentiles_ms
-from services.kernel.config import KafkaSettings
-from services.kernel.kafka.clients import make_consumer
 from services.kernel.kafka.topics import FRAGMENTS, PENDING, requests_topic
 
 Say = Callable[[str], None]
 HOUR_S = 3600.0
-BROKER = "broker (tansu)"
-HARNESS = "bench (load+collector)"
 UNJUDGED = (BROKER, HARNESS)
 """Reported, not judged: the broker keeps every record in memory by design, and the
 harness is not part of the product."""
@@ -119,167 +113,6 @@ class SoakOptions:
         if self.warmup_s is not None:
             return self.warmup_s
         return min(60.0, self.windows * self.interval_s / 5)
-
-
-# -- sampling -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ProcSample:
-    rss_mb: float
-    anon_mb: float
-    processes: int
-    cpu_s: float
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _status_kb(pid: int, names: tuple[str, ...]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in names:
-                out[key] = int(value.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def process_groups() -> dict[int, list[int]]:
-    """Every live process by process group id, from one pass over /proc."""
-    groups: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            fields = _stat_fields(int(entry.name))
-            if fields is not None:
-                groups.setdefault(int(fields[2]), []).append(int(entry.name))
-    return groups
-
-
-def read_processes(pids: Sequence[int]) -> ProcSample | None:
-    """RSS (MB), anonymous RSS (MB) and CPU seconds summed over ``pids``."""
-    rss = anon = 0
-    cpu_ticks = 0
-    alive = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        kb = _status_kb(pid, ("VmRSS", "RssAnon"))
-        if fields is None or "VmRSS" not in kb:
-            continue  # exited, or a kernel thread
-        alive += 1
-        rss += kb["VmRSS"]
-        anon += kb.get("RssAnon", 0)
-        cpu_ticks += int(fields[11]) + int(fields[12])
-    if not alive:
-        return None
-    return ProcSample(rss / 1024, anon / 1024, alive, cpu_ticks / os.sysconf("SC_CLK_TCK"))
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds the whole machine spent busy (all cores, every process), from
-    /proc/stat: with the pipeline's own share, what else ran during a window."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError, IndexError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class ProcessSampler:
-    """Memory and CPU of each tracked process, with its process group when it leads one
-    (services and the broker run in their own sessions, so children count too)."""
-
-    def __init__(self, leaders: dict[str, int], singles: dict[str, int]) -> None:
-        self.leaders = leaders
-        self.singles = singles
-
-    def read(self) -> dict[str, ProcSample]:
-        groups = process_groups()
-        out: dict[str, ProcSample] = {}
-        for name, pid in self.leaders.items():
-            sample = read_processes(groups.get(pid, [pid]))
-            if sample is not None:
-                out[name] = sample
-        for name, pid in self.singles.items():
-            sample = read_processes([pid])
-            if sample is not None:
-                out[name] = sample
-        return out
-
-
-@dataclass
-class KafkaSample:
-    records: int | None = None  # every record in every topic (end offsets)
-    dlq: int | None = None  # every record in every *.dlq topic
-    lag: dict[str, int | None] = field(default_factory=dict)  # per consumer group
-    error: str | None = None
-
-
-class KafkaProbe:
-    """End offsets of every topic, and each consumer group's committed offsets (read
-    by a consumer of that group id that never subscribes, so never joins the group:
-    Tansu's answer to the admin client's OffsetFetch does not decode)."""
-
-    def __init__(self, settings: KafkaSettings, groups: dict[str, list[str]]) -> None:
-        self.settings = settings
-        self.groups = groups
-        self.admin: AIOKafkaAdminClient | None = None
-        self.consumer: AIOKafkaConsumer | None = None
-        self.readers: dict[str, AIOKafkaConsumer] = {}
-
-    async def start(self) -> None:
-        self.admin = AIOKafkaAdminClient(**self.settings.aiokafka_kwargs(), request_timeout_ms=5000)
-        await self.admin.start()
-        self.consumer = make_consumer(self.settings, group_id=None)
-        await self.consumer.start()
-        for group in self.groups:
-            reader = make_consumer(self.settings, group_id=group)
-            await reader.start()
-            self.readers[group] = reader
-
-    async def stop(self) -> None:
-        for reader in self.readers.values():
-            await reader.stop()
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.admin is not None:
-            await self.admin.close()
-
-    async def read(self, timeout_s: float = 5.0) -> KafkaSample:
-        sample = KafkaSample()
-        try:
-            await asyncio.wait_for(self._read(sample), timeout_s)
-        except (KafkaError, TimeoutError, OSError) as exc:
-            # What was read so far; a missing number is null in the JSON.
-            sample.error = f"{type(exc).__name__}: {exc}"
-        return sample
-
-    async def _read(self, sample: KafkaSample) -> None:
-        assert self.admin is not None and self.consumer is not None
-        topics = sorted(t for t in await self.admin.list_topics() if not t.startswith("__"))
-        # faust's own topics (the assignor's leader topic) may have other partition counts.
-        tps = [
-            TopicPartition(d["topic"], p["partition"])
-            for d in await self.admin.describe_topics(topics)
-            for p in d["partitions"]
-        ]
-        ends: dict[TopicPartition, int] = await self.consumer.end_offsets(tps)
-        sample.records = sum(ends.values())
-        sample.dlq = sum(n for tp, n in ends.items() if tp.topic.endswith(".dlq"))
-        sample.lag = dict.fromkeys(self.groups)
-        for group, group_topics in self.groups.items():
-            reader, lag = self.readers[group], 0
-            for tp in (t for t in ends if t.topic in group_topics):
-                committed = await reader.committed(tp)
-                lag += ends[tp] - (committed or 0)
-            sample.lag[group] = max(0, lag)
 
 
 # -- the run --------------------------------------------------------------------------
@@ -872,7 +705,7 @@ class SoakRequest:
     rate: float = 300.0
     interval_s: float = 10.0
     rows: int | None = 2000
-    out: Path = Path("soak-results.json")
+    out: Path = Path(".fedscreen/bench/soak-results.json")
     workdir: Path = Path(".fedscreen/bench")
     linger_ms: float = 20.0
     warmup_s: float | None = None

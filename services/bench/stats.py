@@ -11,11 +11,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 
+from services.bench.capacity import HARNESS
 from services.bench.load import Seen
+from services.bench.probes import ProcessSampler
 
 
 @dataclass
@@ -86,29 +87,23 @@ def parse_ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process from /proc (None where /proc is unavailable)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
-    """CPU seconds each pipeline process (and the load generator) spends in a phase:
-    shows which service saturates a core when the pipeline tops out."""
+    """CPU seconds each pipeline process (with its process group: services run in
+    groups of their own) and the load generator spend in a phase, read from /proc by
+    the soak's sampler: shows which service saturates a core when the pipeline tops
+    out, and is what the CPU per candidate is computed from."""
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = {**pids, "bench (load+collector)": os.getpid()}
+        self.sampler = ProcessSampler(pids, {HARNESS: os.getpid()})
         self.started = time.monotonic()
-        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.before = {name: s.cpu_s for name, s in self.sampler.read().items()}
 
     def read(self) -> dict[str, dict[str, float]]:
         wall = time.monotonic() - self.started
         out = {}
-        for name, pid in self.pids.items():
-            now, then = cpu_seconds(pid), self.before[name]
-            if now is not None and then is not None:
-                out[name] = {"cpu_s": now - then, "cores": (now - then) / wall if wall else 0.0}
+        for name, sample in self.sampler.read().items():
+            then = self.before.get(name)
+            if then is not None:
+                used = sample.cpu_s - then
+                out[name] = {"cpu_s": used, "cores": used / wall if wall else 0.0}
         return out

@@ -13,18 +13,17 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from services.bench.capacity import BROKER
 from services.bench.cli import run_soak_command
+from services.bench.probes import process_groups, read_processes
 from services.bench.run import finite
 from services.bench.soak import (
-    BROKER,
     SoakOptions,
     SoakRequest,
     Window,
     analyse,
     latency_drift,
     memory_growth,
-    process_groups,
-    read_processes,
     slope_per_hour,
     soak,
 )
