@@ -29,6 +29,9 @@ class PipelineOptions:
     receiver_port: int = field(default_factory=free_port)
     log_level: str = "INFO"
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    prescreen_workers: int = 1
+    """Prescreen processes with the same app id: the first is ``prescreen``, the others
+    ``prescreen-2``, ``prescreen-3``, ...; they split the partitions between them."""
 
 
 class Pipeline:
@@ -61,7 +64,7 @@ class Pipeline:
             "intake": "INTAKE_METRICS_PORT",
             "prescreen": "PRESCREEN_METRICS_PORT",
             "webhooks": "WEBHOOKS_METRICS_PORT",
-        }.get(name, "PARTNER_METRICS_PORT")
+        }.get(name.split("-")[0], "PARTNER_METRICS_PORT")
         service.env = {
             **self.broker.env(),
             **env,
@@ -100,16 +103,19 @@ class Pipeline:
                 "INTAKE_DEADLINE_MS": str(o.deadline_ms),
             },
         )
-        self._service(
-            "prescreen",
-            ["prescreen", "run"],
-            {
-                "PRESCREEN_PRIVATE_KEYS_DIR": str(d.paillier_dir),
-                "PRESCREEN_PARTNER_KEYS": d.registry_spec,
-                "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
-                "PRESCREEN_DATA_DIR": str(d.root / "prescreen-data"),
-            },
-        )
+        for n in range(1, o.prescreen_workers + 1):
+            name = "prescreen" if n == 1 else f"prescreen-{n}"
+            self._service(
+                name,
+                ["prescreen", "run"],
+                {
+                    "PRESCREEN_PRIVATE_KEYS_DIR": str(d.paillier_dir),
+                    "PRESCREEN_PARTNER_KEYS": d.registry_spec,
+                    "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
+                    # Each worker its own: faust's data dir is per process.
+                    "PRESCREEN_DATA_DIR": str(d.root / f"{name}-data"),
+                },
+            )
         if o.webhooks:
             self._build_webhooks()
 

@@ -168,7 +168,11 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         # its tick (the tick refused, or lost with a crashed instance's buffer) gets another.
         ticked: dict[tuple[str, int], float] = state["ticked"]
         now = time.time()
-        for batch_id, attempt in joiner.expired(now):
+        # Only batches of partitions this worker owns: with several workers the table
+        # also holds standby copies of the others' partitions (and keys of partitions
+        # revoked earlier), whose ticks are their owner's to send.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == FRAGMENTS}
+        for batch_id, attempt in joiner.expired(now, owned):
             sent = ticked.get((batch_id, attempt))
             if sent is not None and now - sent < TICK_RESEND_S:
                 continue

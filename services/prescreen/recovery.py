@@ -144,6 +144,13 @@ async def recover_skipped(
             log.warning("skipped-batch recovery gave up: the joiner never caught up")
             return 0
         await asyncio.sleep(settle_s)
+    # With several workers the group may have rebalanced meanwhile: judge only the
+    # partitions still ours, whose tables this instance holds. A partition that moved
+    # to another worker is that worker's (and its batches unknown here are not skipped).
+    partitions &= set(joiner.assigned())
+    if not partitions:
+        return 0
+    ends = {p: e for p, e in ends.items() if p in partitions}
     pending = await read_window(kafka, PENDING, partitions, started_at - WINDOW_S, ends)
     missing = skipped_batches(pending, joiner.known)
     if not missing:
