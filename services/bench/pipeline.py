@@ -90,6 +90,9 @@ class Pipeline:
                     # The bank's key, pinned: only what it signs is acted on.
                     "PARTNER_BANK_KEY": d.bank_public_key,
                     "PARTNER_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
+                    # Stable across restarts: a restarted partner replaces its readiness
+                    # announcement instead of leaving one to expire.
+                    "PARTNER_INSTANCE_ID": f"partner-{partner}",
                 },
             )
         self._service(
@@ -98,6 +101,8 @@ class Pipeline:
             {
                 "INTAKE_TOKEN_KEYS_DIR": str(d.token_dir),
                 "INTAKE_SIGNING_KEY_FILE": str(d.bank_signing_key),
+                # Readiness announcements count only under their party's key.
+                "INTAKE_PARTNER_KEYS": d.registry_spec,
                 "INTAKE_ALLOW_HMAC_TOKENS": str(d.hmac_tokens).lower(),
                 "INTAKE_LINGER_MS": str(o.linger_ms),
                 "INTAKE_DEADLINE_MS": str(o.deadline_ms),
@@ -114,6 +119,10 @@ class Pipeline:
                     "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
                     # Each worker its own: faust's data dir is per process.
                     "PRESCREEN_DATA_DIR": str(d.root / f"{name}-data"),
+                    # Signs its readiness announcements (intake verifies them).
+                    "PRESCREEN_SIGNING_KEY_FILE": str(d.bank_signing_key),
+                    # Stable across restarts: a restarted worker replaces its announcement.
+                    "PRESCREEN_INSTANCE_ID": name,
                 },
             )
         if o.webhooks:
