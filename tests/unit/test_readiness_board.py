@@ -3,6 +3,7 @@ serves it, and only announcements signed by their party's key count."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,7 +11,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from schemas import ModelReady
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.signing import PartnerKeyRegistry, public_key_b64, signed
-from services.kernel.model.rollout import PRESCREEN_PARTY, READY_TTL_S, ReadinessBoard
+from services.kernel.model.rollout import (
+    PRESCREEN_PARTY,
+    READY_TTL_S,
+    ReadinessAnnouncer,
+    ReadinessBoard,
+)
 
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 PARTIES = [PRESCREEN_PARTY, "payments"]
@@ -148,3 +154,43 @@ def test_an_instance_that_died_without_withdrawing_expires() -> None:
     clock.now = T0 + timedelta(seconds=READY_TTL_S + 1)
     assert board.all_ready(PARTIES, "m-2")
     assert [m.instance for m in board.live("payments")] == ["r1"]
+
+
+class Producer:
+    """What the announcer sends, by key, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    async def send_and_wait(self, topic: str, *, key: bytes, value: bytes) -> None:
+        assert topic == "model.ready.v1"
+        self.sent.append((key, value))
+
+
+async def test_an_instance_announces_refreshes_and_withdraws_for_good() -> None:
+    keys, producer = Keys(), Producer()
+    announcer = ReadinessAnnouncer(
+        producer,
+        "payments",
+        "r1",
+        keys.payments,
+        refresh_s=0.01,
+    )
+    await announcer.announce(["m-1", "m-2"])
+    refreshing = asyncio.create_task(announcer.refresh())
+    while len(producer.sent) < 3:
+        await asyncio.sleep(0.01)
+    refreshing.cancel()
+    await announcer.withdraw()
+    await announcer.announce(["m-1", "m-2", "m-3"])  # a model finished loading on the way out
+
+    assert {key for key, _ in producer.sent} == {b"payments/r1"}
+    board = ReadinessBoard(KafkaSettings(), keys.signers())
+    board.offer(announcement(PRESCREEN_PARTY, "w1", ["m-2"], key=keys.bank, at=datetime.now(UTC)))
+    for _, value in producer.sent[:-1]:
+        board.offer(value)
+        assert board.all_ready(PARTIES, "m-2")
+    last = ModelReady.model_validate_json(producer.sent[-1][1])
+    assert last.withdrawn and last.model_versions == []
+    board.offer(producer.sent[-1][1])
+    assert board.waiting_for(PARTIES, "m-2") == ["payments"]

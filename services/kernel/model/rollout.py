@@ -220,6 +220,7 @@ class ReadinessAnnouncer:
         self.refresh_s = refresh_s
         self.ttl_s = ttl_s
         self.versions: list[str] = []
+        self.withdrawn = False
         self._lock = asyncio.Lock()
 
     def message(self, *, withdrawn: bool = False) -> ModelReady:
@@ -236,20 +237,26 @@ class ReadinessAnnouncer:
             self.key,
         )
 
-    async def _send(self, message: ModelReady) -> None:
-        # Keyed per instance on a compacted topic: the latest word of every instance
-        # survives, so an intake that starts much later still learns who serves what.
-        async with self._lock:  # a refresh never overtakes a newer change
+    async def _send(self, *, withdraw: bool = False) -> None:
+        # The message is made under the lock: compaction keeps the last one written, so
+        # a refresh made before a change must not be written after it.
+        async with self._lock:
+            if self.withdrawn:
+                return  # stopping: nothing may follow the withdrawal
+            self.withdrawn = withdraw
+            # Keyed per instance on a compacted topic: the latest word of every instance
+            # survives, so an intake that starts much later still learns who serves what.
             await self.producer.send_and_wait(
                 MODEL_READY,
                 key=ready_key(self.party, self.instance),
-                value=message.model_dump_json().encode(),
+                value=self.message(withdrawn=withdraw).model_dump_json().encode(),
             )
 
     async def announce(self, versions: Iterable[str]) -> None:
-        """Now serving exactly ``versions`` (the newest last is not required)."""
-        self.versions = sorted(set(versions))[-32:]
-        await self._send(self.message())
+        """Now serving exactly ``versions``, oldest first (the schema's limit keeps the
+        newest 32; a service keeps 4)."""
+        self.versions = list(dict.fromkeys(versions))[-32:]
+        await self._send()
 
     async def refresh(self) -> None:
         """Announce again every ``refresh_s``, so the announcement never expires while the
@@ -258,13 +265,14 @@ class ReadinessAnnouncer:
             await asyncio.sleep(self.refresh_s)
             if self.versions:
                 try:
-                    await self._send(self.message())
+                    await self._send()
                 except Exception:  # a broker hiccup: the next refresh tries again
                     log.warning("readiness refresh failed", exc_info=True)
 
     async def withdraw(self) -> None:
-        """This instance stops: it no longer counts towards any rollout."""
-        await self._send(self.message(withdrawn=True))
+        """This instance stops: it no longer counts towards any rollout, and announces
+        nothing more."""
+        await self._send(withdraw=True)
 
 
 class BundleWatcher(Generic[BundleT]):
