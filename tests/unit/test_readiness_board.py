@@ -4,13 +4,23 @@ serves it, and only announcements signed by their party's key count."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas import ModelReady
+from schemas import BankBundle, ModelReady
+from services.intake.service import IntakeService
+from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
-from services.kernel.crypto.signing import PartnerKeyRegistry, public_key_b64, signed
+from services.kernel.crypto.signing import (
+    PartnerKeyRegistry,
+    public_key_b64,
+    save_signing_key,
+    signed,
+)
 from services.kernel.model.rollout import (
     PRESCREEN_PARTY,
     READY_TTL_S,
@@ -194,3 +204,51 @@ async def test_an_instance_announces_refreshes_and_withdraws_for_good() -> None:
     assert last.withdrawn and last.model_versions == []
     board.offer(producer.sent[-1][1])
     assert board.waiting_for(PARTIES, "m-2") == ["payments"]
+
+
+@dataclass(frozen=True)
+class Card:
+    partner: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What IntakeService.active() reads of a bank bundle: its version, age and partners."""
+
+    model_version: str
+    created_at: datetime
+    partners: tuple[Card, ...] = (Card("payments"),)
+
+
+def bank_bundle(version: str, created_at: datetime) -> BankBundle:
+    return cast(BankBundle, Bundle(version, created_at))
+
+
+def test_intake_keeps_its_version_until_a_newer_one_is_ready_everywhere(tmp_path: Path) -> None:
+    keys, clock = Keys(), Clock()
+    save_signing_key(keys.bank, tmp_path / "bank.pem")
+    intake = IntakeService(IntakeSettings(signing_key_file=tmp_path / "bank.pem"), KafkaSettings())
+    intake.board = board_with(keys, clock)
+    intake.watcher.bundles = {
+        "m-1": bank_bundle("m-1", T0),
+        "m-2": bank_bundle("m-2", T0 + timedelta(minutes=1)),
+    }
+    active = intake.active()
+    assert active is not None and active.model_version == "m-1"
+
+    # A replica starts and has loaded only m-2 so far: m-1 is no longer served by every
+    # live instance, but intake must neither stop nor step back.
+    at = T0 + timedelta(seconds=1)
+    intake.board.offer(announcement("payments", "r2", ["m-2"], at=at, key=keys.payments))
+    active = intake.active()
+    assert active is not None and active.model_version == "m-1"
+
+    intake.board.offer(announcement("payments", "r1", ["m-1", "m-2"], at=at, key=keys.payments))
+    intake.board.offer(announcement(PRESCREEN_PARTY, "w1", ["m-1", "m-2"], at=at, key=keys.bank))
+    active = intake.active()
+    assert active is not None and active.model_version == "m-2"
+
+    # Every payments replica gone: m-2 stays, intake's batches get the deadline outcome.
+    clock.now = T0 + timedelta(seconds=READY_TTL_S + 5)
+    active = intake.active()
+    assert active is not None and active.model_version == "m-2"
