@@ -107,17 +107,38 @@ class BankBundle(WireModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
-class ModelReady(WireModel):
-    """``model.ready.v1`` (key: party): a party has loaded a model version and can serve
-    it: each partner (its tables are built) and the bank's prescreen (it holds the
-    version's private key). Intake activates a bank bundle only once every party it
-    needs has said so, so a rollout never sends a batch that cannot be answered."""
+class ModelReady(SignedMessage):
+    """``model.ready.v1`` (key: ``<party>/<instance>``): which model versions one instance
+    of a party can serve right now. Each partner replica (its tables are built) and each
+    prescreen worker (it holds the version's private key) announces its own, signed with
+    its party's key, refreshes it every few seconds and withdraws it when it stops.
+    Intake activates a bank bundle only once every live instance of every party it needs
+    lists the version, so a rollout never sends a batch that an instance cannot answer.
 
-    SCHEMA_ID: ClassVar[str] = "model-ready.v1"
+    v2 (breaking): v1 was keyed ``<party>@<version>``, unsigned, never withdrawn and
+    never expired, so one instance made its whole party ready and anyone who could
+    write the topic could announce for any party."""
+
+    SCHEMA_ID: ClassVar[str] = "model-ready.v2"
 
     party: PartnerName = Field(description="A partner's name, or 'prescreen'.")
-    model_version: Ident
-    ready_at: AwareDatetime
+    instance: Ident = Field(
+        description="This instance's id, unique within its party (a pod name, or a name "
+        "given by configuration): a restarted instance with the same id replaces its "
+        "previous announcement."
+    )
+    model_versions: list[Ident] = Field(
+        max_length=32, description="Every version the instance can serve; empty when withdrawn."
+    )
+    withdrawn: bool = Field(
+        default=False,
+        description="The instance stopped: it serves nothing and no longer counts as live.",
+    )
+    announced_at: AwareDatetime
+    expires_at: AwareDatetime = Field(
+        description="Readers take the instance for dead after this unless a newer "
+        "announcement came: one that dies without withdrawing stops counting."
+    )
 
 
 class PartnerBundle(SignedMessage):

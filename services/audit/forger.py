@@ -211,7 +211,7 @@ async def attempt(
     for record in await read_topic(kafka, MODEL_READY):
         ready = ModelReady.model_validate_json(record.value)
         if ready.party == partner:
-            acted.add(ready.model_version)
+            acted.update(ready.model_versions)
     for value in await read_messages(kafka, TRAINING_TO_BANK):
         reply = TO_BANK.validate_json(value)
         if reply.partner == partner:

@@ -29,6 +29,9 @@ class PipelineOptions:
     receiver_port: int = field(default_factory=free_port)
     log_level: str = "INFO"
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    prescreen_workers: int = 1
+    """Prescreen processes with the same app id: the first is ``prescreen``, the others
+    ``prescreen-2``, ``prescreen-3``, ...; they split the partitions between them."""
 
 
 class Pipeline:
@@ -61,7 +64,7 @@ class Pipeline:
             "intake": "INTAKE_METRICS_PORT",
             "prescreen": "PRESCREEN_METRICS_PORT",
             "webhooks": "WEBHOOKS_METRICS_PORT",
-        }.get(name, "PARTNER_METRICS_PORT")
+        }.get(name.split("-")[0], "PARTNER_METRICS_PORT")
         service.env = {
             **self.broker.env(),
             **env,
@@ -87,6 +90,9 @@ class Pipeline:
                     # The bank's key, pinned: only what it signs is acted on.
                     "PARTNER_BANK_KEY": d.bank_public_key,
                     "PARTNER_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
+                    # Stable across restarts: a restarted partner replaces its readiness
+                    # announcement instead of leaving one to expire.
+                    "PARTNER_INSTANCE_ID": f"partner-{partner}",
                 },
             )
         self._service(
@@ -95,21 +101,30 @@ class Pipeline:
             {
                 "INTAKE_TOKEN_KEYS_DIR": str(d.token_dir),
                 "INTAKE_SIGNING_KEY_FILE": str(d.bank_signing_key),
+                # Readiness announcements count only under their party's key.
+                "INTAKE_PARTNER_KEYS": d.registry_spec,
                 "INTAKE_ALLOW_HMAC_TOKENS": str(d.hmac_tokens).lower(),
                 "INTAKE_LINGER_MS": str(o.linger_ms),
                 "INTAKE_DEADLINE_MS": str(o.deadline_ms),
             },
         )
-        self._service(
-            "prescreen",
-            ["prescreen", "run"],
-            {
-                "PRESCREEN_PRIVATE_KEYS_DIR": str(d.paillier_dir),
-                "PRESCREEN_PARTNER_KEYS": d.registry_spec,
-                "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
-                "PRESCREEN_DATA_DIR": str(d.root / "prescreen-data"),
-            },
-        )
+        for n in range(1, o.prescreen_workers + 1):
+            name = "prescreen" if n == 1 else f"prescreen-{n}"
+            self._service(
+                name,
+                ["prescreen", "run"],
+                {
+                    "PRESCREEN_PRIVATE_KEYS_DIR": str(d.paillier_dir),
+                    "PRESCREEN_PARTNER_KEYS": d.registry_spec,
+                    "PRESCREEN_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
+                    # Each worker its own: faust's data dir is per process.
+                    "PRESCREEN_DATA_DIR": str(d.root / f"{name}-data"),
+                    # Signs its readiness announcements (intake verifies them).
+                    "PRESCREEN_SIGNING_KEY_FILE": str(d.bank_signing_key),
+                    # Stable across restarts: a restarted worker replaces its announcement.
+                    "PRESCREEN_INSTANCE_ID": name,
+                },
+            )
         if o.webhooks:
             self._build_webhooks()
 

@@ -32,7 +32,7 @@ from services.intake.ledger import Ledger
 from services.intake.requests import fragment_requests
 from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
-from services.kernel.crypto.signing import load_signing_key
+from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, public_key_b64
 from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
 from services.kernel.ids import decision_id_for, new_batch_id
 from services.kernel.kafka.clients import (
@@ -108,7 +108,12 @@ class IntakeService:
         )
         self.refused: str | None = None
         """Why the newest bundle could not be adopted (no token map for a partner, ...)."""
-        self.board = ReadinessBoard(kafka)
+        # Readiness counts only when signed: each partner replica's under its partner's
+        # key, prescreen's under the key the bank gave it (by default the bank's own).
+        prescreen_key = settings.prescreen_key or public_key_b64(self.signing_key)
+        signers = PartnerKeyRegistry.parse(settings.partner_keys)
+        self.board = ReadinessBoard(kafka, signers.with_key(PRESCREEN_PARTY, prescreen_key))
+        self._active_version: str | None = None
         self.ledger = Ledger(settings.recent_events)
         self.open: OpenBatch | None = None
         self.positions: dict[TopicPartition, int] = {}
@@ -142,8 +147,14 @@ class IntakeService:
         answered; the previous version keeps serving meanwhile."""
         newest_first = sorted(self.watcher.bundles.values(), key=lambda b: b.created_at)[::-1]
         for bundle in newest_first:
+            if bundle.model_version == self._active_version:
+                # Once active, a version stays so until a newer one is ready everywhere:
+                # a replica that starts (and has not loaded it yet) or one that stops
+                # must not send intake back to an older version, or stop it.
+                return bundle
             parties = [PRESCREEN_PARTY, *(c.partner for c in bundle.partners)]
             if self.board.all_ready(parties, bundle.model_version):
+                self._active_version = bundle.model_version
                 return bundle
         return None
 
@@ -162,7 +173,7 @@ class IntakeService:
         if self.active() is None:
             newest = bundles[-1]
             parties = [PRESCREEN_PARTY, *(c.partner for c in newest.partners)]
-            missing = [p for p in parties if not self.board.all_ready([p], newest.model_version)]
+            missing = self.board.waiting_for(parties, newest.model_version)
             return (
                 f"waiting for readiness of {', '.join(missing)} for model "
                 f"{newest.model_version} on {MODEL_READY}"

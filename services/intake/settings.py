@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kernel.config import MetricsHost
@@ -28,6 +28,19 @@ class IntakeSettings(BaseSettings):
         default=Path("keys/bank-signing.pem"),
         description="The bank's Ed25519 key (`fedscreen keys signing`): it signs every fragment "
         "request, and every partner pins its public half (PARTNER_BANK_KEY).",
+    )
+    partner_keys: str = Field(
+        default="",
+        validation_alias=AliasChoices("INTAKE_PARTNER_KEYS", "FEDSCREEN_PARTNER_KEYS"),
+        description="The partners' Ed25519 signing keys, name=base64url,... (as "
+        "PRESCREEN_PARTNER_KEYS; FEDSCREEN_PARTNER_KEYS when unset): a partner replica's "
+        "readiness announcement counts only if it verifies under its partner's key.",
+    )
+    prescreen_key: str = Field(
+        default="",
+        description="The public half (base64url) of the key prescreen signs its readiness "
+        "announcements with (PRESCREEN_SIGNING_KEY_FILE); empty: the public half of "
+        "INTAKE_SIGNING_KEY_FILE, for a prescreen that signs with the bank's key.",
     )
     linger_ms: float = Field(default=20.0, gt=0, description="Longest a batch waits to fill.")
     max_batch: int = Field(default=512, ge=1, description="Cap below the model's slot count.")

@@ -39,7 +39,12 @@ from services.kernel.metrics import (
     PARTNER_REFUSALS,
     start_http,
 )
-from services.kernel.model.rollout import BundleWatcher, announce_ready
+from services.kernel.model.rollout import (
+    BundleWatcher,
+    ReadinessAnnouncer,
+    instance_id,
+    withdraw,
+)
 from services.kernel.readiness import report_readiness
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
 from services.partner.serving import FragmentServer, ModelCache, RequestError
@@ -166,8 +171,14 @@ class PartnerService:
         # Published on every start (newest wins), before any request can need it.
         await publish_agreement_key(producer, self.name, self.agreement_key, self.signing_key)
 
-        async def ready(version: str) -> None:
-            await announce_ready(producer, self.name, version)
+        # This replica's own announcement, signed like its fragments: intake rolls a
+        # version out only once every live replica of every party serves it.
+        announcer = ReadinessAnnouncer(
+            producer, self.name, instance_id(self.settings.instance_id), self.signing_key
+        )
+
+        async def ready(_: str) -> None:
+            await announcer.announce(self.cache.models)
 
         self.cache.on_ready = ready
         requests = make_consumer(
@@ -197,8 +208,10 @@ class PartnerService:
                 self.serve(requests, producer, dlq),
                 self.train(training, producer, dlq),
                 watch_lag(self.service_name, lambda: aiokafka_samples(requests)),
+                announcer.refresh(),
             )
         finally:
+            await withdraw(announcer)
             await requests.stop()
             await training.stop()
             await producer.stop()

@@ -24,6 +24,14 @@ class PartnerSettings(BaseSettings):
         description="X25519 key for the pairwise masks of secure aggregation "
         "(`fedscreen keys agreement`).",
     )
+    instance_id: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._:@/+=-]*$",
+        max_length=128,
+        description="This instance's id in its readiness announcements on model.ready.v1 "
+        "(empty: host name and process id). A stable, unique id per instance (the pod name) "
+        "lets a restarted instance replace its announcement instead of leaving one to expire.",
+    )
     bank_key: str = Field(
         default="",
         description="The bank's Ed25519 public key, base64url (printed by `fedscreen keys "

@@ -19,13 +19,19 @@ import faust
 from schemas import BankBundle
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.paillier import load_private_keys
-from services.kernel.crypto.signing import PartnerKeyRegistry
+from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.dlq import DeadLetters
 from services.kernel.kafka.lag import Sample, faust_samples, watch_lag
 from services.kernel.kafka.topics import FRAGMENTS, PENDING, ROLLOUT_BANK
 from services.kernel.metrics import MESSAGES_IN, start_http
-from services.kernel.model.rollout import PRESCREEN_PARTY, BundleWatcher, announce_ready
+from services.kernel.model.rollout import (
+    PRESCREEN_PARTY,
+    BundleWatcher,
+    ReadinessAnnouncer,
+    instance_id,
+    withdraw,
+)
 from services.kernel.model.scoring import BankScorer
 from services.kernel.readiness import report_readiness
 from services.partner.serving import PLAINTEXT_KEY_ID
@@ -50,6 +56,10 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
             raise
         private_keys = {}  # benchmark's crypto-off mode needs none
     registry = PartnerKeyRegistry.parse(settings.partner_keys)
+    # Signs this worker's readiness announcements: partners write model.ready.v1 too,
+    # and must not be able to announce (or withdraw) prescreen's readiness.
+    signing_key = load_signing_key(settings.signing_key_file)
+    instance = instance_id(settings.instance_id)
     scorers: dict[str, BankScorer] = {}
     adopted: asyncio.Queue[str] = asyncio.Queue()
 
@@ -168,7 +178,11 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         # its tick (the tick refused, or lost with a crashed instance's buffer) gets another.
         ticked: dict[tuple[str, int], float] = state["ticked"]
         now = time.time()
-        for batch_id, attempt in joiner.expired(now):
+        # Only batches of partitions this worker owns: with several workers the table
+        # also holds standby copies of the others' partitions (and keys of partitions
+        # revoked earlier), whose ticks are their owner's to send.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == FRAGMENTS}
+        for batch_id, attempt in joiner.expired(now, owned):
             sent = ticked.get((batch_id, attempt))
             if sent is not None and now - sent < TICK_RESEND_S:
                 continue
@@ -234,17 +248,23 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                 started_at=started_at,
             )
         )
+        announcer = ReadinessAnnouncer(producer, PRESCREEN_PARTY, instance, signing_key)
+        refreshing = asyncio.create_task(announcer.refresh())
         try:
             while True:
                 try:
-                    version = await asyncio.wait_for(adopted.get(), timeout=5.0)
+                    await asyncio.wait_for(adopted.get(), timeout=5.0)
                 except TimeoutError:
                     for bundle in list(waiting_for_key.values()):
                         with contextlib.suppress(ValueError):
                             watcher.accept(bundle)  # calls adopt() again
                     continue
-                await announce_ready(producer, PRESCREEN_PARTY, version)
+                # Every version this worker can decide: the watcher's bundles it holds
+                # the key and scorer for.
+                await announcer.announce(v for v in watcher.bundles if v in scorers)
         finally:
+            refreshing.cancel()
+            await withdraw(announcer)
             watching.cancel()
             readiness.cancel()
             lag.cancel()

@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -573,11 +573,15 @@ class Joiner:
         return tick.model_dump_json().encode()
 
     # -- housekeeping -----------------------------------------------------------
-    def expired(self, now: float) -> list[tuple[str, int]]:
+    def expired(
+        self, now: float, partitions: Collection[int] | None = None
+    ) -> list[tuple[str, int]]:
         """(batch id, attempt) of every attempt whose deadline passed (or of orphan
-        fragments that aged out)."""
+        fragments that aged out), of the given partitions only if any are given."""
         due = []
         for batch_id, state in list(self.batches.items()):
+            if partitions is not None and state.get("part") not in partitions:
+                continue
             attempt = int(state.get("a", 1))
             if state.get("d") is not None:
                 if now >= state["d"]:

@@ -64,11 +64,13 @@ def processed_through(
 ) -> bool:
     """Has the joiner processed every record below ``ends`` (by partition)? A partition
     it has processed nothing of is done when nothing was there past the committed
-    offset it started from."""
+    offset it started from. Records below the committed offset are not this instance's
+    to process: a partition taken over from another worker may carry an offset this
+    instance handled when it owned the partition before, far below where it resumes."""
     for partition, end in ends.items():
         last = processed(partition)
         start = committed.get(partition, 0)
-        if (last + 1 if last is not None else start) < end:
+        if max(last + 1 if last is not None else start, start) < end:
             return False
     return True
 
@@ -122,11 +124,13 @@ async def recover_skipped(
     *,
     started_at: float,
     committed_at_start: Mapping[int, int],
+    only: Collection[int] | None = None,
     settle_s: float = 1.0,
     give_up_s: float = 600.0,
 ) -> int:
     """Re-send the pending records (and the fragments the joiner lacks) of batches the
-    joiner never kept. Returns how many batches."""
+    joiner never kept, in the assigned partitions (of ``only``, if given). Returns how
+    many batches."""
     deadline = time.monotonic() + give_up_s
     while not joiner.ready():
         if time.monotonic() > deadline:
@@ -134,6 +138,10 @@ async def recover_skipped(
             return 0
         await asyncio.sleep(settle_s)
     partitions = set(joiner.assigned())
+    if only is not None:
+        partitions &= set(only)
+    if not partitions:
+        return 0
     ends = await end_offsets(kafka, PENDING, partitions)
     while not processed_through(
         {p: e for p, e in ends.items() if p in joiner.assigned()},
@@ -144,10 +152,21 @@ async def recover_skipped(
             log.warning("skipped-batch recovery gave up: the joiner never caught up")
             return 0
         await asyncio.sleep(settle_s)
+    # With several workers the group may have rebalanced meanwhile: judge only the
+    # partitions still ours, whose tables this instance holds. A partition that moved
+    # to another worker is that worker's (and its batches unknown here are not skipped).
+    partitions &= set(joiner.assigned())
+    if not partitions:
+        return 0
+    ends = {p: e for p, e in ends.items() if p in partitions}
     pending = await read_window(kafka, PENDING, partitions, started_at - WINDOW_S, ends)
     missing = skipped_batches(pending, joiner.known)
     if not missing:
-        log.info("no pending record of the last %.0f s was skipped", WINDOW_S)
+        log.info(
+            "no pending record of the last %.0f s was skipped",
+            WINDOW_S,
+            extra={"partitions": sorted(partitions)},
+        )
         return 0
     fragments = await read_window(kafka, FRAGMENTS, partitions, started_at - WINDOW_S)
     for record in missing.values():
@@ -192,20 +211,74 @@ async def keep_recovering(
     group_id: str,
     started_at: float,
     attempts: int = 5,
-) -> int:
-    """:func:`recover_skipped`, again after a failure (a broker timeout on a busy
-    machine must not quietly cancel the check). Call it before this instance can have
-    committed anything: the committed offsets it reads first mark where this instance
-    began."""
-    committed: dict[int, int] | None = None
+    poll_s: float = 1.0,
+) -> None:
+    """:func:`recover_skipped` for the partitions assigned once this instance is ready,
+    then again for every partition it takes over later. With several workers a partition
+    changes hands without a process start: the partitions of a worker killed with
+    kill -9 go to the others, which check them as a restarted instance would. Call it
+    before this instance can have committed anything: the committed offsets it reads
+    first mark where this instance began. Runs until cancelled."""
+    at_start: dict[int, int] | None = None
     for attempt in range(1, attempts + 1):
         try:
-            if committed is None:
-                committed = await committed_offsets(kafka, group_id, PENDING)
-            return await recover_skipped(
-                kafka, producer, joiner, started_at=started_at, committed_at_start=committed
+            at_start = await committed_offsets(kafka, group_id, PENDING)
+            break
+        except Exception:
+            log.exception(
+                "reading the committed offsets failed (attempt %d of %d)", attempt, attempts
             )
+            await asyncio.sleep(RETRY_S)
+    checked: set[int] = set()
+    first = True
+    while True:
+        if joiner.ready():
+            assigned = set(joiner.assigned())
+            checked &= assigned  # one lost and won back is checked again: another had it
+            if new := assigned - checked:
+                await _check(
+                    kafka,
+                    producer,
+                    joiner,
+                    group_id,
+                    new,
+                    attempts,
+                    started_at=started_at if first else time.time(),
+                    committed=at_start if first else None,
+                )
+                checked |= new
+                first = False
+        await asyncio.sleep(poll_s)
+
+
+async def _check(
+    kafka: KafkaSettings,
+    producer: AIOKafkaProducer,
+    joiner: JoinerView,
+    group_id: str,
+    partitions: set[int],
+    attempts: int,
+    *,
+    started_at: float,
+    committed: dict[int, int] | None,
+) -> None:
+    """One check of these partitions, again after a failure (a broker timeout on a busy
+    machine must not quietly cancel it). ``committed``: the offsets where this instance
+    began; None for a takeover, whose offsets are read now."""
+    for attempt in range(1, attempts + 1):
+        try:
+            offsets = committed
+            if offsets is None:
+                offsets = await committed_offsets(kafka, group_id, PENDING)
+            await recover_skipped(
+                kafka,
+                producer,
+                joiner,
+                started_at=started_at,
+                committed_at_start=offsets,
+                only=partitions,
+            )
+            return
         except Exception:
             log.exception("skipped-batch recovery failed (attempt %d of %d)", attempt, attempts)
             await asyncio.sleep(RETRY_S)
-    return 0

@@ -20,6 +20,21 @@ class PrescreenSettings(BaseSettings):
     partner_keys: str = Field(
         default="", description="Registered fragment-signing keys: name=base64url,..."
     )
+    signing_key_file: Path = Field(
+        default=Path("keys/bank-signing.pem"),
+        description="Ed25519 key that signs this worker's readiness announcements on "
+        "model.ready.v1: the bank's signing key by default (intake verifies under its own "
+        "key's public half), or a key of prescreen's own whose public half intake is given "
+        "in INTAKE_PRESCREEN_KEY. Partners cannot forge either.",
+    )
+    instance_id: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._:@/+=-]*$",
+        max_length=128,
+        description="This instance's id in its readiness announcements on model.ready.v1 "
+        "(empty: host name and process id). A stable, unique id per instance (the pod name) "
+        "lets a restarted instance replace its announcement instead of leaving one to expire.",
+    )
     allow_plaintext: bool = Field(
         default=False, description="Benchmark only: accept plaintext-mode fragments."
     )

@@ -233,6 +233,17 @@ async def test_the_deadline_decides_with_the_partners_that_answered(world: World
     assert world.requests() == []  # the bank never asks again
 
 
+async def test_a_worker_ticks_only_the_batches_of_partitions_it_owns(world: World) -> None:
+    # With several workers a table also holds standby copies of other workers'
+    # partitions: their ticks are their owner's to send.
+    mine, theirs = world.pending("b-mine", [0]), world.pending("b-theirs", [1])
+    await world.joiner.handle(PENDING, 1, mine.model_dump_json().encode())
+    await world.joiner.handle(PENDING, 3, theirs.model_dump_json().encode())
+    late = max(mine.deadline_at, theirs.deadline_at).timestamp() + 1
+    assert world.joiner.expired(late, {0, 1}) == [("b-mine", 1)]
+    assert sorted(world.joiner.expired(late)) == [("b-mine", 1), ("b-theirs", 1)]
+
+
 async def test_a_missed_deadline_falls_back_without_anyones_flags(tmp_path: Path) -> None:
     """Fallback policy: repayments misses the deadline. Payments' fragment is masked with
     repayments, so it cannot be read alone, and the batch is asked of nobody again

@@ -97,6 +97,16 @@ class PartnerKeyRegistry:
     def partners(self) -> set[str]:
         return set(self._keys)
 
+    def with_key(self, name: str, public_b64: str) -> PartnerKeyRegistry:
+        """This registry and one more signer (intake verifies prescreen's readiness
+        announcements beside the partners')."""
+        merged = PartnerKeyRegistry({})
+        merged._keys = {
+            **self._keys,
+            name: Ed25519PublicKey.from_public_bytes(b64_to_bytes(public_b64.strip())),
+        }
+        return merged
+
     def verify(self, message: FromPartner) -> None:
         """``message`` is signed by the registered key of the partner it names."""
         self.verify_signed(message.partner, message.signing_bytes(), message.signature)

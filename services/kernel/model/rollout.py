@@ -9,16 +9,21 @@ for batches still in flight.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+import os
+import socket
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from schemas import BankBundle, ModelReady, PartnerBundle
 from services.kernel.config import KafkaSettings
+from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError, signed
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
 from services.kernel.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
@@ -85,39 +90,189 @@ async def follow_topic(
 
 
 PRESCREEN_PARTY = "prescreen"
+READY_REFRESH_S = 10.0
+"""How often an instance announces again what it serves."""
+READY_TTL_S = 30.0
+"""How long an announcement counts: three refreshes, so one lost or late refresh on a
+busy broker does not drop a live instance, while one killed without withdrawing stops
+holding up a rollout half a minute after its last refresh."""
+
+
+def instance_id(configured: str = "") -> str:
+    """The configured id, else host name and process id: unique on one machine and across
+    pods. A stable id (a StatefulSet's pod name, the harness's worker name) lets a
+    restarted instance replace its own announcement at once instead of leaving one to
+    expire."""
+    return configured or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def ready_key(party: str, instance: str) -> bytes:
+    return f"{party}/{instance}".encode()
 
 
 class ReadinessBoard:
-    """Which party has loaded which model version (``model.ready.v1``)."""
+    """Which instance of which party serves which model versions (``model.ready.v1``).
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    Only announcements signed by their party's key count (``signers``: every partner's
+    registered key and prescreen's): a Kafka principal that can write the topic, a
+    partner among them, cannot announce for another party nor withdraw another party's
+    instance. Per instance, the newest announcement wins (a replayed older one changes
+    nothing); one past its ``expires_at`` or withdrawn no longer counts as live."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        signers: PartnerKeyRegistry,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
-        self.ready: set[tuple[str, str]] = set()
+        self.signers = signers
+        self.clock = clock
+        self.instances: dict[tuple[str, str], ModelReady] = {}
         self.changed = asyncio.Event()
 
+    def offer(self, value: bytes | None) -> bool:
+        """Take one message from the topic; whether it changed the board."""
+        if value is None:
+            return False  # a tombstone is unsigned: it withdraws nothing
+        try:
+            message = ModelReady.model_validate_json(value)
+            self.signers.verify_signed(message.party, message.signing_bytes(), message.signature)
+        except ValidationError as exc:
+            log.warning("ignoring unusable readiness message: %s", exc)
+            return False
+        except SignatureError as exc:
+            log.error("ignoring a readiness announcement for %s: %s", _party_of(value), exc)
+            return False
+        key = (message.party, message.instance)
+        known = self.instances.get(key)
+        if known is not None and known.announced_at > message.announced_at:
+            return False
+        self.instances[key] = message
+        self.changed.set()
+        return True
+
+    def live(self, party: str) -> list[ModelReady]:
+        """The party's instances that announced themselves and neither withdrew nor expired."""
+        now = self.clock()
+        return [
+            m
+            for (p, _), m in self.instances.items()
+            if p == party and not m.withdrawn and m.expires_at > now
+        ]
+
+    def waiting_for(self, parties: list[str], version: str) -> list[str]:
+        """What keeps ``version`` from being ready: a party with no live instance, or
+        ``party/instance`` for a live instance that does not serve it yet."""
+        waiting = []
+        for party in parties:
+            live = self.live(party)
+            if not live:
+                waiting.append(party)
+            waiting.extend(f"{party}/{m.instance}" for m in live if version not in m.model_versions)
+        return waiting
+
     def all_ready(self, parties: list[str], version: str) -> bool:
-        return all((p, version) in self.ready for p in parties)
+        """Every party has a live instance, and every live instance serves ``version``."""
+        return not self.waiting_for(parties, version)
 
     async def run(self) -> None:
         def handle(_: int, value: bytes | None, __: list[tuple[str, bytes]]) -> None:
-            try:
-                message = ModelReady.model_validate_json(value or b"")
-            except ValidationError as exc:
-                log.error("ignoring unusable readiness message: %s", exc)
-                return
-            self.ready.add((message.party, message.model_version))
-            self.changed.set()
+            self.offer(value)
 
         await follow_topic(self.settings, MODEL_READY, handle)
 
 
-async def announce_ready(producer: AIOKafkaProducer, party: str, version: str) -> None:
-    message = ModelReady(party=party, model_version=version, ready_at=datetime.now(UTC))
-    # Keyed by party and version on a compacted topic: every announcement survives, so
-    # an intake that starts much later still learns which versions are servable.
-    await producer.send_and_wait(
-        MODEL_READY, key=f"{party}@{version}".encode(), value=message.model_dump_json().encode()
-    )
+async def withdraw(announcer: ReadinessAnnouncer, timeout_s: float = 5.0) -> None:
+    """Withdraw on the way out, bounded: a broker that cannot be reached must not hold
+    up the stop (the announcement then expires instead)."""
+    try:
+        await asyncio.wait_for(announcer.withdraw(), timeout_s)
+    except Exception:
+        log.warning("could not withdraw the readiness announcement", exc_info=True)
+
+
+def _party_of(value: bytes) -> str:
+    try:
+        return str(json.loads(value).get("party", "?"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+class ReadinessAnnouncer:
+    """One instance's announcements: what it serves, at once when that changes and again
+    every ``refresh_s``; withdrawn when it stops."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        party: str,
+        instance: str,
+        key: Ed25519PrivateKey,
+        *,
+        refresh_s: float = READY_REFRESH_S,
+        ttl_s: float = READY_TTL_S,
+    ) -> None:
+        self.producer = producer
+        self.party = party
+        self.instance = instance
+        self.key = key
+        self.refresh_s = refresh_s
+        self.ttl_s = ttl_s
+        self.versions: list[str] = []
+        self.withdrawn = False
+        self._lock = asyncio.Lock()
+
+    def message(self, *, withdrawn: bool = False) -> ModelReady:
+        now = datetime.now(UTC)
+        return signed(
+            ModelReady(
+                party=self.party,
+                instance=self.instance,
+                model_versions=[] if withdrawn else self.versions,
+                withdrawn=withdrawn,
+                announced_at=now,
+                expires_at=now + timedelta(seconds=self.ttl_s),
+            ),
+            self.key,
+        )
+
+    async def _send(self, *, withdraw: bool = False) -> None:
+        # The message is made under the lock: compaction keeps the last one written, so
+        # a refresh made before a change must not be written after it.
+        async with self._lock:
+            if self.withdrawn:
+                return  # stopping: nothing may follow the withdrawal
+            self.withdrawn = withdraw
+            # Keyed per instance on a compacted topic: the latest word of every instance
+            # survives, so an intake that starts much later still learns who serves what.
+            await self.producer.send_and_wait(
+                MODEL_READY,
+                key=ready_key(self.party, self.instance),
+                value=self.message(withdrawn=withdraw).model_dump_json().encode(),
+            )
+
+    async def announce(self, versions: Iterable[str]) -> None:
+        """Now serving exactly ``versions``, oldest first (the schema's limit keeps the
+        newest 32; a service keeps 4)."""
+        self.versions = list(dict.fromkeys(versions))[-32:]
+        await self._send()
+
+    async def refresh(self) -> None:
+        """Announce again every ``refresh_s``, so the announcement never expires while the
+        instance lives. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            if self.versions:
+                try:
+                    await self._send()
+                except Exception:  # a broker hiccup: the next refresh tries again
+                    log.warning("readiness refresh failed", exc_info=True)
+
+    async def withdraw(self) -> None:
+        """This instance stops: it no longer counts towards any rollout, and announces
+        nothing more."""
+        await self._send(withdraw=True)
 
 
 class BundleWatcher(Generic[BundleT]):
