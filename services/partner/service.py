@@ -4,10 +4,14 @@ agreement keys of secure aggregation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
+import socket
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import FragmentRequest, PartnerBundle, TrainError
@@ -21,7 +25,12 @@ from services.kernel.crypto.signing import (
     signed,
 )
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
+from services.kernel.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
+    make_consumer,
+    make_producer,
+    partitions_of,
+)
 from services.kernel.kafka.dlq import DeadLetters, oversized
 from services.kernel.kafka.lag import aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import (
@@ -37,14 +46,15 @@ from services.kernel.metrics import (
     MESSAGES_OUT,
     PARTNER_FACTORS_READY,
     PARTNER_REFUSALS,
+    PARTNER_SIBLING_CLAIMS,
     start_http,
 )
 from services.kernel.model.rollout import BundleWatcher, announce_ready
 from services.kernel.readiness import report_readiness
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
-from services.partner.serving import FragmentServer, ModelCache, RequestError
+from services.partner.serving import FragmentServer, ModelCache, NotClaimed, RequestError
 from services.partner.settings import PartnerSettings
-from services.partner.store import FeatureStore
+from services.partner.store import open_store
 from services.partner.training import ReplayedMessageError, TrainingProtocolError, TrainingWorker
 
 log = logging.getLogger(__name__)
@@ -55,7 +65,10 @@ class PartnerService:
         self.settings = settings
         self.kafka = kafka
         self.name = settings.name
-        self.store = FeatureStore.open_existing(settings.db)
+        self.store = open_store(settings.store())
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        """This process's name in the request ledger's claims: unique per start, so a
+        restarted replica never takes a claim of its previous life for its own."""
         self.cache = ModelCache(
             self.store,
             partner=self.name,
@@ -84,6 +97,7 @@ class PartnerService:
             self.bank_key,
             min_participants=settings.min_participants,
             ledger_s=settings.request_ledger_days * 86400.0,
+            replica=self.replica,
         )
         self.trainer = TrainingWorker(
             self.name,
@@ -104,6 +118,9 @@ class PartnerService:
         self._background: set[asyncio.Task[None]] = set()
         self.service_name = f"partner-{self.name}"
         self.requests: AIOKafkaConsumer | None = None
+        self.reading = False
+        """Every partition of the requests topic is assigned and positioned."""
+        self._answering: asyncio.Future[None] | None = None
         self.refused: str | None = None
         """Why the newest bundle was refused (not signed by the bank, ...)."""
 
@@ -139,7 +156,7 @@ class PartnerService:
         task.add_done_callback(self._background.discard)
 
     def ready(self) -> bool:
-        """A model is loaded and this instance owns request partitions."""
+        """A model is loaded and this replica reads every request partition."""
         return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
@@ -154,8 +171,8 @@ class PartnerService:
             if self.refused is not None:
                 return f"no usable model bundle on {topic}: {self.refused}"
             return f"waiting for a model bundle on {topic}"
-        if self.requests is None or not self.requests.assignment():
-            return f"no partition of {requests_topic(self.name)} assigned yet"
+        if not self.reading:
+            return f"not reading {requests_topic(self.name)} yet"
         return None
 
     async def run(self) -> None:
@@ -170,9 +187,11 @@ class PartnerService:
             await announce_ready(producer, self.name, version)
 
         self.cache.on_ready = ready
-        requests = make_consumer(
-            self.kafka, requests_topic(self.name), group_id=f"fedscreen-partner-{self.name}"
-        )
+        # No consumer group for requests: every replica reads every partition, so a
+        # replica that stops or starts triggers no rebalance (the broker holds a join for
+        # seconds, and every batch waiting meanwhile would miss its deadline). The
+        # request ledger's claims decide which replica answers (FragmentServer.check_ledger).
+        requests = make_consumer(self.kafka, group_id=None)
         training = make_consumer(
             self.kafka,
             training_topic(self.name),
@@ -185,10 +204,17 @@ class PartnerService:
         await requests.start()
         await training.start()
         self.requests = requests
+        await self._read_from_end(requests)
         http = await start_http(
             self.settings.metrics_port, self.not_ready_reason, self.settings.metrics_host
         )
-        log.info("partner %s serving %s", self.name, requests_topic(self.name))
+        log.info(
+            "partner %s serving %s as replica %s of store %s",
+            self.name,
+            requests_topic(self.name),
+            self.replica,
+            self.store.location,
+        )
         try:
             await run_until_stopped(
                 report_readiness(self.service_name, self.not_ready_reason),
@@ -206,19 +232,49 @@ class PartnerService:
                 await http.cleanup()
             self.store.close()
 
+    async def _read_from_end(self, consumer: AIOKafkaConsumer) -> None:
+        """Assign every partition of the requests topic and fix the positions at its
+        end: requests written before this replica was ready are its siblings' (a request
+        is worth answering for a deadline's few seconds only)."""
+        topic = requests_topic(self.name)
+        partitions = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await consumer.position(partition)
+        self.reading = True
+
     async def serve(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, dlq: DeadLetters
     ) -> None:
         topic = requests_topic(self.name)
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=64)
-            for records in batches.values():
-                for record in records:
-                    MESSAGES_IN.labels(service=self.service_name, topic=topic).inc()
-                    await self._answer(record, producer, dlq)
-            if batches:
-                await producer.flush()
-                await consumer.commit()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=64)
+                for records in batches.values():
+                    for record in records:
+                        MESSAGES_IN.labels(service=self.service_name, topic=topic).inc()
+                        # Shielded: a stop must not cut a claimed request short.
+                        self._answering = asyncio.ensure_future(self._answer(record, producer, dlq))
+                        await asyncio.shield(self._answering)
+                if batches:
+                    await producer.flush()
+        except asyncio.CancelledError:
+            await self.drain(producer)
+            raise
+
+    async def drain(self, producer: AIOKafkaProducer) -> None:
+        """On SIGTERM: claim nothing more (siblings read the same requests and claim what
+        this replica leaves), finish the request in hand if it was claimed, and flush its
+        fragment. A kill -9 between a claim and the send costs that batch this partner's
+        answer: the bank decides it at its deadline without it."""
+        self.server.claiming = False
+        if self._answering is not None and not self._answering.done():
+            log.info("stopping: finishing the request in hand")
+            with contextlib.suppress(Exception):  # _answer logged it
+                await self._answering
+        await producer.flush()
+        log.info("partner replica %s drained", self.replica)
 
     async def _answer(self, record: object, producer: AIOKafkaProducer, dlq: DeadLetters) -> None:
         value = getattr(record, "value", None)
@@ -246,6 +302,11 @@ class PartnerService:
             fragment = await self.server.answer(
                 request, min(remaining, self.settings.bundle_wait_s), source
             )
+        except NotClaimed as exc:
+            if exc.reason == "sibling":
+                PARTNER_SIBLING_CLAIMS.labels(partner=self.name).inc()
+            log.debug("%s", exc, extra={"batch_id": request.batch_id})
+            return
         except RequestError as exc:
             PARTNER_REFUSALS.labels(reason=exc.reason).inc()
             await dlq.send(record, exc.reason, exc)  # type: ignore[arg-type]
