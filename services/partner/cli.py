@@ -31,6 +31,10 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="The store URL, as PARTNER_STORE_URL (instead of --db)."),
         ] = None,
+        store_url_file: Annotated[
+            Path | None,
+            typer.Option(help="A file holding the store URL (a mounted Secret), instead."),
+        ] = None,
         token_key: Annotated[
             Path | None, typer.Option(help="File with the token key shared with the bank (HMAC).")
         ] = None,
@@ -51,7 +55,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load the feature store from CSV; raw ids are tokenised and never stored."""
         from services.kernel.crypto.tokens import HMAC_OPT_IN, Tokenizer, TokenMap, TokenSource
-        from services.partner.store import StoreError, as_store_url, open_store, redact
+        from services.partner.store import (
+            StoreError,
+            as_store_url,
+            open_store,
+            read_store_url,
+            redact,
+        )
 
         names = [f.strip() for f in features.split(",") if f.strip()]
         try:
@@ -68,9 +78,12 @@ def register(app: typer.Typer) -> None:
                 tokenizer = TokenMap.from_csv(token_map)
             else:
                 raise CliError("give exactly one of --token-key (HMAC) and --token-map (PSI)")
-            if (db is None) == (store_url is None):
-                raise CliError("give exactly one of --db and --store-url")
-            url = as_store_url(store_url or db or "")
+            if [db, store_url, store_url_file].count(None) != 2:
+                raise CliError("give exactly one of --db, --store-url and --store-url-file")
+            if store_url_file is not None:
+                url = read_store_url(store_url_file)
+            else:
+                url = as_store_url(store_url or db or "")
             store = open_store(url, create=True)
             try:
                 count = store.load_csv(

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.partner.store import check_store_url, sqlite_url
+from services.partner.store import check_store_url, read_store_url, sqlite_url
 
 
 class PartnerSettings(BaseSettings):
@@ -24,6 +24,11 @@ class PartnerSettings(BaseSettings):
         "postgresql://user:password@host:port/database (every replica of this partner on one "
         "database; the ledger's claims make exactly one answer each request). Empty: "
         "sqlite:// of PARTNER_DB.",
+    )
+    store_url_file: Path | None = Field(
+        default=None,
+        description="A file holding PARTNER_STORE_URL (a mounted Secret: the URL carries the "
+        "database password), if not PARTNER_STORE_URL.",
     )
     signing_key_file: Path = Field(
         default=Path("partner-signing.pem"),
@@ -105,10 +110,22 @@ class PartnerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_store(self) -> PartnerSettings:
-        if self.store_url and "db" in self.model_fields_set:
-            raise ValueError("set PARTNER_STORE_URL or PARTNER_DB, not both")
+        given = [
+            name
+            for name, is_set in (
+                ("PARTNER_STORE_URL", bool(self.store_url)),
+                ("PARTNER_STORE_URL_FILE", self.store_url_file is not None),
+                ("PARTNER_DB", "db" in self.model_fields_set),
+            )
+            if is_set
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set one of {' and '.join(given)}, not both")
         return self
 
     def store(self) -> str:
-        """The store's URL: PARTNER_STORE_URL, or the SQLite file PARTNER_DB."""
+        """The store's URL: PARTNER_STORE_URL, the one in PARTNER_STORE_URL_FILE, or the
+        SQLite file PARTNER_DB."""
+        if self.store_url_file is not None:
+            return read_store_url(self.store_url_file)
         return self.store_url or sqlite_url(self.db)

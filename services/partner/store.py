@@ -76,6 +76,15 @@ def as_store_url(text: str) -> str:
     return sqlite_url(Path(text))
 
 
+def read_store_url(path: Path) -> str:
+    """The store URL kept in a file (a mounted Secret), checked."""
+    try:
+        url = path.read_text().strip()
+    except OSError as exc:
+        raise StoreError(f"cannot read the store URL from {path}: {exc.strerror}") from exc
+    return check_store_url(url)
+
+
 def check_store_url(url: str) -> str:
     """``url`` if it names a store this code can open, else a StoreError saying why."""
     scheme, _, rest = url.partition(":")

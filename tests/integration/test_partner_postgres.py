@@ -150,9 +150,16 @@ def test_an_unusable_store_is_a_one_line_error(postgres: EmbeddedPostgres, url: 
     assert "hunter2" not in str(refused.value)  # the password never reaches a log line
 
 
-def test_the_store_url_setting_defaults_to_the_sqlite_file_of_partner_db(url: str) -> None:
+def test_the_store_url_setting_defaults_to_the_sqlite_file_of_partner_db(
+    url: str, tmp_path: Path
+) -> None:
     assert PartnerSettings(db=Path("/x/p.sqlite")).store() == "sqlite:///x/p.sqlite"
     assert PartnerSettings(store_url=url).store() == url
+    secret = tmp_path / "url"
+    secret.write_text(url + "\n")  # as a Secret mounts it
+    assert PartnerSettings(store_url_file=secret).store() == url
+    with pytest.raises(StoreError, match="cannot read the store URL"):
+        PartnerSettings(store_url_file=tmp_path / "missing").store()
     with pytest.raises(ValueError, match="not both"):
         PartnerSettings(db=Path("p.sqlite"), store_url=url)
     with pytest.raises(ValueError, match="neither sqlite"):
