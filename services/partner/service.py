@@ -54,7 +54,7 @@ from services.kernel.readiness import report_readiness
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
 from services.partner.serving import FragmentServer, ModelCache, NotClaimed, RequestError
 from services.partner.settings import PartnerSettings
-from services.partner.store import open_store
+from services.partner.store import StoreUnavailableError, open_store
 from services.partner.training import ReplayedMessageError, TrainingProtocolError, TrainingWorker
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,11 @@ class PartnerService:
             if exc.reason == "sibling":
                 PARTNER_SIBLING_CLAIMS.labels(partner=self.name).inc()
             log.debug("%s", exc, extra={"batch_id": request.batch_id})
+            return
+        except StoreUnavailableError as exc:
+            # Not the request's fault: no DLQ record. Unclaimed, it is a sibling's (on
+            # another connection); claimed, the bank decides it at its deadline.
+            log.error("batch %s not answered: %s", request.batch_id, exc)
             return
         except RequestError as exc:
             PARTNER_REFUSALS.labels(reason=exc.reason).inc()

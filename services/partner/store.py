@@ -49,6 +49,11 @@ class StoreError(ValueError):
     """The store or its input is unusable; the message says why in one line."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database did not answer (a restart, a failover, the network): the caller
+    skips this piece of work; the next call reconnects."""
+
+
 def _quote(name: str) -> str:
     if not _NAME.match(name):
         raise StoreError(f"feature name {name!r} is not a plain identifier")
@@ -525,17 +530,32 @@ class PostgresStore(PartnerStore):
         if self.db.closed or self.db.broken:
             self.db = self._connect()
 
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except self._psycopg.OperationalError as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailableError(f"feature store {self.location}: {why}") from exc
+
     def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
         self._retrying()
-        return self.db.execute(self._sql(sql), params).rowcount
+        with self._reachable():
+            return self.db.execute(self._sql(sql), params).rowcount
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         self._retrying()
-        return self.db.execute(self._sql(sql), params).fetchall()
+        with self._reachable():
+            return self.db.execute(self._sql(sql), params).fetchall()
+
+    @contextlib.contextmanager
+    def _transaction_reachable(self) -> Iterator[object]:
+        self._retrying()
+        with self._reachable(), self.db.transaction() as transaction:
+            yield transaction
 
     def _transaction(self) -> contextlib.AbstractContextManager[object]:
-        self._retrying()
-        return self.db.transaction()
+        return self._transaction_reachable()
 
     def _replace_customers(
         self, columns: Sequence[str], rows: Iterable[tuple[object, ...]]
@@ -555,7 +575,9 @@ class PostgresStore(PartnerStore):
     def _select_tokens(self, columns: str, tokens: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         self._retrying()
         query = f"SELECT token, blacklisted, {columns} FROM customers WHERE token = ANY(%s)"
-        yield from self.db.execute(query, (list(tokens),)).fetchall()
+        with self._reachable():
+            rows = self.db.execute(query, (list(tokens),)).fetchall()
+        yield from rows
 
     def close(self) -> None:
         self.db.close()

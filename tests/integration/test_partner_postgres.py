@@ -21,7 +21,7 @@ from services.kernel.crypto.paillier import write_secret
 from services.kernel.crypto.tokens import Tokenizer, new_token_key
 from services.partner.binning import Binning
 from services.partner.settings import PartnerSettings
-from services.partner.store import PostgresStore, StoreError, open_store
+from services.partner.store import PostgresStore, StoreError, StoreUnavailableError, open_store
 from tests.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
@@ -191,3 +191,19 @@ def test_partner_load_fills_a_postgresql_store(url: str, tmp_path: Path) -> None
         assert store.count() == 3 and store.features == ["PAY_0", "BILL"]
     finally:
         store.close()
+
+
+def test_a_dropped_connection_costs_one_call_and_the_next_reconnects(
+    loaded: PostgresStore, url: str
+) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        # As a database restart or failover would: the server ends the replica's session.
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(StoreUnavailableError) as caught:
+        loaded.claim_request("b9", 1, "d", "0:9", "r1", 1.0)
+    assert "\n" not in str(caught.value)
+    assert loaded.claim_request("b9", 1, "d", "0:9", "r1", 1.0).won  # nothing was recorded
+    assert loaded.lookup([TOKENS.token("c3")])[0][0, 0] == 2.0
