@@ -4,7 +4,6 @@ agreement keys of secure aggregation."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -204,10 +203,12 @@ class PartnerService:
         await requests.start()
         await training.start()
         self.requests = requests
-        await self._read_from_end(requests)
         http = await start_http(
             self.settings.metrics_port, self.not_ready_reason, self.settings.metrics_host
         )
+        # Before any task runs: positions are fixed before this replica can announce a
+        # model ready, so no request written after the announcement is missed.
+        await self._read_from_end(requests)
         log.info(
             "partner %s serving %s as replica %s of store %s",
             self.name,
@@ -271,8 +272,10 @@ class PartnerService:
         self.server.claiming = False
         if self._answering is not None and not self._answering.done():
             log.info("stopping: finishing the request in hand")
-            with contextlib.suppress(Exception):  # _answer logged it
+            try:
                 await self._answering
+            except Exception:  # stopping anyway: say why that request went unanswered
+                log.exception("the request in hand failed")
         await producer.flush()
         log.info("partner replica %s drained", self.replica)
 
