@@ -175,6 +175,13 @@ class PartnerService:
         return None
 
     async def run(self) -> None:
+        # Before any Kafka call: the store is open, so a start that stalls later is Kafka's.
+        log.info(
+            "partner %s starting as replica %s of store %s",
+            self.name,
+            self.replica,
+            self.store.location,
+        )
         producer = make_producer(self.kafka)
         await producer.start()
         dlq = DeadLetters(producer, self.service_name, self.kafka.max_message_bytes)
@@ -209,13 +216,7 @@ class PartnerService:
         # Before any task runs: positions are fixed before this replica can announce a
         # model ready, so no request written after the announcement is missed.
         await self._read_from_end(requests)
-        log.info(
-            "partner %s serving %s as replica %s of store %s",
-            self.name,
-            requests_topic(self.name),
-            self.replica,
-            self.store.location,
-        )
+        log.info("partner %s serving %s", self.name, requests_topic(self.name))
         try:
             await run_until_stopped(
                 report_readiness(self.service_name, self.not_ready_reason),
@@ -238,7 +239,11 @@ class PartnerService:
         end: requests written before this replica was ready are its siblings' (a request
         is worth answering for a deadline's few seconds only)."""
         topic = requests_topic(self.name)
-        partitions = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        try:
+            numbers = await partitions_of(consumer, topic, timeout_s=120.0)
+        except TimeoutError:
+            raise RuntimeError(f"{topic} does not exist (fedscreen topics --partner ...)") from None
+        partitions = [TopicPartition(topic, p) for p in numbers]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for partition in partitions:
