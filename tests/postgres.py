@@ -140,7 +140,11 @@ class EmbeddedPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedPostgres:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # no directory or server left behind by a failed start
+            raise
         return self
 
     def __exit__(
