@@ -45,7 +45,7 @@ from services.partner.agreement import (
 )
 from services.partner.binning import Binning
 from services.partner.serving import PLAINTEXT_KEY_ID
-from services.partner.store import FeatureStore
+from services.partner.store import PartnerStore, StoreError, open_store, sqlite_url
 
 
 @dataclass
@@ -72,6 +72,8 @@ class Deployment:
     paillier_dir: Path
     token_dir: Path
     partner_dbs: dict[str, Path] = field(default_factory=dict)
+    store_urls: dict[str, str] = field(default_factory=dict)
+    """Partners whose store is not the SQLite file under ``root`` (PostgreSQL)."""
     signing_keys: dict[str, Path] = field(default_factory=dict)
     partner_public_keys: dict[str, str] = field(default_factory=dict)
     agreement_keys: dict[str, Path] = field(default_factory=dict)
@@ -159,11 +161,17 @@ class Deployment:
                 writer.writerow([customer, *row, int(data.blacklisted[i])])
         return csv_path
 
-    def load_partner_store(self, data: PartnerData, ids: Sequence[str]) -> FeatureStore:
+    def store_url(self, partner: str) -> str:
+        """Where the partner's store is: its URL, or its SQLite file under ``root``."""
+        if partner in self.store_urls:
+            return self.store_urls[partner]
+        return sqlite_url(self.partner_dbs[partner])
+
+    def load_partner_store(self, data: PartnerData, ids: Sequence[str]) -> PartnerStore:
         tokenizer = self.new_partner_keys(data.name)
         csv_path = self.write_partner_csv(data, ids)
         db = csv_path.parent / "features.sqlite"
-        store = FeatureStore(db)
+        store = open_store(self.store_urls.get(data.name) or sqlite_url(db), create=True)
         store.load_csv(
             csv_path,
             id_column="ID",
@@ -171,7 +179,8 @@ class Deployment:
             tokenizer=tokenizer,
             blacklist_column="BLACKLISTED",
         )
-        self.partner_dbs[data.name] = db
+        if data.name not in self.store_urls:
+            self.partner_dbs[data.name] = db
         return store
 
 
@@ -192,7 +201,7 @@ def quick_scorecard(
 
 
 def install_model(
-    store: FeatureStore,
+    store: PartnerStore,
     scorecard_id: str,
     binning: Binning,
     weights: Sequence[Sequence[float]],
@@ -211,16 +220,16 @@ def install_model(
     )
 
 
-def stored_weights(db: Path, scorecard_id: str, key: PrivateKey | None) -> list[list[float]]:
+def stored_weights(db: Path | str, scorecard_id: str, key: PrivateKey | None) -> list[list[float]]:
     """A partner's stored weights in plaintext, decrypted with the bank's key: the test
-    harness's view of both parties, never a service's."""
-    store = FeatureStore(db)
+    harness's view of both parties, never a service's. ``db``: a SQLite file or a URL."""
+    store = open_store(db if isinstance(db, str) else sqlite_url(db))
     try:
         scorecard = store.scorecard(scorecard_id)
     finally:
         store.close()
     if scorecard is None:
-        raise ValueError(f"{db} holds no weights {scorecard_id}")
+        raise StoreError(f"{store.location} holds no weights {scorecard_id}")
     scale = float(1 << DEFAULT_FRAC_BITS)
     if key is None:
         return [[w / scale for w in row] for row in scorecard.rows()]

@@ -4,6 +4,7 @@ webhooks with a receiver), for the demo, the benchmark and the integration tests
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ class PipelineOptions:
     prescreen_workers: int = 1
     """Prescreen processes with the same app id: the first is ``prescreen``, the others
     ``prescreen-2``, ``prescreen-3``, ...; they split the partitions between them."""
+    partner_replicas: int = 1
+    """Processes per partner: ``partner-<name>``, then ``partner-<name>-r2``, ...; more
+    than one needs a store every replica shares (``Deployment.store_urls``)."""
 
 
 class Pipeline:
@@ -73,15 +77,24 @@ class Pipeline:
         }
         return self.fleet.add(service)
 
+    @staticmethod
+    def replica_name(partner: str, replica: int) -> str:
+        return f"partner-{partner}" if replica == 1 else f"partner-{partner}-r{replica}"
+
     def build(self) -> None:
         d, o = self.deployment, self.options
-        for partner in self.partners:
+        for partner, replica in itertools.product(self.partners, range(1, o.partner_replicas + 1)):
+            store = (
+                {"PARTNER_STORE_URL": d.store_urls[partner]}
+                if partner in d.store_urls
+                else {"PARTNER_DB": str(d.partner_dbs[partner])}
+            )
             self._service(
-                f"partner-{partner}",
+                self.replica_name(partner, replica),
                 ["partner", "run"],
                 {
                     "PARTNER_NAME": partner,
-                    "PARTNER_DB": str(d.partner_dbs[partner]),
+                    **store,
                     "PARTNER_SIGNING_KEY_FILE": str(d.signing_keys[partner]),
                     # Secure aggregation: each partner's X25519 key, and the signing keys
                     # its peers' agreement keys must verify under.
@@ -90,9 +103,9 @@ class Pipeline:
                     # The bank's key, pinned: only what it signs is acted on.
                     "PARTNER_BANK_KEY": d.bank_public_key,
                     "PARTNER_ALLOW_PLAINTEXT": str(o.plaintext).lower(),
-                    # Stable across restarts: a restarted partner replaces its readiness
-                    # announcement instead of leaving one to expire.
-                    "PARTNER_INSTANCE_ID": f"partner-{partner}",
+                    # One per replica, stable across restarts: a restarted replica
+                    # replaces its readiness announcement instead of leaving one to expire.
+                    "PARTNER_INSTANCE_ID": self.replica_name(partner, replica),
                 },
             )
         self._service(

@@ -59,7 +59,7 @@ from services.bench.report import print_machine
 from services.bench.run import BenchOptions, World, finite, prepare_world
 from services.bench.session import running_pipeline
 from services.bench.stats import Accounting, parse_ts, percentiles_ms
-from services.kernel.kafka.topics import FRAGMENTS, PENDING, requests_topic
+from services.kernel.kafka.topics import FRAGMENTS, PENDING
 
 Say = Callable[[str], None]
 HOUR_S = 3600.0
@@ -226,10 +226,11 @@ class SoakBench:
             say=self.say,
         ) as session:
             collector = session.collector
+            # Partners commit no offsets: every replica reads every request partition
+            # without a group (their lag is their own fedscreen_consumer_lag gauge).
             groups = {
                 "fedscreen-intake": ["bank.candidates.v1"],
                 "fedscreen-prescreen": [PENDING, FRAGMENTS],
-                **{f"fedscreen-partner-{n}": [requests_topic(n)] for n in session.partners},
             }
             probe = KafkaProbe(session.broker.settings(), groups)
             try:  # the probe stops first: before the producer, collector and pipeline

@@ -40,6 +40,12 @@ PARTNER_FACTORS_INLINE = Counter(
     "empty (the pool does not keep up with the request rate)",
     ["partner"],
 )
+PARTNER_SIBLING_CLAIMS = Counter(
+    "fedscreen_partner_claimed_by_sibling_total",
+    "Requests this replica left to a sibling replica of the same partner, which claimed "
+    "them first in the shared request ledger (not refusals: the sibling answers)",
+    ["partner"],
+)
 WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
 PARTNER_LATENCY = Histogram(
     "fedscreen_partner_latency_seconds",

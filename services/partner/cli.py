@@ -20,7 +20,21 @@ def register(app: typer.Typer) -> None:
         csv_path: Annotated[Path, typer.Option("--csv", help="CSV with ids and features.")],
         id_column: Annotated[str, typer.Option(help="Customer id column (tokenised).")],
         features: Annotated[str, typer.Option(help="Comma-separated feature columns.")],
-        db: Annotated[Path, typer.Option(help="SQLite feature store to (re)create.")],
+        db: Annotated[
+            str | None,
+            typer.Option(
+                help="The feature store to (re)load: a SQLite file, or a store URL "
+                "(sqlite:///path, postgresql://user@host:port/db).",
+            ),
+        ] = None,
+        store_url: Annotated[
+            str | None,
+            typer.Option(help="The store URL, as PARTNER_STORE_URL (instead of --db)."),
+        ] = None,
+        store_url_file: Annotated[
+            Path | None,
+            typer.Option(help="A file holding the store URL (a mounted Secret), instead."),
+        ] = None,
         token_key: Annotated[
             Path | None, typer.Option(help="File with the token key shared with the bank (HMAC).")
         ] = None,
@@ -40,10 +54,14 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Load the feature store from CSV; raw ids are tokenised and never stored."""
-        import sqlite3
-
         from services.kernel.crypto.tokens import HMAC_OPT_IN, Tokenizer, TokenMap, TokenSource
-        from services.partner.store import FeatureStore, StoreError
+        from services.partner.store import (
+            StoreError,
+            as_store_url,
+            open_store,
+            read_store_url,
+            redact,
+        )
 
         names = [f.strip() for f in features.split(",") if f.strip()]
         try:
@@ -60,11 +78,13 @@ def register(app: typer.Typer) -> None:
                 tokenizer = TokenMap.from_csv(token_map)
             else:
                 raise CliError("give exactly one of --token-key (HMAC) and --token-map (PSI)")
-            try:
-                db.parent.mkdir(parents=True, exist_ok=True)
-                store = FeatureStore(db)
-            except (OSError, sqlite3.Error) as exc:
-                raise CliError(f"cannot create the feature store {db}: {exc}") from exc
+            if [db, store_url, store_url_file].count(None) != 2:
+                raise CliError("give exactly one of --db, --store-url and --store-url-file")
+            if store_url_file is not None:
+                url = read_store_url(store_url_file)
+            else:
+                url = as_store_url(store_url or db or "")
+            store = open_store(url, create=True)
             try:
                 count = store.load_csv(
                     csv_path,
@@ -77,7 +97,8 @@ def register(app: typer.Typer) -> None:
                 store.close()
         except (StoreError, ValueError) as exc:
             raise CliError(str(exc)) from exc
-        typer.echo(f"loaded {count} customers with {len(names)} features into {db}")
+        where = db if db is not None and url.endswith(db) else redact(url)
+        typer.echo(f"loaded {count} customers with {len(names)} features into {where}")
 
     @partner.command("align")
     def align(

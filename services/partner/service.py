@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import FragmentRequest, PartnerBundle, TrainError
@@ -21,7 +24,12 @@ from services.kernel.crypto.signing import (
     signed,
 )
 from services.kernel.kafka.chunks import ChunkError, Reassembler, send_large
-from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, make_producer
+from services.kernel.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
+    make_consumer,
+    make_producer,
+    partitions_of,
+)
 from services.kernel.kafka.dlq import DeadLetters, oversized
 from services.kernel.kafka.lag import aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import (
@@ -37,6 +45,7 @@ from services.kernel.metrics import (
     MESSAGES_OUT,
     PARTNER_FACTORS_READY,
     PARTNER_REFUSALS,
+    PARTNER_SIBLING_CLAIMS,
     start_http,
 )
 from services.kernel.model.rollout import (
@@ -47,9 +56,9 @@ from services.kernel.model.rollout import (
 )
 from services.kernel.readiness import report_readiness
 from services.partner.agreement import PeerDirectory, load_agreement_key, publish_agreement_key
-from services.partner.serving import FragmentServer, ModelCache, RequestError
+from services.partner.serving import FragmentServer, ModelCache, NotClaimed, RequestError
 from services.partner.settings import PartnerSettings
-from services.partner.store import FeatureStore
+from services.partner.store import StoreUnavailableError, open_store
 from services.partner.training import ReplayedMessageError, TrainingProtocolError, TrainingWorker
 
 log = logging.getLogger(__name__)
@@ -60,7 +69,10 @@ class PartnerService:
         self.settings = settings
         self.kafka = kafka
         self.name = settings.name
-        self.store = FeatureStore.open_existing(settings.db)
+        self.store = open_store(settings.store())
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        """This process's name in the request ledger's claims: unique per start, so a
+        restarted replica never takes a claim of its previous life for its own."""
         self.cache = ModelCache(
             self.store,
             partner=self.name,
@@ -89,6 +101,7 @@ class PartnerService:
             self.bank_key,
             min_participants=settings.min_participants,
             ledger_s=settings.request_ledger_days * 86400.0,
+            replica=self.replica,
         )
         self.trainer = TrainingWorker(
             self.name,
@@ -109,6 +122,9 @@ class PartnerService:
         self._background: set[asyncio.Task[None]] = set()
         self.service_name = f"partner-{self.name}"
         self.requests: AIOKafkaConsumer | None = None
+        self.reading = False
+        """Every partition of the requests topic is assigned and positioned."""
+        self._answering: asyncio.Future[None] | None = None
         self.refused: str | None = None
         """Why the newest bundle was refused (not signed by the bank, ...)."""
 
@@ -144,7 +160,7 @@ class PartnerService:
         task.add_done_callback(self._background.discard)
 
     def ready(self) -> bool:
-        """A model is loaded and this instance owns request partitions."""
+        """A model is loaded and this replica reads every request partition."""
         return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
@@ -159,11 +175,18 @@ class PartnerService:
             if self.refused is not None:
                 return f"no usable model bundle on {topic}: {self.refused}"
             return f"waiting for a model bundle on {topic}"
-        if self.requests is None or not self.requests.assignment():
-            return f"no partition of {requests_topic(self.name)} assigned yet"
+        if not self.reading:
+            return f"not reading {requests_topic(self.name)} yet"
         return None
 
     async def run(self) -> None:
+        # Before any Kafka call: the store is open, so a start that stalls later is Kafka's.
+        log.info(
+            "partner %s starting as replica %s of store %s",
+            self.name,
+            self.replica,
+            self.store.location,
+        )
         producer = make_producer(self.kafka)
         await producer.start()
         dlq = DeadLetters(producer, self.service_name, self.kafka.max_message_bytes)
@@ -181,9 +204,11 @@ class PartnerService:
             await announcer.announce(self.cache.models)
 
         self.cache.on_ready = ready
-        requests = make_consumer(
-            self.kafka, requests_topic(self.name), group_id=f"fedscreen-partner-{self.name}"
-        )
+        # No consumer group for requests: every replica reads every partition, so a
+        # replica that stops or starts triggers no rebalance (the broker holds a join for
+        # seconds, and every batch waiting meanwhile would miss its deadline). The
+        # request ledger's claims decide which replica answers (FragmentServer.check_ledger).
+        requests = make_consumer(self.kafka, group_id=None)
         training = make_consumer(
             self.kafka,
             training_topic(self.name),
@@ -199,6 +224,9 @@ class PartnerService:
         http = await start_http(
             self.settings.metrics_port, self.not_ready_reason, self.settings.metrics_host
         )
+        # Before any task runs: positions are fixed before this replica can announce a
+        # model ready, so no request written after the announcement is missed.
+        await self._read_from_end(requests)
         log.info("partner %s serving %s", self.name, requests_topic(self.name))
         try:
             await run_until_stopped(
@@ -219,19 +247,55 @@ class PartnerService:
                 await http.cleanup()
             self.store.close()
 
+    async def _read_from_end(self, consumer: AIOKafkaConsumer) -> None:
+        """Assign every partition of the requests topic and fix the positions at its
+        end: requests written before this replica was ready are its siblings' (a request
+        is worth answering for a deadline's few seconds only)."""
+        topic = requests_topic(self.name)
+        try:
+            numbers = await partitions_of(consumer, topic, timeout_s=120.0)
+        except TimeoutError:
+            raise RuntimeError(f"{topic} does not exist (fedscreen topics --partner ...)") from None
+        partitions = [TopicPartition(topic, p) for p in numbers]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await consumer.position(partition)
+        self.reading = True
+
     async def serve(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, dlq: DeadLetters
     ) -> None:
         topic = requests_topic(self.name)
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=64)
-            for records in batches.values():
-                for record in records:
-                    MESSAGES_IN.labels(service=self.service_name, topic=topic).inc()
-                    await self._answer(record, producer, dlq)
-            if batches:
-                await producer.flush()
-                await consumer.commit()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=64)
+                for records in batches.values():
+                    for record in records:
+                        MESSAGES_IN.labels(service=self.service_name, topic=topic).inc()
+                        # Shielded: a stop must not cut a claimed request short.
+                        self._answering = asyncio.ensure_future(self._answer(record, producer, dlq))
+                        await asyncio.shield(self._answering)
+                if batches:
+                    await producer.flush()
+        except asyncio.CancelledError:
+            await self.drain(producer)
+            raise
+
+    async def drain(self, producer: AIOKafkaProducer) -> None:
+        """On SIGTERM: claim nothing more (siblings read the same requests and claim what
+        this replica leaves), finish the request in hand if it was claimed, and flush its
+        fragment. A kill -9 between a claim and the send costs that batch this partner's
+        answer: the bank decides it at its deadline without it."""
+        self.server.claiming = False
+        if self._answering is not None and not self._answering.done():
+            log.info("stopping: finishing the request in hand")
+            try:
+                await self._answering
+            except Exception:  # stopping anyway: say why that request went unanswered
+                log.exception("the request in hand failed")
+        await producer.flush()
+        log.info("partner replica %s drained", self.replica)
 
     async def _answer(self, record: object, producer: AIOKafkaProducer, dlq: DeadLetters) -> None:
         value = getattr(record, "value", None)
@@ -259,6 +323,16 @@ class PartnerService:
             fragment = await self.server.answer(
                 request, min(remaining, self.settings.bundle_wait_s), source
             )
+        except NotClaimed as exc:
+            if exc.reason == "sibling":
+                PARTNER_SIBLING_CLAIMS.labels(partner=self.name).inc()
+            log.debug("%s", exc, extra={"batch_id": request.batch_id})
+            return
+        except StoreUnavailableError as exc:
+            # Not the request's fault: no DLQ record. Unclaimed, it is a sibling's (on
+            # another connection); claimed, the bank decides it at its deadline.
+            log.error("batch %s not answered: %s", request.batch_id, exc)
+            return
         except RequestError as exc:
             PARTNER_REFUSALS.labels(reason=exc.reason).inc()
             await dlq.send(record, exc.reason, exc)  # type: ignore[arg-type]

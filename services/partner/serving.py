@@ -34,7 +34,7 @@ from services.partner.agreement import (
     acceptable_participants,
 )
 from services.partner.binning import Binning
-from services.partner.store import FeatureStore
+from services.partner.store import PartnerStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,16 @@ PLAINTEXT_KEY_ID = "plaintext"
 
 class RequestError(ValueError):
     """A request this partner cannot answer; ``reason`` is the DLQ reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotClaimed(Exception):  # noqa: N818 (an outcome, not an error)
+    """This replica leaves the request alone: not a refusal, nothing to dead-letter.
+    ``reason`` is ``sibling`` (another replica claimed it first and answers it) or
+    ``stopping`` (this replica is draining; a sibling claims it)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -87,7 +97,7 @@ class LoadedModel:
 
 
 def build_model(
-    bundle: PartnerBundle, store: FeatureStore, *, allow_plaintext: bool, factor_pool: int = 64
+    bundle: PartnerBundle, store: PartnerStore, *, allow_plaintext: bool, factor_pool: int = 64
 ) -> LoadedModel:
     """CPU-heavy (W squarings per slot and entry); call it off the event loop.
 
@@ -134,7 +144,7 @@ class ModelCache:
     GIL in batched powmods), so the service keeps answering while a new version loads."""
 
     def __init__(
-        self, store: FeatureStore, *, partner: str, allow_plaintext: bool, factor_pool: int = 64
+        self, store: PartnerStore, *, partner: str, allow_plaintext: bool, factor_pool: int = 64
     ) -> None:
         self.store = store
         self.partner = partner
@@ -216,7 +226,7 @@ class FragmentServer:
     def __init__(
         self,
         partner: str,
-        store: FeatureStore,
+        store: PartnerStore,
         cache: ModelCache,
         signing_key: Ed25519PrivateKey,
         peers: PeerDirectory,
@@ -224,8 +234,13 @@ class FragmentServer:
         *,
         min_participants: int = 2,
         ledger_s: float = 30 * 86400.0,
+        replica: str = "local",
     ) -> None:
         self.partner = partner
+        self.replica = replica
+        """This process's name in the ledger's claims (unique per start)."""
+        self.claiming = True
+        """False once the replica drains: it claims nothing more."""
         self._factor_computed_inline = PARTNER_FACTORS_INLINE.labels(partner=partner).inc
         self.store = store
         self.cache = cache
@@ -264,10 +279,12 @@ class FragmentServer:
                 f"batch {request.batch_id}: the token digests do not cover the participants "
                 "or do not match this partner's tokens",
             )
-        self.check_ledger(request, source)
+        # The claim comes last, once this replica can compute the fragment: a replica
+        # still loading a version or a peer's key leaves the request to a sibling.
         started = time.monotonic()
         model = await self.cache.get(request.model_version, wait_s)
         if model is None:
+            self._claimed_elsewhere(request)
             raise RequestError(
                 "unknown-model-version", f"model {request.model_version} is not loaded here"
             )
@@ -280,31 +297,49 @@ class FragmentServer:
         waited = time.monotonic() - started
         missing = await self.peers.wait_for(participants, max(0.0, wait_s - waited))
         if missing:
+            self._claimed_elsewhere(request)
             raise RequestError("no-agreement-key", f"no agreement key from {missing} yet")
+        self.check_ledger(request, source)
         return self.compute(request, model)
 
+    def _claimed_elsewhere(self, request: FragmentRequest) -> None:
+        """Before refusing a request this replica cannot serve, look whether a sibling
+        claimed it (it then answers, and there is nothing to refuse)."""
+        held = self.store.request_claim(request.batch_id, request.attempt)
+        if held is not None and held.owner != self.replica:
+            raise NotClaimed("sibling", f"batch {request.batch_id} claimed by {held.owner}")
+
     def check_ledger(self, request: FragmentRequest, source: str) -> None:
-        """Refuse a request for a (batch, attempt) this partner was already asked about with
+        """Claim the request in the ledger, or say why not.
+
+        Refuse a request for a (batch, attempt) this partner was already asked about with
         other tokens, another model or other participants: answering both would let the
-        bank difference them. The same record read again (Kafka redelivers after a
-        restart) is answered again, with the same plaintext; a copy of it written again
-        (a replay) is refused."""
+        bank difference them. A copy of the same request written again at another offset
+        (a replay) is refused too. The same record read by a sibling replica (every
+        replica reads every request) was claimed by that sibling: it answers, this one
+        skips. The same record read again by this replica is answered again, with the
+        same plaintext."""
+        if not self.claiming:
+            raise NotClaimed("stopping", f"batch {request.batch_id}: draining, left to a sibling")
         now = time.time()
         digest = request_digest(request)
-        held, first = self.store.remember_request(
-            request.batch_id, request.attempt, digest, source, now
+        claim = self.store.claim_request(
+            request.batch_id, request.attempt, digest, source, self.replica, now
         )
-        if held != digest:
+        if claim.digest != digest:
             raise RequestError(
                 "conflicting-request",
                 f"batch {request.batch_id} attempt {request.attempt} was asked before with "
                 "other tokens, model or participants",
             )
-        if first != source:
+        if claim.source != source:
             raise RequestError(
                 "replayed-request",
-                f"batch {request.batch_id} attempt {request.attempt} was read before at {first}",
+                f"batch {request.batch_id} attempt {request.attempt} was read before at "
+                f"{claim.source}",
             )
+        if not claim.won and claim.owner != self.replica:
+            raise NotClaimed("sibling", f"batch {request.batch_id} claimed by {claim.owner}")
         if now - self._pruned_at > 3600:
             self._pruned_at = now
             self.store.forget_requests(now - self.ledger_s)

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kernel.config import MetricsHost
+from services.partner.store import check_store_url, read_store_url, sqlite_url
 
 
 class PartnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PARTNER_", extra="ignore")
 
     name: str = Field(default="partner", pattern=r"^[a-z0-9-]+$")
-    db: Path = Field(default=Path("partner.sqlite"), description="The feature store (SQLite).")
+    db: Path = Field(
+        default=Path("partner.sqlite"),
+        description="The feature store as a SQLite file, when PARTNER_STORE_URL is not set.",
+    )
+    store_url: str = Field(
+        default="",
+        description="The feature store: sqlite:///path/features.sqlite (one replica) or "
+        "postgresql://user:password@host:port/database (every replica of this partner on one "
+        "database; the ledger's claims make exactly one answer each request). Empty: "
+        "sqlite:// of PARTNER_DB.",
+    )
+    store_url_file: Path | None = Field(
+        default=None,
+        description="A file holding PARTNER_STORE_URL (a mounted Secret: the URL carries the "
+        "database password), if not PARTNER_STORE_URL.",
+    )
     signing_key_file: Path = Field(
         default=Path("partner-signing.pem"),
         description="Ed25519 key that signs fragments and this partner's agreement key.",
@@ -89,3 +105,30 @@ class PartnerSettings(BaseSettings):
     bundle_wait_s: float = Field(
         default=5.0, description="How long a request may wait for its model version to load."
     )
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return check_store_url(value) if value else value
+
+    @model_validator(mode="after")
+    def _one_store(self) -> PartnerSettings:
+        given = [
+            name
+            for name, is_set in (
+                ("PARTNER_STORE_URL", bool(self.store_url)),
+                ("PARTNER_STORE_URL_FILE", self.store_url_file is not None),
+                ("PARTNER_DB", "db" in self.model_fields_set),
+            )
+            if is_set
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set one of {' and '.join(given)}, not both")
+        return self
+
+    def store(self) -> str:
+        """The store's URL: PARTNER_STORE_URL, the one in PARTNER_STORE_URL_FILE, or the
+        SQLite file PARTNER_DB."""
+        if self.store_url_file is not None:
+            return read_store_url(self.store_url_file)
+        return self.store_url or sqlite_url(self.db)

@@ -1,35 +1,57 @@
-"""The partner's feature store: a real SQLite database keyed by pseudonymous token.
+"""The partner's feature store, keyed by pseudonymous token: SQLite (the embedded default)
+or PostgreSQL (production, shared by every replica of a partner), chosen by a URL.
 
 Raw customer ids never enter it: ``load_csv`` tokenises them with the partner's token
-key on the way in. Each feature is a REAL column; the blacklist flag is a column too.
-Bin edges fitted during training are kept here (``binnings``), so they survive
-restarts and never travel, and so are the encrypted weights training leaves with the
-partner (``scorecards``): the bank never holds them, and a bundle only names them.
+key on the way in. Each feature is a floating-point column; the blacklist flag is a
+column too. Bin edges fitted during training are kept here (``binnings``), so they
+survive restarts and never travel, and so are the encrypted weights training leaves
+with the partner (``scorecards``): the bank never holds them, and a bundle only names
+them. The request ledger (``requests``) is also the claim that makes exactly one
+replica answer each request (:meth:`PartnerStore.claim_request`).
+
+One implementation over a tiny dialect layer: the data statements are the same SQL in
+both databases (``?`` placeholders, ``ON CONFLICT``), only the table definitions, bulk
+loading and token lookups differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from services.kernel.crypto.tokens import TokenSource
 from services.partner.binning import Binning
 
+if TYPE_CHECKING:
+    import psycopg
+
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 _LOOKUP_CHUNK = 900  # below SQLite's bound-parameter limit on every build
+SQLITE_SCHEME = "sqlite"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 class StoreError(ValueError):
     """The store or its input is unusable; the message says why in one line."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database did not answer (a restart, a failover, the network): the caller
+    skips this piece of work; the next call reconnects."""
 
 
 def _quote(name: str) -> str:
@@ -46,45 +68,140 @@ def _parse_float(text: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-class FeatureStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS binnings (
-                binning_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, spec TEXT NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS requests (
-                batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, digest TEXT NOT NULL,
-                source TEXT NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (batch_id, attempt)
-            ) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS scorecards (
-                scorecard_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, key_id TEXT NOT NULL,
-                spec TEXT NOT NULL
-            );
-            """
+# -- URLs -----------------------------------------------------------------------------
+def sqlite_url(path: Path) -> str:
+    """The URL of a SQLite store at ``path`` (made absolute: the URL names one file)."""
+    return f"{SQLITE_SCHEME}://{path.resolve()}"
+
+
+def as_store_url(text: str) -> str:
+    """A store URL as given, or a plain path taken as a SQLite file."""
+    if ":" in text.split("/", 1)[0]:
+        return check_store_url(text)
+    return sqlite_url(Path(text))
+
+
+def read_store_url(path: Path) -> str:
+    """The store URL kept in a file (a mounted Secret), checked."""
+    try:
+        url = path.read_text().strip()
+    except OSError as exc:
+        raise StoreError(f"cannot read the store URL from {path}: {exc.strerror}") from exc
+    return check_store_url(url)
+
+
+def check_store_url(url: str) -> str:
+    """``url`` if it names a store this code can open, else a StoreError saying why."""
+    scheme, _, rest = url.partition(":")
+    if scheme == SQLITE_SCHEME:
+        if not _sqlite_path(url).name:
+            raise StoreError(f"{redact(url)} names no file (sqlite:///path/features.sqlite)")
+        return url
+    if scheme in POSTGRES_SCHEMES:
+        if not rest.startswith("//"):
+            raise StoreError(f"{redact(url)} is not postgresql://user@host:port/database")
+        return url
+    raise StoreError(
+        f"store URL {redact(url)!r} is neither sqlite:///path nor postgresql://user@host/db"
+    )
+
+
+def _sqlite_path(url: str) -> Path:
+    # sqlite:///abs/path (as a file: URL) or sqlite:relative/path; "//" is dropped.
+    rest = url.partition(":")[2]
+    return Path(rest[2:] if rest.startswith("//") else rest)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def open_store(url: str, *, create: bool = False) -> PartnerStore:
+    """Open the store a URL names. ``create`` makes it (for ``partner load``); otherwise
+    it must exist with features loaded (for the service)."""
+    check_store_url(url)
+    if url.startswith(SQLITE_SCHEME + ":"):
+        path = _sqlite_path(url)
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return SqliteStore(path)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot create the feature store {path}: {exc}") from exc
+        return SqliteStore.open_existing(path)
+    store = PostgresStore(url)
+    if not create and not store.features:
+        store.close()
+        raise StoreError(
+            f"feature store {redact(url)} has no features loaded (load it with `partner load`)"
         )
+    return store
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the request ledger holds for a (batch, attempt) after a claim."""
+
+    won: bool
+    """This call recorded it: the caller answers the request."""
+    digest: str
+    source: str
+    owner: str
+    """The replica that recorded it."""
+
+
+class PartnerStore(ABC):
+    """Features, binnings, scorecards and the request ledger. Every method holds one
+    lock: the service calls it from the event loop and from worker threads, and a
+    connection's transaction is shared by every thread that uses it."""
+
+    location: str
+    """The store's URL without a password (for messages)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._create_tables()
         self._features = self._read_features()
 
-    @classmethod
-    def open_existing(cls, path: Path) -> FeatureStore:
-        if not path.is_file():
-            raise StoreError(f"feature store {path} does not exist (load it with `partner load`)")
-        store = cls(path)
-        if not store.features:
-            raise StoreError(f"feature store {path} has no features loaded")
-        return store
+    # -- the dialect ------------------------------------------------------------------
+    @abstractmethod
+    def _create_tables(self) -> None: ...
 
-    def close(self) -> None:
-        self.db.close()
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement (``?`` placeholders); the number of rows it changed."""
 
+    @abstractmethod
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[object]: ...
+
+    @abstractmethod
+    def _replace_customers(
+        self, columns: Sequence[str], rows: Iterable[tuple[object, ...]]
+    ) -> None:
+        """Drop and create the customers table with these feature columns, then fill
+        it (inside the caller's transaction)."""
+
+    @abstractmethod
+    def _select_tokens(self, columns: str, tokens: Sequence[str]) -> Iterator[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- features ---------------------------------------------------------------------
     def _read_features(self) -> list[str]:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'features'").fetchone()
-        return row[0].split(",") if row and row[0] else []
+        rows = self._query("SELECT value FROM meta WHERE key = 'features'")
+        return rows[0][0].split(",") if rows and rows[0][0] else []
 
     @property
     def features(self) -> list[str]:
@@ -93,9 +210,9 @@ class FeatureStore:
     def count(self) -> int:
         if not self._features:
             return 0
-        return int(self.db.execute("SELECT COUNT(*) FROM customers").fetchone()[0])
+        with self._lock:
+            return int(self._query("SELECT COUNT(*) FROM customers")[0][0])
 
-    # -- loading ------------------------------------------------------------
     def load_csv(
         self,
         csv_path: Path,
@@ -111,36 +228,32 @@ class FeatureStore:
         if not features:
             raise StoreError("no feature columns given")
         columns = [_quote(f) for f in features]
-        with csv_path.open(newline="") as handle:
+        with csv_path.open(newline="") as handle, self._lock:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
             wanted = [id_column, *features, *([blacklist_column] if blacklist_column else [])]
             missing = [c for c in wanted if c not in header]
             if missing:
                 raise StoreError(f"{csv_path} has no column(s) {', '.join(missing)}")
-            with self.db:
-                self.db.execute("DROP TABLE IF EXISTS customers")
-                self.db.execute(
-                    "CREATE TABLE customers (token TEXT PRIMARY KEY, "
-                    "blacklisted INTEGER NOT NULL DEFAULT 0, "
-                    + ", ".join(f"{c} REAL" for c in columns)
-                    + ") WITHOUT ROWID"
-                )
-                placeholders = ", ".join("?" for _ in range(len(features) + 2))
-                insert = f"INSERT OR REPLACE INTO customers VALUES ({placeholders})"
-                rows = self._rows(
+            # A repeated id: the last row wins (PostgreSQL's COPY refuses a repeated key).
+            rows = {
+                row[0]: row
+                for row in self._rows(
                     reader, id_column, features, tokenizer, blacklist_column, csv_path
                 )
-                self.db.executemany(insert, rows)
-                self.db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('features', ?)", (",".join(features),)
-                )
-                self.db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('loaded_at', ?)",
-                    (datetime.now(UTC).isoformat(),),
-                )
+            }.values()
+            with self._transaction():
+                self._replace_customers(columns, rows)
+                self._set_meta("features", ",".join(features))
+                self._set_meta("loaded_at", datetime.now(UTC).isoformat())
         self._features = list(features)
         return self.count()
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     @staticmethod
     def _rows(
@@ -165,7 +278,7 @@ class FeatureStore:
                 continue
             yield (token, 1 if flag else 0, *values)
 
-    # -- lookups --------------------------------------------------------------
+    # -- lookups --------------------------------------------------------------------
     def lookup(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Feature matrix (n, J) with NaN for unknown tokens or missing values, and the
         blacklist flags (n,), both in the order of ``tokens``."""
@@ -173,12 +286,8 @@ class FeatureStore:
         values = np.full((len(tokens), len(self._features)), np.nan, dtype=np.float64)
         flags = np.zeros(len(tokens), dtype=bool)
         columns = ", ".join(_quote(f) for f in self._features)
-        unique = list(index)
-        for start in range(0, len(unique), _LOOKUP_CHUNK):
-            chunk = unique[start : start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT token, blacklisted, {columns} FROM customers WHERE token IN ({marks})"
-            for token, blacklisted, *row in self.db.execute(query, chunk):
+        with self._lock:
+            for token, blacklisted, *row in self._select_tokens(columns, list(index)):
                 i = index[token]
                 values[i] = [np.nan if v is None else v for v in row]
                 flags[i] = bool(blacklisted)
@@ -188,43 +297,63 @@ class FeatureStore:
                 values[i], flags[i] = values[first], flags[first]
         return values, flags
 
-    # -- binnings -------------------------------------------------------------
+    # -- binnings -------------------------------------------------------------------
     def save_binning(self, binning_id: str, binning: Binning) -> None:
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO binnings VALUES (?, ?, ?)",
+        with self._lock, self._transaction():
+            self._execute(
+                "INSERT INTO binnings VALUES (?, ?, ?) ON CONFLICT (binning_id) DO UPDATE "
+                "SET created_at = excluded.created_at, spec = excluded.spec",
                 (binning_id, datetime.now(UTC).isoformat(), binning.to_json()),
             )
 
     def binning(self, binning_id: str) -> Binning | None:
-        row = self.db.execute(
-            "SELECT spec FROM binnings WHERE binning_id = ?", (binning_id,)
-        ).fetchone()
-        return Binning.from_json(row[0]) if row else None
+        with self._lock:
+            rows = self._query("SELECT spec FROM binnings WHERE binning_id = ?", (binning_id,))
+        return Binning.from_json(rows[0][0]) if rows else None
 
-    # -- the request ledger -------------------------------------------------------
+    # -- the request ledger, which is also the claim ----------------------------------
+    def claim_request(
+        self, batch_id: str, attempt: int, digest: str, source: str, owner: str, now: float
+    ) -> Claim:
+        """Record a request for (batch, attempt): its digest, where it was read from
+        (topic partition and offset) and the replica that will answer it, if none is
+        recorded yet. The first INSERT wins, in one database for every replica; the
+        answer says whether it was this one, and what is recorded."""
+        with self._lock, self._transaction():
+            won = self._execute(
+                "INSERT INTO requests (batch_id, attempt, digest, source, seen_at, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id, attempt) DO NOTHING",
+                (batch_id, attempt, digest, source, now, owner),
+            )
+            held = self._request(batch_id, attempt)
+        assert held is not None  # just inserted, or inserted before: never deleted since
+        return Claim(won == 1, *held)
+
     def remember_request(
         self, batch_id: str, attempt: int, digest: str, source: str, now: float
     ) -> tuple[str, str]:
-        """Record a request for (batch, attempt), its digest and where it was read from
-        (topic partition and offset), if none is recorded yet; return what is recorded
-        (this request's, or an earlier one's)."""
-        with self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?)",
-                (batch_id, attempt, digest, source, now),
-            )
-            row = self.db.execute(
-                "SELECT digest, source FROM requests WHERE batch_id = ? AND attempt = ?",
-                (batch_id, attempt),
-            ).fetchone()
-        return str(row[0]), str(row[1])
+        """:meth:`claim_request` for a single replica: the recorded digest and source."""
+        claim = self.claim_request(batch_id, attempt, digest, source, "", now)
+        return claim.digest, claim.source
+
+    def request_claim(self, batch_id: str, attempt: int) -> Claim | None:
+        """What the ledger holds for (batch, attempt), without claiming it."""
+        with self._lock:
+            held = self._request(batch_id, attempt)
+        return None if held is None else Claim(False, *held)
+
+    def _request(self, batch_id: str, attempt: int) -> tuple[str, str, str] | None:
+        rows = self._query(
+            "SELECT digest, source, owner FROM requests WHERE batch_id = ? AND attempt = ?",
+            (batch_id, attempt),
+        )
+        return (str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
 
     def forget_requests(self, before: float) -> int:
-        with self.db:
-            return self.db.execute("DELETE FROM requests WHERE seen_at < ?", (before,)).rowcount
+        with self._lock, self._transaction():
+            return self._execute("DELETE FROM requests WHERE seen_at < ?", (before,))
 
-    # -- scorecards -------------------------------------------------------------
+    # -- scorecards -----------------------------------------------------------------
     def save_scorecard(
         self,
         scorecard_id: str,
@@ -241,24 +370,224 @@ class FeatureStore:
             "bins_per_feature": list(bins_per_feature),
             "weights": [str(int(w)) for w in weights],  # signed in plaintext mode
         }
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO scorecards VALUES (?, ?, ?, ?)",
+        with self._lock, self._transaction():
+            self._execute(
+                "INSERT INTO scorecards VALUES (?, ?, ?, ?) ON CONFLICT (scorecard_id) DO "
+                "UPDATE SET created_at = excluded.created_at, key_id = excluded.key_id, "
+                "spec = excluded.spec",
                 (scorecard_id, datetime.now(UTC).isoformat(), key_id, json.dumps(spec)),
             )
 
     def scorecard(self, scorecard_id: str) -> Scorecard | None:
-        row = self.db.execute(
-            "SELECT key_id, spec FROM scorecards WHERE scorecard_id = ?", (scorecard_id,)
-        ).fetchone()
-        if row is None:
+        with self._lock:
+            rows = self._query(
+                "SELECT key_id, spec FROM scorecards WHERE scorecard_id = ?", (scorecard_id,)
+            )
+        if not rows:
             return None
-        spec = json.loads(row[1])
+        spec = json.loads(rows[0][1])
         return Scorecard(
-            key_id=row[0],
+            key_id=rows[0][0],
             bins_per_feature=list(spec["bins_per_feature"]),
             weights=[int(w) for w in spec["weights"]],
         )
+
+
+_COMMON_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS binnings (
+    binning_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scorecards (
+    scorecard_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, key_id TEXT NOT NULL,
+    spec TEXT NOT NULL
+);
+"""
+
+
+class SqliteStore(PartnerStore):
+    """One SQLite file: the embedded default, for one replica (or replicas sharing the
+    file on one machine)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.location = sqlite_url(path)
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        super().__init__()
+
+    @classmethod
+    def open_existing(cls, path: Path) -> SqliteStore:
+        if not path.is_file():
+            raise StoreError(f"feature store {path} does not exist (load it with `partner load`)")
+        store = cls(path)
+        if not store.features:
+            raise StoreError(f"feature store {path} has no features loaded")
+        return store
+
+    def _create_tables(self) -> None:
+        self.db.executescript(
+            _COMMON_TABLES
+            + """
+            CREATE TABLE IF NOT EXISTS requests (
+                batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, digest TEXT NOT NULL,
+                source TEXT NOT NULL, seen_at REAL NOT NULL, owner TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (batch_id, attempt)
+            ) WITHOUT ROWID;
+            """
+        )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
+        if "owner" not in columns:  # a store written before replicas claimed requests
+            with self.db:
+                self.db.execute("ALTER TABLE requests ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.db.execute(sql, params).rowcount
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return list(self.db.execute(sql, params).fetchall())
+
+    def _transaction(self) -> contextlib.AbstractContextManager[object]:
+        return self.db
+
+    def _replace_customers(
+        self, columns: Sequence[str], rows: Iterable[tuple[object, ...]]
+    ) -> None:
+        self.db.execute("DROP TABLE IF EXISTS customers")
+        self.db.execute(
+            "CREATE TABLE customers (token TEXT PRIMARY KEY, "
+            "blacklisted INTEGER NOT NULL DEFAULT 0, "
+            + ", ".join(f"{c} REAL" for c in columns)
+            + ") WITHOUT ROWID"
+        )
+        placeholders = ", ".join("?" for _ in range(len(columns) + 2))
+        self.db.executemany(f"INSERT INTO customers VALUES ({placeholders})", rows)
+
+    def _select_tokens(self, columns: str, tokens: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(tokens), _LOOKUP_CHUNK):
+            chunk = tokens[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT token, blacklisted, {columns} FROM customers WHERE token IN ({marks})"
+            yield from self.db.execute(query, chunk)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+FeatureStore = SqliteStore
+"""The embedded store by its former name (``FeatureStore(path)``)."""
+
+
+class PostgresStore(PartnerStore):
+    """One PostgreSQL database per partner, shared by all of its replicas: the claims
+    in its ledger decide which replica answers a request, and every replica reads the
+    binnings and weights whichever replica took the training session stored."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self.location = redact(url)
+        self._psycopg = psycopg
+        self.db = self._connect()
+        try:
+            super().__init__()
+        except psycopg.Error as exc:
+            self.db.close()
+            raise StoreError(f"feature store {self.location}: {exc}".splitlines()[0]) from exc
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            # autocommit: a statement outside `transaction()` holds no lock afterwards.
+            return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except self._psycopg.Error as exc:
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"cannot connect to the feature store {self.location}: {why}") from exc
+
+    def _create_tables(self) -> None:
+        made = self.db.execute("SELECT to_regclass('requests_seen_at') IS NOT NULL").fetchone()
+        if made is not None and made[0]:
+            # The usual start, beside running siblings: no DDL at all. Even CREATE INDEX IF
+            # NOT EXISTS locks the table first, and would stall the siblings' claims.
+            return
+        with self.db.transaction():
+            # Replicas starting together on an empty database would race on CREATE; a
+            # lock wait past a few seconds is an error, not a hang.
+            self.db.execute("SET LOCAL lock_timeout = '10s'")
+            self.db.execute("SELECT pg_advisory_xact_lock(7310255)")
+            for statement in _COMMON_TABLES.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS requests (batch_id TEXT NOT NULL, "
+                "attempt INTEGER NOT NULL, digest TEXT NOT NULL, source TEXT NOT NULL, "
+                "seen_at DOUBLE PRECISION NOT NULL, owner TEXT NOT NULL DEFAULT '', "
+                "PRIMARY KEY (batch_id, attempt))"
+            )
+            self.db.execute("CREATE INDEX IF NOT EXISTS requests_seen_at ON requests (seen_at)")
+
+    def _sql(self, sql: str) -> Any:
+        # The shared statements use SQLite's `?`; none of them holds a literal `?` or `%`.
+        return sql.replace("?", "%s")
+
+    def _retrying(self) -> None:
+        """Reconnect after the server dropped the connection (a restart, a failover):
+        the failed statement raised, the next one gets a new connection."""
+        if self.db.closed or self.db.broken:
+            self.db = self._connect()
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except self._psycopg.OperationalError as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailableError(f"feature store {self.location}: {why}") from exc
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        self._retrying()
+        with self._reachable():
+            return self.db.execute(self._sql(sql), params).rowcount
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        self._retrying()
+        with self._reachable():
+            return self.db.execute(self._sql(sql), params).fetchall()
+
+    @contextlib.contextmanager
+    def _transaction_reachable(self) -> Iterator[object]:
+        self._retrying()
+        with self._reachable(), self.db.transaction() as transaction:
+            yield transaction
+
+    def _transaction(self) -> contextlib.AbstractContextManager[object]:
+        return self._transaction_reachable()
+
+    def _replace_customers(
+        self, columns: Sequence[str], rows: Iterable[tuple[object, ...]]
+    ) -> None:
+        # Replicas reading meanwhile wait for the commit, then see the new table whole.
+        self.db.execute("DROP TABLE IF EXISTS customers")
+        self.db.execute(
+            "CREATE TABLE customers (token TEXT PRIMARY KEY, "
+            "blacklisted INTEGER NOT NULL DEFAULT 0, "
+            + ", ".join(f"{c} DOUBLE PRECISION" for c in columns)
+            + ")"
+        )
+        with self.db.cursor().copy("COPY customers FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _select_tokens(self, columns: str, tokens: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        self._retrying()
+        query = f"SELECT token, blacklisted, {columns} FROM customers WHERE token = ANY(%s)"
+        with self._reachable():
+            rows = self.db.execute(query, (list(tokens),)).fetchall()
+        yield from rows
+
+    def close(self) -> None:
+        self.db.close()
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from services.partner.agreement import (
     acceptable_participants,
 )
 from services.partner.binning import Binning
-from services.partner.store import FeatureStore
+from services.partner.store import PartnerStore
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class TrainingWorker:
     def __init__(
         self,
         partner: str,
-        store: FeatureStore,
+        store: PartnerStore,
         max_bins: int,
         peers: PeerDirectory,
         *,

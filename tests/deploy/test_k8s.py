@@ -786,24 +786,35 @@ def check_topics(objs: list[Obj], partitions: int, replicas: int) -> list[str]:
 
 def check_scaling(objs: list[Obj], partitions: int) -> list[str]:
     """HPAs for intake, prescreen and webhooks, never beyond the partition count; a PDB
-    for every Deployment; partners stay at one replica."""
+    for every Deployment; partners run at least two replicas, rolled one at a time with
+    one always available (every replica reads every request: partitions do not bound
+    them)."""
     problems = []
     hpas = {
         h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objs, "HorizontalPodAutoscaler")
     }
-    pdb_selectors = [
-        p["spec"]["selector"]["matchLabels"] for p in of_kind(objs, "PodDisruptionBudget")
-    ]
+    pdbs = of_kind(objs, "PodDisruptionBudget")
     for deployment in of_kind(objs, "Deployment"):
         name = deployment["metadata"]["name"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        if not any(all(labels.get(k) == v for k, v in s.items()) for s in pdb_selectors):
+        budgets = [
+            p["spec"]
+            for p in pdbs
+            if all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items())
+        ]
+        if not budgets:
             problems.append(f"Deployment/{name}: no PodDisruptionBudget")
         if workload_command(deployment) == ("partner", "run"):
-            if name in hpas or deployment["spec"].get("replicas") != 1:
-                problems.append(f"Deployment/{name}: a partner runs exactly one replica")
-            if deployment["spec"].get("strategy", {}).get("type") != "Recreate":
-                problems.append(f"Deployment/{name}: a partner is replaced, not rolled")
+            if name in hpas or deployment["spec"].get("replicas", 1) < 2:
+                problems.append(f"Deployment/{name}: a partner runs at least two replicas")
+            strategy = deployment["spec"].get("strategy", {})
+            if strategy.get("type") != "RollingUpdate" or strategy.get("rollingUpdate") != {
+                "maxUnavailable": 0,
+                "maxSurge": 1,
+            }:
+                problems.append(f"Deployment/{name}: a partner is rolled one new replica at a time")
+            if [b.get("minAvailable") for b in budgets] != [1]:
+                problems.append(f"Deployment/{name}: a partner keeps one replica available")
             continue
         hpa = hpas.get(name)
         if hpa is None:
@@ -1096,3 +1107,15 @@ def test_scaling_checks_catch_too_many_replicas() -> None:
         h["spec"]["maxReplicas"] = 5
 
     assert check_scaling(broken("dev", "HorizontalPodAutoscaler", "fedscreen-intake", too_many), 4)
+
+
+def test_scaling_check_catches_a_partner_that_cannot_roll_without_a_gap() -> None:
+    def one_replica(d: Obj) -> None:
+        d["spec"]["replicas"] = 1
+
+    def recreated(d: Obj) -> None:
+        d["spec"]["strategy"] = {"type": "Recreate"}
+
+    for change in (one_replica, recreated):
+        objs = broken("partner-repayments", "Deployment", "fedscreen-partner", change)
+        assert check_scaling(objs, 4)

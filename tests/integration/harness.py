@@ -62,7 +62,7 @@ class Running:
 
     def weights(self, partner: str, scorecard_id: str = "m-test") -> list[list[float]]:
         """A partner's stored weights, decrypted: the harness sees every party."""
-        return stored_weights(self.pipeline.deployment.partner_dbs[partner], scorecard_id, self.key)
+        return stored_weights(self.pipeline.deployment.store_url(partner), scorecard_id, self.key)
 
     @property
     def settings(self) -> KafkaSettings:
@@ -138,7 +138,10 @@ async def start_pipeline(
     policy: PolicyConfig,
     options: PipelineOptions | None = None,
     partners_of: Callable[[ds.Table], list[PartnerData]] = reference_partners,
+    store_urls: Mapping[str, str] | None = None,
 ) -> Running:
+    """``store_urls``: partners whose store is a database (PostgreSQL) rather than a
+    SQLite file under ``root``."""
     table = ds.load().take(np.arange(rows))
     bank = BankData(
         table.ids, ds.BANK_FEATURES, table.select(ds.BANK_FEATURES), table.column(ds.LABEL)
@@ -146,6 +149,7 @@ async def start_pipeline(
     partners = partners_of(table)
     names = [p.name for p in partners]
     deployment = Deployment.at(root)
+    deployment.store_urls.update(store_urls or {})
     bank_bundle, partner_bundles, key = build_quick_model(
         deployment,
         bank,

@@ -39,7 +39,13 @@ from services.kernel.crypto.tokens import Tokenizer
 from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
 from services.kernel.model.scoring import BankScorer
 from services.partner.agreement import PeerDirectory
-from services.partner.serving import FragmentServer, ModelCache, RequestError, build_model
+from services.partner.serving import (
+    FragmentServer,
+    ModelCache,
+    NotClaimed,
+    RequestError,
+    build_model,
+)
 from services.partner.store import FeatureStore
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.training.policy_file import load_policy
@@ -596,3 +602,52 @@ async def test_a_decision_is_recorded_before_its_batch_is_forgotten(world: World
     await world.tick("b20", 0)
     assert "b20" not in batches and "b20" in decided
     assert len(world.sent) == count
+
+
+async def test_of_two_replicas_reading_one_request_the_first_claim_answers(
+    world: World,
+) -> None:
+    """Replicas of one partner read every request; the ledger of their shared store lets
+    exactly one answer it. The other leaves it quietly (not a refusal); a draining
+    replica claims nothing, so a sibling takes what it leaves."""
+    pending = world.pending("b20", [1, 2])
+    first = world.servers["payments"]
+    sibling = FragmentServer(
+        "payments",
+        first.store,
+        first.cache,
+        first.signing_key,
+        first.peers,
+        first.bank_key,
+        replica="replica-b",
+    )
+    request = fragment_requests(
+        batch_id="b20",
+        model_version="m1",
+        created_at=pending.created_at,
+        deadline_at=pending.deadline_at,
+        tokens=pending.tokens,
+        signing_key=load_signing_key(world.deployment.bank_signing_key),
+    )["payments"]
+    assert (await first.answer(request, 1.0, "0:40")).batch_id == "b20"
+    with pytest.raises(NotClaimed) as caught:
+        await sibling.answer(request, 1.0, "0:40")
+    assert caught.value.reason == "sibling"
+    with pytest.raises(RequestError) as replay:  # a copy elsewhere is still a replay
+        await sibling.answer(request, 1.0, "0:41")
+    assert replay.value.reason == "replayed-request"
+
+    later = world.pending("b21", [1])
+    request = fragment_requests(
+        batch_id="b21",
+        model_version="m1",
+        created_at=later.created_at,
+        deadline_at=later.deadline_at,
+        tokens=later.tokens,
+        signing_key=load_signing_key(world.deployment.bank_signing_key),
+    )["payments"]
+    first.claiming = False  # SIGTERM
+    with pytest.raises(NotClaimed) as caught:
+        await first.answer(request, 1.0, "1:7")
+    assert caught.value.reason == "stopping"
+    assert (await sibling.answer(request, 1.0, "1:7")).batch_id == "b21"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,28 @@ def test_bad_input_is_a_one_line_error(
         store.load_csv(_csv(tmp_path / "p.csv"), id_column="ID", tokenizer=TOKENS, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="does not exist"):
         FeatureStore.open_existing(tmp_path / "missing.sqlite")
+
+
+def test_the_ledger_tells_a_siblings_claim_from_a_conflict(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "s.sqlite")
+    mine = store.claim_request("b1", 1, "d", "0:7", "replica-a", 1.0)
+    sibling = store.claim_request("b1", 1, "d", "0:7", "replica-b", 1.1)
+    conflict = store.claim_request("b1", 1, "other", "0:8", "replica-b", 1.2)
+    assert mine.won and not sibling.won and not conflict.won
+    assert (sibling.owner, sibling.digest, sibling.source) == ("replica-a", "d", "0:7")
+    assert conflict.digest == "d"  # what was asked first stays recorded
+
+
+def test_a_ledger_from_before_claims_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE requests (batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, "
+            "digest TEXT NOT NULL, source TEXT NOT NULL, seen_at REAL NOT NULL, "
+            "PRIMARY KEY (batch_id, attempt)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO requests VALUES ('b0', 1, 'd', '0:1', 1.0)")
+    store = FeatureStore(path)
+    held = store.request_claim("b0", 1)
+    assert held is not None and (held.digest, held.owner) == ("d", "")
+    assert store.claim_request("b2", 1, "d", "0:2", "r", 2.0).won
