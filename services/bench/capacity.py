@@ -29,7 +29,9 @@ PARTNER_PREFIX = "partner-"
 NOT_IN_PIPELINE = (HARNESS, "receiver")
 """Measured, but not the product: the load generator and the demo campaign tool."""
 SCALES_PER_PARTITION = ("intake", "prescreen", "webhooks")
-"""Besides every partner: consumers in a group, so one instance per partition at most."""
+"""Consumers in a group, so one instance per partition at most. Partners scale by
+replicas that each read every request partition (the shared ledger's claim picks the one
+that answers): their instance count does not bound the partitions."""
 
 
 class PlanError(ValueError):
@@ -50,8 +52,12 @@ class ServiceCpu:
         return self.us_per_candidate + self.pool_us_per_candidate
 
     @property
-    def scales_per_partition(self) -> bool:
-        return self.name.startswith(PARTNER_PREFIX) or self.name in SCALES_PER_PARTITION
+    def scales_out(self) -> bool:
+        return self.name.startswith(PARTNER_PREFIX) or self.bound_by_partitions
+
+    @property
+    def bound_by_partitions(self) -> bool:
+        return self.name in SCALES_PER_PARTITION
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,7 @@ def plan(
         if service.name == BROKER:
             broker = busy
             continue
-        instances = instances_for(busy, a) if service.scales_per_partition else 1
+        instances = instances_for(busy, a) if service.scales_out else 1
         services.append(
             ServicePlan(service.name, service.sustained_us, busy, busy / a.headroom, instances)
         )
@@ -269,7 +275,11 @@ def plan(
                 None if mb is None else max(1, math.ceil(mb / a.partition_mb_s - 1e-9)),
             )
         )
-    most = max(services, key=lambda s: s.instances, default=None)
+    most = max(
+        (s for s in services if s.name in SCALES_PER_PARTITION),
+        key=lambda s: s.instances,
+        default=None,
+    )
     partitions, reason = 1, "no service needs more than one instance"
     if most is not None and most.instances > 1:
         partitions, reason = most.instances, f"{most.name} needs {most.instances} instances"
@@ -300,10 +310,11 @@ ASSUMPTIONS_TEXT = (
     "each service scales linearly with instances, at the CPU per candidate measured in "
     "this run (all services shared the machine's cores while measured)",
     "one instance uses at most {instance_cores:g} core(s); each runs at <= {headroom:.0%} busy",
-    "intake, prescreen, webhooks and each partner scale per partition (a consumer group "
-    "gives each instance whole partitions); every topic has the same partition count "
-    "(the joins are co-partitioned); more than one replica of a partner needs its "
-    "replicas to share a store (docs/runbook.md#scale-out)",
+    "intake, prescreen and webhooks scale per partition (a consumer group gives each "
+    "instance whole partitions); every topic has the same partition count (the joins are "
+    "co-partitioned); a partner scales by replicas on one shared store, each reading "
+    "every request partition, so its replicas do not bound the partitions "
+    "(docs/runbook.md#scale-a-partner-and-roll-it)",
     "partners' CPU includes the re-randomisation factors drawn from their pools during "
     "the run, at the micro-benchmark's cost per factor; partners run on their own cores",
     "the broker is not in the services' cores: its MB/s are payload writes (key + value "

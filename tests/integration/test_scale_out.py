@@ -40,9 +40,9 @@ from tests.integration.harness import (
 
 pytestmark = pytest.mark.integration
 
-ROWS = 2_000
-RATE = 250.0  # candidates/s in the kill -9 phase: 8 s of stream
-KILL_AFTER_S = 3.0
+ROWS = 1_000
+RATE = 250.0  # candidates/s in the kill -9 phase: 4 s of stream
+KILL_AFTER_S = 1.5
 
 Verdict = tuple[str, tuple[str, ...], float | None, str | None]
 

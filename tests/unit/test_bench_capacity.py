@@ -270,3 +270,16 @@ def test_plan_from_a_saved_run_and_its_errors_in_one_line(tmp_path: Path) -> Non
         assert done.returncode != 0
         assert says in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_partners_replicas_do_not_bound_the_partitions() -> None:
+    # Replicas read every request partition and claim batches in the shared ledger: ten
+    # of them need no ten partitions, while prescreen's three workers need three.
+    cpu = cpu_per_candidate(
+        {"partner-payments": {"cpu_s": 6.0}, "prescreen": {"cpu_s": 2.0}}, 10_000
+    )
+    made = plan(cpu, [], 10_000.0, Assumptions(headroom=0.7))
+    by_name = {s.name: s.instances for s in made.services}
+    assert by_name == {"partner-payments": 9, "prescreen": 3}
+    assert made.partitions == 3
+    assert "prescreen needs 3 instances" in made.partitions_reason
