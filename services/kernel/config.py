@@ -34,6 +34,18 @@ MetricsHost = Annotated[
 ]
 """Every service's ``<PREFIX>_METRICS_HOST`` (default ``0.0.0.0``)."""
 
+InstanceId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9._:@/+=-]*$",
+        max_length=128,
+        description="This instance's id in its readiness announcements on model.ready.v1 "
+        "(empty: host name and process id). A stable, unique id per instance (the pod name) "
+        "lets a restarted instance replace its announcement instead of leaving one to expire.",
+    ),
+]
+"""A partner replica's or prescreen worker's ``<PREFIX>_INSTANCE_ID``."""
+
 log = logging.getLogger(__name__)
 
 SHARED_PREFIXES = frozenset({"KAFKA_"})

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel.config import MetricsHost
+from services.kernel.config import InstanceId, MetricsHost
 from services.partner.store import check_store_url, read_store_url, sqlite_url
 
 
@@ -40,14 +40,7 @@ class PartnerSettings(BaseSettings):
         description="X25519 key for the pairwise masks of secure aggregation "
         "(`fedscreen keys agreement`).",
     )
-    instance_id: str = Field(
-        default="",
-        pattern=r"^[A-Za-z0-9._:@/+=-]*$",
-        max_length=128,
-        description="This instance's id in its readiness announcements on model.ready.v1 "
-        "(empty: host name and process id). A stable, unique id per instance (the pod name) "
-        "lets a restarted instance replace its announcement instead of leaving one to expire.",
-    )
+    instance_id: InstanceId = ""
     bank_key: str = Field(
         default="",
         description="The bank's Ed25519 public key, base64url (printed by `fedscreen keys "

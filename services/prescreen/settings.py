@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel.config import MetricsHost
+from services.kernel.config import InstanceId, MetricsHost
 
 
 class PrescreenSettings(BaseSettings):
@@ -27,14 +27,7 @@ class PrescreenSettings(BaseSettings):
         "key's public half), or a key of prescreen's own whose public half intake is given "
         "in INTAKE_PRESCREEN_KEY. Partners cannot forge either.",
     )
-    instance_id: str = Field(
-        default="",
-        pattern=r"^[A-Za-z0-9._:@/+=-]*$",
-        max_length=128,
-        description="This instance's id in its readiness announcements on model.ready.v1 "
-        "(empty: host name and process id). A stable, unique id per instance (the pod name) "
-        "lets a restarted instance replace its announcement instead of leaving one to expire.",
-    )
+    instance_id: InstanceId = ""
     allow_plaintext: bool = Field(
         default=False, description="Benchmark only: accept plaintext-mode fragments."
     )
