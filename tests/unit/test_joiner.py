@@ -164,17 +164,23 @@ class World:
             },
         )
 
-    def fragment(self, partner: str, pending: PendingBatch) -> bytes:
-        """The partner's answer to intake's request (attempt 1, every partner)."""
-        requests = fragment_requests(
-            batch_id=pending.batch_id,
+    def request(
+        self, partner: str, pending: PendingBatch, batch_id: str | None = None
+    ) -> FragmentRequest:
+        """Intake's signed request to one partner for the batch (attempt 1, every partner),
+        under another batch id if given."""
+        return fragment_requests(
+            batch_id=batch_id or pending.batch_id,
             model_version="m1",
             created_at=pending.created_at,
             deadline_at=pending.deadline_at,
             tokens=pending.tokens,
             signing_key=load_signing_key(self.deployment.bank_signing_key),
-        )
-        return self.answer(requests[partner])
+        )[partner]
+
+    def fragment(self, partner: str, pending: PendingBatch) -> bytes:
+        """The partner's answer to intake's request."""
+        return self.answer(self.request(partner, pending))
 
     def answer(self, request: FragmentRequest) -> bytes:
         server = self.servers[request.partner]
@@ -449,14 +455,7 @@ async def test_a_partner_refuses_to_mask_for_participants_it_cannot_pair_with(
         server.peers.own,
         PartnerKeyRegistry.parse(world.deployment.registry_spec),
     )
-    complete = fragment_requests(
-        batch_id="b11",
-        model_version="m1",
-        created_at=pending.created_at,
-        deadline_at=pending.deadline_at,
-        tokens=pending.tokens,
-        signing_key=load_signing_key(world.deployment.bank_signing_key),
-    )["payments"]
+    complete = world.request("payments", pending, "b11")
     with pytest.raises(RequestError) as caught:
         await server.answer(complete, 0.05)
     assert caught.value.reason == "no-agreement-key"
@@ -621,14 +620,7 @@ async def test_of_two_replicas_reading_one_request_the_first_claim_answers(
         first.bank_key,
         replica="replica-b",
     )
-    request = fragment_requests(
-        batch_id="b20",
-        model_version="m1",
-        created_at=pending.created_at,
-        deadline_at=pending.deadline_at,
-        tokens=pending.tokens,
-        signing_key=load_signing_key(world.deployment.bank_signing_key),
-    )["payments"]
+    request = world.request("payments", pending, "b20")
     assert (await first.answer(request, 1.0, "0:40")).batch_id == "b20"
     with pytest.raises(NotClaimed) as caught:
         await sibling.answer(request, 1.0, "0:40")
@@ -638,14 +630,7 @@ async def test_of_two_replicas_reading_one_request_the_first_claim_answers(
     assert replay.value.reason == "replayed-request"
 
     later = world.pending("b21", [1])
-    request = fragment_requests(
-        batch_id="b21",
-        model_version="m1",
-        created_at=later.created_at,
-        deadline_at=later.deadline_at,
-        tokens=later.tokens,
-        signing_key=load_signing_key(world.deployment.bank_signing_key),
-    )["payments"]
+    request = world.request("payments", later)
     first.claiming = False  # SIGTERM
     with pytest.raises(NotClaimed) as caught:
         await first.answer(request, 1.0, "1:7")
