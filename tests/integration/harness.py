@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
@@ -194,6 +196,42 @@ async def send_candidates(settings: KafkaSettings, events: Sequence[CandidateEve
         CANDIDATES,
         [(e.customer_id.encode(), e.model_dump_json().encode()) for e in events],
     )
+
+
+async def send_at_rate(
+    settings: KafkaSettings,
+    events: Iterable[CandidateEvent],
+    rate: float,
+    librdkafka: Any = None,
+) -> list[str]:
+    """The events at a steady ``rate`` per second, as a bank's systems offer them, each
+    keyed by its customer id; every other one through ``librdkafka`` when given (a
+    ``confluent_kafka.Producer``, whose default partitioner is CRC32-based, not murmur2).
+    ``events`` may be a generator that decides as it goes when to stop. Their event ids."""
+    producer = make_producer(settings)
+    await producer.start()
+    ids: list[str] = []
+    try:
+        started = time.monotonic()
+        for event in events:
+            key, value = event.customer_id.encode(), event.model_dump_json().encode()
+            if librdkafka is not None and len(ids) % 2:
+                librdkafka.produce(CANDIDATES, key=key, value=value)
+            else:
+                await producer.send(CANDIDATES, key=key, value=value)
+            ids.append(event.event_id)
+            ahead = started + len(ids) / rate - time.monotonic()
+            if ahead > 0:
+                await producer.flush()
+                if librdkafka is not None:
+                    await asyncio.to_thread(librdkafka.flush, 10)
+                await asyncio.sleep(ahead)
+        await producer.flush()
+        if librdkafka is not None:
+            assert await asyncio.to_thread(librdkafka.flush, 30) == 0, "librdkafka kept messages"
+    finally:
+        await producer.stop()
+    return ids
 
 
 async def read_all(settings: KafkaSettings, topic: str, idle_s: float = 1.5) -> list[bytes]:

@@ -23,12 +23,11 @@ import pytest
 
 from schemas import Decision, ReasonCode
 from services.bench.pipeline import PipelineOptions
-from services.kernel.kafka.clients import make_producer
-from services.kernel.kafka.topics import CANDIDATES
 from services.kernel.procs import ServiceProcess
 from tests.integration.diagnose import explain_copies, explain_undecided
 from tests.integration.harness import (
     Running,
+    send_at_rate,
     start_pipeline,
     stop_pipeline,
     uncapped_policy,
@@ -67,30 +66,12 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
 
 
 async def stream(running: Running, ids: list[str]) -> None:
-    """Offer the candidates at a steady rate, as a bank's systems would: every other one
-    through a librdkafka producer with its default partitioner, so a customer's events
-    arrive on two partitions."""
-    producer = make_producer(running.settings)
+    """Offer the candidates at a steady rate: every other one through a librdkafka
+    producer with its default partitioner, so a customer's events arrive on two
+    partitions."""
     librdkafka = confluent_kafka.Producer({"bootstrap.servers": running.settings.bootstrap_servers})
-    await producer.start()
-    try:
-        started = time.monotonic()
-        for n, event_id in enumerate(ids):
-            event = running.candidate(n % ROWS, event_id=event_id)
-            key, value = event.customer_id.encode(), event.model_dump_json().encode()
-            if n % 2:
-                librdkafka.produce(CANDIDATES, key=key, value=value)
-            else:
-                await producer.send(CANDIDATES, key=key, value=value)
-            ahead = started + (n + 1) / RATE - time.monotonic()
-            if ahead > 0:
-                await producer.flush()
-                await asyncio.to_thread(librdkafka.flush, 10)
-                await asyncio.sleep(ahead)
-        await producer.flush()
-        assert await asyncio.to_thread(librdkafka.flush, 30) == 0, "librdkafka kept messages"
-    finally:
-        await producer.stop()
+    events = (running.candidate(n % ROWS, event_id=event_id) for n, event_id in enumerate(ids))
+    await send_at_rate(running.settings, events, RATE, librdkafka)
 
 
 async def bounce(service: ServiceProcess, after_s: float, down_s: float = 0.0) -> float:

@@ -7,19 +7,17 @@ wheel) and the embedded broker; nothing is mocked."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from schemas import ReasonCode
+from schemas import CandidateEvent, ReasonCode
 from services.bench.pipeline import Pipeline, PipelineOptions
-from services.kernel.kafka.clients import make_producer
-from services.kernel.kafka.topics import CANDIDATES
 from tests.integration.harness import (
     PARTNERS,
     Running,
+    send_at_rate,
     start_pipeline,
     stop_pipeline,
     uncapped_policy,
@@ -66,25 +64,14 @@ async def running(
 async def stream(running: Running, restarted: asyncio.Event) -> list[str]:
     """Candidates at a steady rate, at least AT_LEAST and until every replica has
     restarted; their event ids."""
-    producer = make_producer(running.settings)
-    await producer.start()
-    ids: list[str] = []
-    try:
-        started = time.monotonic()
-        while len(ids) < AT_LEAST or not restarted.is_set():
-            event = running.candidate(len(ids) % ROWS, event_id=f"rr-{len(ids)}")
-            await producer.send(
-                CANDIDATES, key=event.customer_id.encode(), value=event.model_dump_json().encode()
-            )
-            ids.append(event.event_id)
-            ahead = started + len(ids) / RATE - time.monotonic()
-            if ahead > 0:
-                await producer.flush()
-                await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return ids
+
+    def events() -> Iterator[CandidateEvent]:
+        n = 0
+        while n < AT_LEAST or not restarted.is_set():
+            yield running.candidate(n % ROWS, event_id=f"rr-{n}")
+            n += 1
+
+    return await send_at_rate(running.settings, events(), RATE)
 
 
 async def restart_one_at_a_time(running: Running, restarted: asyncio.Event) -> dict[str, int]:

@@ -17,7 +17,6 @@ outcome, reasons, probability of default and band.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -25,12 +24,12 @@ import pytest
 
 from schemas import Decision, ModelReady
 from services.bench.pipeline import PipelineOptions
-from services.kernel.kafka.clients import make_producer
-from services.kernel.kafka.topics import CANDIDATES, MODEL_READY
+from services.kernel.kafka.topics import MODEL_READY
 from services.kernel.procs import ServiceProcess
 from tests.integration.harness import (
     Running,
     read_records,
+    send_at_rate,
     send_candidates,
     start_pipeline,
     stop_pipeline,
@@ -88,25 +87,8 @@ async def consumed(worker: ServiceProcess) -> float:
 
 
 async def stream(running: Running, phase: str) -> list[str]:
-    producer = make_producer(running.settings)
-    await producer.start()
-    ids = []
-    try:
-        started = time.monotonic()
-        for i in range(ROWS):
-            event = running.candidate(i, event_id=f"{phase}-{i}")
-            ids.append(event.event_id)
-            await producer.send(
-                CANDIDATES, key=event.customer_id.encode(), value=event.model_dump_json().encode()
-            )
-            ahead = started + (i + 1) / RATE - time.monotonic()
-            if ahead > 0:
-                await producer.flush()
-                await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return ids
+    events = (running.candidate(i, event_id=f"{phase}-{i}") for i in range(ROWS))
+    return await send_at_rate(running.settings, events, RATE)
 
 
 async def last_announcement(running: Running, instance: str) -> ModelReady:
