@@ -4,9 +4,6 @@ one wins."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,11 +19,11 @@ from services.kernel.crypto.tokens import Tokenizer, new_token_key
 from services.partner.binning import Binning
 from services.partner.settings import PartnerSettings
 from services.partner.store import PostgresStore, StoreError, StoreUnavailableError, open_store
+from tests.cli import fedscreen
 from tests.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKENS = Tokenizer(b"k" * 32)
 
 
@@ -169,19 +166,11 @@ def test_the_store_url_setting_defaults_to_the_sqlite_file_of_partner_db(
 def test_partner_load_fills_a_postgresql_store(url: str, tmp_path: Path) -> None:
     key_file = tmp_path / "token.key"
     write_secret(key_file, (new_token_key() + "\n").encode())
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "services.cli", "partner", "load", "--csv", str(_csv(tmp_path / "p.csv"))),
-            *("--id-column", "ID", "--features", "PAY_0,BILL", "--blacklist-column", "FLAG"),
-            *("--token-key", str(key_file), "--allow-hmac-tokens", "--store-url", url),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    done = fedscreen(
+        tmp_path,
+        *("partner", "load", "--csv", str(_csv(tmp_path / "p.csv"))),
+        *("--id-column", "ID", "--features", "PAY_0,BILL", "--blacklist-column", "FLAG"),
+        *("--token-key", str(key_file), "--allow-hmac-tokens", "--store-url", url),
         timeout=120,
     )
     assert done.returncode == 0, done.stderr

@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli import fedscreen
 
 pytestmark = pytest.mark.integration
 
 
 def run_intake(tmp_path: Path, log_format: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KAFKA_PARTITIONS": "0", "FEDSCREEN_LOG_FORMAT": log_format}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", "intake", "run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return fedscreen(tmp_path, "intake", "run", env=env, timeout=60)
 
 
 def test_an_invalid_setting_is_one_json_line_when_json_is_asked_for(tmp_path: Path) -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +26,7 @@ from services.bench.capacity import (
 )
 from services.bench.cli import DEFAULT_WORKDIR, default_out
 from services.bench.report import print_measured, print_plan
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cli import fedscreen
 
 # CPU seconds of a phase that decided 10,000 candidates: 1 s is 100 µs per candidate.
 CPU = {
@@ -235,18 +231,6 @@ def test_results_go_to_the_work_directory_unless_out_says_otherwise(tmp_path: Pa
     assert default_out(None, tmp_path, "soak-results.json") == tmp_path / "soak-results.json"
     assert default_out(tmp_path / "x.json", DEFAULT_WORKDIR, "bench-results.json") == (
         tmp_path / "x.json"
-    )
-
-
-def fedscreen(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, from any cwd
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
 
 

@@ -5,9 +5,6 @@ checks. Every command runs from a directory outside the repository."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,22 +14,10 @@ from services.candidates.events import read_candidates
 from services.kernel.crypto.signing import load_signing_key, public_key_b64
 from services.kernel.errors import CliError
 from services.training.policy_file import default_policy_text, load_policy
+from tests.cli import fedscreen
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "UCI_Credit_Card.csv"
-
-
-def fedscreen(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
