@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 
 ROWS = 1_000
 RATE = 40.0  # candidates/s
-AT_LEAST = 2_000  # candidates; the stream goes on until every replica has restarted
+# The stream goes on until every replica has restarted, then this long more: the last
+# restarted replica serves its share of a few deadlines' worth of candidates too.
+TAIL_S = 8.0
 REPLICAS = 2
 
 
@@ -62,14 +64,16 @@ async def running(
 
 
 async def stream(running: Running, restarted: asyncio.Event) -> list[str]:
-    """Candidates at a steady rate, at least AT_LEAST and until every replica has
-    restarted; their event ids."""
+    """Candidates at a steady rate, until TAIL_S after every replica has restarted;
+    their event ids."""
 
     def events() -> Iterator[CandidateEvent]:
-        n = 0
-        while n < AT_LEAST or not restarted.is_set():
+        n, until = 0, None
+        while until is None or n < until:
             yield running.candidate(n % ROWS, event_id=f"rr-{n}")
             n += 1
+            if until is None and restarted.is_set():
+                until = n + int(TAIL_S * RATE)
 
     return await send_at_rate(running.settings, events(), RATE)
 

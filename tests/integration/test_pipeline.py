@@ -313,8 +313,10 @@ async def test_garbage_on_every_input_topic_goes_to_the_dlq(
 
     decisions = await wait_for_decisions(running.settings, [e.event_id for e in before + after])
     assert len(decisions) == 6 and all(len(d) == 1 for d in decisions.values())
-    for topic in topics:
-        envelopes = [e for e in await dead_letters(running.settings, topic) if e.value_b64]
+    # Each topic's DLQ read waits for it to stay quiet: the reads wait side by side.
+    letters = await asyncio.gather(*(dead_letters(running.settings, t) for t in topics))
+    for topic, all_envelopes in zip(topics, letters, strict=True):
+        envelopes = [e for e in all_envelopes if e.value_b64]
         dead = {original_value(e) for e in envelopes}
         assert set(marked) <= dead, f"garbage on {topic} was not dead-lettered"
         assert all(e.reason == "invalid-schema" for e in envelopes if original_value(e) in marked)
@@ -478,7 +480,8 @@ async def test_oversized_messages_are_dead_lettered_with_their_digest(running: R
     finally:
         await producer.stop()
     await send_candidates(running.settings, [after])
-    for topic in (CANDIDATES, FRAGMENTS, requests_topic(PARTNERS[0])):
+
+    async def check(topic: str) -> None:
         assert await rejections(running, topic, big) == {"oversized"}, topic
         (envelope,) = [
             e
@@ -486,6 +489,9 @@ async def test_oversized_messages_are_dead_lettered_with_their_digest(running: R
             if e.value_sha256 == hashlib.sha256(big).hexdigest()
         ]
         assert envelope.value_b64 is None and envelope.value_size == len(big)
+
+    # Each topic's DLQ reads wait for it to stay quiet: the topics are checked side by side.
+    await asyncio.gather(*(check(t) for t in (CANDIDATES, FRAGMENTS, requests_topic(PARTNERS[0]))))
     assert "oversized-after" in await wait_for_decisions(running.settings, ["oversized-after"])
 
 
@@ -525,11 +531,14 @@ async def test_partner_readable_topics_carry_only_tokens_and_ciphertexts(running
     events = [running.candidate(60 + i, event_id=f"privacy-{i}") for i in range(5)]
     await send_candidates(running.settings, events)
     await wait_for_decisions(running.settings, [e.event_id for e in events])
-    readable = []
-    for partner in PARTNERS:
-        readable += await read_all(running.settings, requests_topic(partner))
-        readable += await read_all(running.settings, f"model.rollouts.{partner}.v1")
-    readable += await read_all(running.settings, AGREEMENT_KEYS)  # partners read each other's
+    topics = [t for p in PARTNERS for t in (requests_topic(p), f"model.rollouts.{p}.v1")]
+    topics.append(AGREEMENT_KEYS)  # partners read each other's
+    # Each read waits for its topic to stay quiet: the reads wait side by side.
+    readable = [
+        v
+        for vs in await asyncio.gather(*(read_all(running.settings, t) for t in topics))
+        for v in vs
+    ]
     assert readable
     text = b"\n".join(readable).decode(errors="replace")
     for i, customer in enumerate(running.bank.ids[:ROWS]):
