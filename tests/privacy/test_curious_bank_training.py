@@ -12,6 +12,7 @@ that partner's own score: there the tables alone make the difference.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -32,16 +33,28 @@ SMALL = {"bureau": ["PAY_0", "PAY_2", "PAY_AMT1", "BILL_AMT1"]}
 TWO = {"status": ["PAY_0", "PAY_2", "PAY_3"], "amounts": ["PAY_AMT1", "BILL_AMT1"]}
 
 
-@pytest.fixture(scope="module", params=["one partner", "two partners"])
-async def run(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[TrainingRun]:
-    partners = SMALL if request.param == "one partner" else TWO
-    trained = await train(tmp_path_factory.mktemp("privacy-training"), partners)
+@pytest.fixture(scope="module")
+async def runs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, TrainingRun]]:
+    """Both runs at once, each with its own broker and partner processes: much of a run
+    is waiting (group joins, partners starting), which the other run fills."""
+    roots = [tmp_path_factory.mktemp("privacy-training") for _ in range(2)]
+    results = await asyncio.gather(
+        train(roots[0], SMALL), train(roots[1], TWO), return_exceptions=True
+    )
+    trained = [r for r in results if isinstance(r, TrainingRun)]
     try:
-        yield trained
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        yield dict(zip(["one partner", "two partners"], trained, strict=True))
     finally:
-        trained.stop()
+        for each in trained:
+            each.stop()
+
+
+@pytest.fixture(params=["one partner", "two partners"])
+def run(request: pytest.FixtureRequest, runs: dict[str, TrainingRun]) -> TrainingRun:
+    return runs[request.param]
 
 
 async def test_with_the_legacy_banks_tables_the_attack_recovers_the_bins(run: TrainingRun) -> None:
