@@ -38,7 +38,7 @@ from services.kernel.readiness import report_readiness
 from services.partner.serving import PLAINTEXT_KEY_ID
 from services.prescreen import faust_patches
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
-from services.prescreen.outputs import BatchPublisher, Record
+from services.prescreen.outputs import BatchPublisher, Output
 from services.prescreen.recovery import JoinerView, keep_recovering
 from services.prescreen.settings import PrescreenSettings
 
@@ -122,7 +122,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     processed: dict[tuple[str, int], int] = {}
     producer_ready = asyncio.Event()
 
-    async def publish(records: Sequence[Record], partition: int) -> None:
+    async def publish(records: Sequence[Output], partition: int) -> None:
         # Not faust's producer: a decided batch's records go out as a few record batches
         # (outputs.py), and the joiner waits for their acknowledgement anyway.
         await producer_ready.wait()

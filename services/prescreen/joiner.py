@@ -54,12 +54,12 @@ from services.kernel.metrics import (
 )
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
-from services.prescreen.outputs import Record
+from services.prescreen.outputs import Output
 from services.prescreen.policy import Screening, Verdict, decide, quota_share
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Sequence[Record], int], Awaitable[None]]
+Publish = Callable[[Sequence[Output], int], Awaitable[None]]
 """Send a decided batch's records to its partition; returns once the broker
 acknowledged all of them (the joiner records a batch decided only after that)."""
 DeadLetter = Callable[[str, str], Awaitable[None]]
@@ -511,7 +511,7 @@ class Joiner:
         now: datetime,
         partition: int,
     ) -> None:
-        records: list[Record] = []
+        records: list[Output] = []
         for candidate, screening in zip(pending.candidates, screenings, strict=True):
             if bundle is None:
                 verdict = Verdict("suppressed", (ReasonCode.MODEL_UNAVAILABLE,))
@@ -551,7 +551,7 @@ class Joiner:
                     },
                 )
             records.append(
-                Record(DECISIONS, candidate.event_id.encode(), decision.model_dump_json().encode())
+                Output(DECISIONS, candidate.event_id.encode(), decision.model_dump_json().encode())
             )
             if verdict.outcome == "released":
                 assert verdict.score_band is not None and verdict.expires_at is not None
@@ -564,7 +564,7 @@ class Joiner:
                     expires_at=verdict.expires_at,
                 )
                 records.append(
-                    Record(RELEASES, decision_id.encode(), release.model_dump_json().encode())
+                    Output(RELEASES, decision_id.encode(), release.model_dump_json().encode())
                 )
         await self.publish(records, partition)
 

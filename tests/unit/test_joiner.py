@@ -50,7 +50,7 @@ from services.partner.serving import (
 )
 from services.partner.store import FeatureStore
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
-from services.prescreen.outputs import Record
+from services.prescreen.outputs import Output
 from services.training.policy_file import load_policy
 
 SLOTS = 4
@@ -131,7 +131,7 @@ class World:
             partitions=2,
         )
 
-    async def _publish(self, records: Sequence[Record], partition: int) -> None:
+    async def _publish(self, records: Sequence[Output], partition: int) -> None:
         self.sent.extend((r.topic, r.key, r.value) for r in records)
         self.partitions.extend([partition] * len(records))
 
@@ -565,7 +565,7 @@ async def test_a_timer_tick_during_the_decision_leaves_nothing_cached(world: Wor
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
     publish = world.joiner.publish
 
-    async def publish_while_the_timer_runs(records: Sequence[Record], partition: int) -> None:
+    async def publish_while_the_timer_runs(records: Sequence[Output], partition: int) -> None:
         world.joiner.tick_for("b15", 1)  # what expire() does between two awaits
         await publish(records, partition)
 
@@ -658,7 +658,7 @@ async def test_a_tick_or_fragment_during_the_acknowledgement_wait_decides_nothin
     acknowledged = asyncio.Event()
     publish = world.joiner.publish
 
-    async def slow_broker(records: Sequence[Record], partition: int) -> None:
+    async def slow_broker(records: Sequence[Output], partition: int) -> None:
         await acknowledged.wait()
         await publish(records, partition)
 

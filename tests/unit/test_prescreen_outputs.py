@@ -10,7 +10,7 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.kernel.kafka.topics import DECISIONS, RELEASES
-from services.prescreen.outputs import BatchPublisher, Record
+from services.prescreen.outputs import BatchPublisher, Output
 
 
 class FakeProducer:
@@ -47,12 +47,12 @@ class _Recording:
         return metadata
 
 
-def _records(n: int, size: int = 400) -> list[Record]:
+def _records(n: int, size: int = 400) -> list[Output]:
     out = []
     for i in range(n):
-        out.append(Record(DECISIONS, f"event-{i}".encode(), bytes([i % 256]) * size))
+        out.append(Output(DECISIONS, f"event-{i}".encode(), bytes([i % 256]) * size))
         if i % 3 == 0:
-            out.append(Record(RELEASES, f"decision-{i}".encode(), b"r" * size))
+            out.append(Output(RELEASES, f"decision-{i}".encode(), b"r" * size))
     return out
 
 
@@ -75,7 +75,7 @@ async def test_a_batch_goes_out_as_one_record_batch_per_topic_in_its_partition()
 
 async def test_a_full_batch_is_sent_and_another_started() -> None:
     producer = FakeProducer(partitions=1, batch_bytes=4_096)
-    records = [Record(DECISIONS, f"e{i}".encode(), b"x" * 1_000) for i in range(10)]
+    records = [Output(DECISIONS, f"e{i}".encode(), b"x" * 1_000) for i in range(10)]
     publishing = asyncio.create_task(BatchPublisher(producer).publish(records, 0))
     await asyncio.sleep(0.01)
     for ack in producer.acks:
