@@ -294,6 +294,10 @@ def test_plan_from_a_saved_run_and_its_errors_in_one_line(tmp_path: Path) -> Non
         (["--from", "run.json"], "needs at least one --plan"),
         (["--plan", "-5"], "a target rate must be in"),
         (["--plan", "1000", "--modes", "plaintext"], "--plan needs the federated"),
+        (["--scale-out", "--soak"], "choose one"),
+        (["--scale-out", "--workers", "1", "--replicas", "1"], "more than one worker"),
+        (["--scale-out", "--replicas", "9"], "--replicas must be between 1 and 8"),
+        (["--scale-out", "--plan", "1000"], "--plan does not apply to --scale-out"),
     ]:
         done = fedscreen(tmp_path, "bench", *argv)
         assert done.returncode != 0
