@@ -41,10 +41,13 @@ class PlanError(ValueError):
 @dataclass(frozen=True)
 class ServiceCpu:
     name: str
-    cpu_s: float  # in the measured phase
-    us_per_candidate: float  # measured: cpu_s / candidates decided
+    cpu_s: float  # in the measured phase, every thread
+    us_per_candidate: float  # measured, serving path: (cpu_s - pool_cpu_s) / candidates
     pool_us_per_candidate: float = 0.0
-    """Partners: factors drawn from the pool filled before the phase, at the micro's cost."""
+    """Partners: the uniform factors, computed ahead and off the serving path: the pool
+    thread's CPU in the phase, plus the factors drawn from the pool filled before the
+    phase (and not replaced in it) at the micro-benchmark's cost."""
+    pool_cpu_s: float = 0.0  # of cpu_s: the factor-pool threads
 
     @property
     def sustained_us(self) -> float:
@@ -67,18 +70,36 @@ class CpuPerCandidate:
     crypto_floor_us: float | None  # the micro-benchmark's fragment path, same run
     harness_us: float | None = None  # the load generator: reported, never summed
     unscored: int = 0  # decided without the partners' scores (a missed deadline)
+    factor_floor_us: float | None = None
+    """The micro-benchmark's uniform factors per candidate (every partner's), same run."""
 
     @property
     def pipeline_us(self) -> float:
-        """All services and the broker, as measured (the issue's "pipeline CPU")."""
+        """All services and the broker on their serving paths (the issue's "pipeline
+        CPU"); like the crypto floor, without the partners' factors computed ahead."""
         return sum(s.us_per_candidate for s in self.services.values())
 
     @property
+    def pool_us(self) -> float:
+        """The partners' factors, per candidate (computed ahead, in their pools)."""
+        return sum(s.pool_us_per_candidate for s in self.services.values())
+
+    @property
     def ratio(self) -> float | None:
-        """Pipeline CPU per candidate over the crypto floor (target <= 2)."""
+        """Pipeline CPU per candidate over the crypto floor, neither with the factors
+        (target <= 2)."""
         if self.crypto_floor_us is None or not self.crypto_floor_us > 0:
             return None
         return self.pipeline_us / self.crypto_floor_us
+
+    @property
+    def ratio_with_factors(self) -> float | None:
+        """The same with the factors on both sides: what every candidate costs, computed
+        ahead or not, over the crypto's own share of it."""
+        if self.ratio is None or self.factor_floor_us is None or not self.pool_us:
+            return None
+        assert self.crypto_floor_us is not None
+        return (self.pipeline_us + self.pool_us) / (self.crypto_floor_us + self.factor_floor_us)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +110,9 @@ class CpuPerCandidate:
             "pipeline_us": self.pipeline_us,
             "crypto_floor_us": self.crypto_floor_us,
             "ratio": self.ratio,
+            "pool_us": self.pool_us,
+            "factor_floor_us": self.factor_floor_us,
+            "ratio_with_factors": self.ratio_with_factors,
             "harness_us": self.harness_us,
             "unscored": self.unscored,
         }
@@ -102,6 +126,7 @@ def cpu_per_candidate(
     pool_drawn: Mapping[str, int] | None = None,
     factor_ms: float | None = None,
     scored: int | None = None,
+    factor_floor_us: float | None = None,
 ) -> CpuPerCandidate:
     """``cpu``: CPU seconds per process name in the phase (``CpuMeter.read()``);
     ``pool_drawn``: factors each partner drew from its pool and did not replace, by
@@ -112,12 +137,23 @@ def cpu_per_candidate(
     for name, numbers in cpu.items():
         if name in NOT_IN_PIPELINE:
             continue
-        pool_us = 0.0
+        cpu_s = float(numbers["cpu_s"])
+        # The factor-pool threads are not on the serving path (the crypto floor leaves
+        # the factors out too): they go with the pool's factors, not the pipeline's CPU.
+        # Results of a bench before threads were told apart have none.
+        pool_s = min(cpu_s, float(numbers.get("pool_cpu_s", 0.0)))
         if name.startswith(PARTNER_PREFIX) and pool_drawn and factor_ms is not None:
             drawn = max(0, pool_drawn.get(name.removeprefix(PARTNER_PREFIX), 0))
-            pool_us = drawn * factor_ms * 1e3 / decided
-        cpu_s = float(numbers["cpu_s"])
-        services[name] = ServiceCpu(name, cpu_s, cpu_s / decided * 1e6, pool_us)
+            pool_ahead_s = drawn * factor_ms / 1e3
+        else:
+            pool_ahead_s = 0.0
+        services[name] = ServiceCpu(
+            name,
+            cpu_s,
+            (cpu_s - pool_s) / decided * 1e6,
+            (pool_s + pool_ahead_s) / decided * 1e6,
+            pool_s,
+        )
     harness = cpu.get(HARNESS)
     return CpuPerCandidate(
         decided,
@@ -125,6 +161,7 @@ def cpu_per_candidate(
         crypto_floor_us,
         float(harness["cpu_s"]) / decided * 1e6 if harness else None,
         max(0, decided - scored) if scored is not None else 0,
+        factor_floor_us,
     )
 
 
@@ -361,6 +398,7 @@ def inputs_from_results(results: Mapping[str, Any]) -> PlanInputs:
         pool_drawn=drawn,
         factor_ms=micro.get("uniform_factor_ms"),
         scored=scored if isinstance(scored, int) else None,
+        factor_floor_us=micro.get("fragment_factor_us_per_candidate"),
     )
     info = results.get("machine") or {}
     machine = (

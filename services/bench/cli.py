@@ -1,6 +1,8 @@
 """``fedscreen bench``: pipeline throughput and latency per mode, the crypto
 micro-benchmark, and every number with the machine in one JSON file; ``--soak``: a long
-steady run for memory growth and latency drift (services/bench/soak.py)."""
+steady run for memory growth and latency drift (services/bench/soak.py);
+``--scale-out``: workers and replicas, a rolling restart, decisions compared
+(services/bench/scaleout.py)."""
 
 from __future__ import annotations
 
@@ -36,8 +38,13 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         candidates: Annotated[
-            int, typer.Option(help="Candidates in the throughput run, per mode.")
-        ] = 40_000,
+            int | None,
+            typer.Option(
+                help="Candidates in the throughput run, per mode (default 40,000); at "
+                "least this many in --scale-out's stream (default 10,000).",
+                show_default=False,
+            ),
+        ] = None,
         rate: Annotated[
             float | None,
             typer.Option(
@@ -92,9 +99,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         linger_ms: Annotated[
-            float,
-            typer.Option(help="Intake's batch linger (INTAKE_LINGER_MS): latency vs batch size."),
-        ] = 20.0,
+            float | None,
+            typer.Option(
+                help="Intake's batch linger (INTAKE_LINGER_MS): latency vs batch size "
+                "(default 20; 100 with --scale-out).",
+                show_default=False,
+            ),
+        ] = None,
         factor_pool: Annotated[
             int,
             typer.Option(
@@ -116,6 +127,21 @@ def register(app: typer.Typer) -> None:
         interval: Annotated[
             float, typer.Option(help="--soak: seconds per sampling window.")
         ] = 10.0,
+        scale_out: Annotated[
+            bool,
+            typer.Option(
+                "--scale-out",
+                help="Instead: --workers prescreen workers and --replicas replicas per "
+                "partner take a stream of at least --candidates (default 10,000) at --rate "
+                "(default 250/s) while every partner replica is restarted in turn; then one "
+                "worker and one replica each take the same stream; decisions compared "
+                "(docs/benchmarks.md#scale-out).",
+            ),
+        ] = False,
+        workers: Annotated[int, typer.Option(help="--scale-out: prescreen workers.")] = 2,
+        replicas: Annotated[
+            int, typer.Option(help="--scale-out: replicas per partner (sharing its store).")
+        ] = 2,
         plan: Annotated[
             list[float] | None,
             typer.Option(
@@ -148,12 +174,31 @@ def register(app: typer.Typer) -> None:
                 raise CliError("--from does not apply to --soak")
             plan_from_file(from_, rates, assumptions)
             return
+        if soak and scale_out:
+            raise CliError("--soak and --scale-out are two different runs: choose one")
+        if scale_out:
+            if rates:
+                raise CliError("--plan does not apply to --scale-out (use a federated bench run)")
+            run_scale_out_command(
+                10_000 if candidates is None else candidates,
+                rate,
+                rows,
+                out,
+                workdir,
+                100.0 if linger_ms is None else linger_ms,
+                workers,
+                replicas,
+            )
+            return
+        linger_ms = 20.0 if linger_ms is None else linger_ms
         if soak:
             if rates:
                 raise CliError("--plan does not apply to --soak (use a federated bench run)")
             run_soak_command(rate, duration, interval, rows, out, workdir, linger_ms, training)
             return
         from services.bench.run import BenchRequest, run_bench
+
+        candidates = 40_000 if candidates is None else candidates
 
         rate = 500.0 if rate is None else rate
         duration = 20.0 if duration is None else duration
@@ -267,6 +312,49 @@ def run_or_fail(run: Callable[[], int], *, could_not: str, broke: str) -> None:
         raise CliError(f"{could_not}: {exc}") from exc
     if code != 0:
         raise CliError(broke)
+
+
+def run_scale_out_command(
+    candidates: int,
+    rate: float | None,
+    rows: int | None,
+    out: Path | None,
+    workdir: Path,
+    linger_ms: float,
+    workers: int,
+    replicas: int,
+) -> None:
+    from services.bench.scaleout import ScaleOutRequest, run_scale_out
+
+    rate = 250.0 if rate is None else rate
+    out = default_out(out, workdir, "scale-out-results.json")
+    if candidates < 1:
+        raise CliError("--candidates must be at least 1")
+    check_load(rate, 1.0)
+    check_setup(rows, linger_ms)
+    if not 1 <= workers <= 8:
+        raise CliError("--workers must be between 1 and 8")
+    if not 1 <= replicas <= 8:
+        raise CliError("--replicas must be between 1 and 8")
+    if workers == 1 and replicas == 1:
+        raise CliError("--scale-out needs more than one worker or replica to compare with one")
+    if out.exists() and out.is_dir():
+        raise CliError(f"--out {out} is a directory")
+    request = ScaleOutRequest(
+        out=out,
+        workdir=workdir,
+        candidates=candidates,
+        rate=rate,
+        rows=rows,
+        workers=workers,
+        replicas=replicas,
+        linger_ms=linger_ms,
+    )
+    run_or_fail(
+        lambda: run_scale_out(request),
+        could_not="the scale-out run could not run",
+        broke=f"the scale-out run found problems (listed above; results in {out})",
+    )
 
 
 def run_soak_command(

@@ -106,6 +106,10 @@ class Seen:
     decision_id: str
     copies: int = 1
     conflicting: bool = False
+    verdict: tuple[object, ...] = ()
+    """Outcome, reasons, pd and score band: what two set-ups must agree on."""
+    partner_unavailable: bool = False
+    """Decided without some partner's answer (its deadline missed)."""
 
 
 @dataclass
@@ -153,6 +157,14 @@ class DecisionCollector:
                         d["reasons"][0],
                         d.get("pd") is not None,
                         d["decision_id"],
+                        verdict=(
+                            d["outcome"],
+                            tuple(d["reasons"]),
+                            d.get("pd"),
+                            d.get("score_band"),
+                        ),
+                        partner_unavailable=bool(d.get("missing_partners"))
+                        or "PARTNER_UNAVAILABLE" in d["reasons"],
                     )
                     arrivals[tag_of(event_id)] += 1
 

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from services.kernel.config import KafkaSettings
+from services.kernel.crypto.randomness import POOL_THREAD_NAME
 from services.kernel.kafka.clients import make_consumer
 
 
@@ -27,6 +28,9 @@ class ProcSample:
     anon_mb: float
     processes: int
     cpu_s: float
+    pool_cpu_s: float = 0.0
+    """Of ``cpu_s``: the partners' factor-pool threads (computing ahead, off the serving
+    path), told apart by their OS thread name."""
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -64,7 +68,7 @@ def process_groups() -> dict[int, list[int]]:
 def read_processes(pids: Sequence[int]) -> ProcSample | None:
     """RSS (MB), anonymous RSS (MB) and CPU seconds summed over ``pids``."""
     rss = anon = 0
-    cpu_ticks = 0
+    cpu_ticks = pool_ticks = 0
     alive = 0
     for pid in pids:
         fields = _stat_fields(pid)
@@ -75,9 +79,26 @@ def read_processes(pids: Sequence[int]) -> ProcSample | None:
         rss += kb["VmRSS"]
         anon += kb.get("RssAnon", 0)
         cpu_ticks += int(fields[11]) + int(fields[12])
+        pool_ticks += _thread_ticks(pid, POOL_THREAD_NAME.decode())
     if not alive:
         return None
-    return ProcSample(rss / 1024, anon / 1024, alive, cpu_ticks / os.sysconf("SC_CLK_TCK"))
+    tick = os.sysconf("SC_CLK_TCK")
+    return ProcSample(rss / 1024, anon / 1024, alive, cpu_ticks / tick, pool_ticks / tick)
+
+
+def _thread_ticks(pid: int, name: str) -> int:
+    """User + system ticks of the process's threads with this OS name."""
+    ticks = 0
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            try:
+                if Path(task.path, "comm").read_text().strip() != name:
+                    continue
+                fields = Path(task.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # the thread ended meanwhile
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def machine_busy_s() -> float | None:

@@ -242,7 +242,8 @@ def print_measured(console: Console, measured: PlanInputs) -> None:
     cpu = measured.cpu
     table = Table(
         title=f"CPU per candidate, federated throughput phase ({cpu.decided:,} decided; "
-        "/proc, each service's process group)"
+        "/proc, each service's process group; a partner's serving path without its "
+        "factor-pool threads, which go with the pool factors)"
     )
     for column in ("process", "CPU s", "µs / candidate", "+ pool factors", "sustained µs"):
         table.add_column(column, justify="left" if column == "process" else "right")
@@ -258,6 +259,16 @@ def print_measured(console: Console, measured: PlanInputs) -> None:
     table.add_row("crypto floor (micro, same run)", "", _f(cpu.crypto_floor_us, 1), "", "")
     ratio = cpu.ratio
     table.add_row("pipeline / crypto floor", "", "-" if ratio is None else f"{ratio:.2f}x", "", "")
+    if (with_factors := cpu.ratio_with_factors) is not None:
+        assert cpu.factor_floor_us is not None and cpu.crypto_floor_us is not None
+        table.add_row(
+            "the same, factors on both sides",
+            "",
+            f"{cpu.pipeline_us + cpu.pool_us:,.1f} / "
+            f"{cpu.crypto_floor_us + cpu.factor_floor_us:,.1f}",
+            "",
+            f"{with_factors:.2f}x",
+        )
     if cpu.harness_us is not None:
         table.add_row(f"{HARNESS}, not counted", "", _f(cpu.harness_us, 1), "", "")
     console.print(table)

@@ -96,14 +96,20 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self.sampler = ProcessSampler(pids, {HARNESS: os.getpid()})
         self.started = time.monotonic()
-        self.before = {name: s.cpu_s for name, s in self.sampler.read().items()}
+        self.before = self.sampler.read()
 
     def read(self) -> dict[str, dict[str, float]]:
+        """Per process: ``cpu_s``, ``cores`` and, of ``cpu_s``, ``pool_cpu_s`` (the
+        partners' factor-pool threads)."""
         wall = time.monotonic() - self.started
         out = {}
         for name, sample in self.sampler.read().items():
             then = self.before.get(name)
             if then is not None:
-                used = sample.cpu_s - then
-                out[name] = {"cpu_s": used, "cores": used / wall if wall else 0.0}
+                used = sample.cpu_s - then.cpu_s
+                out[name] = {
+                    "cpu_s": used,
+                    "cores": used / wall if wall else 0.0,
+                    "pool_cpu_s": max(0.0, sample.pool_cpu_s - then.pool_cpu_s),
+                }
         return out

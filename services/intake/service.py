@@ -35,6 +35,7 @@ from services.kernel.config import KafkaSettings
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, public_key_b64
 from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
 from services.kernel.ids import decision_id_for, new_batch_id
+from services.kernel.kafka.batches import Record, send_batched
 from services.kernel.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
     make_consumer,
@@ -388,11 +389,13 @@ class IntakeService:
         assert self.producer is not None and self.consumer is not None
         await self.producer.flush()
         held = self.open.customers if self.open is not None else set()
-        for partition, customer_id, state in self.ledger.take_dirty(held):
-            await self.producer.send(
-                INTAKE_CUSTOMERS, key=customer_id.encode(), value=state, partition=partition
-            )
-        await self.producer.flush()
+        changes = [
+            Record(INTAKE_CUSTOMERS, partition, customer_id.encode(), state)
+            for partition, customer_id, state in self.ledger.take_dirty(held)
+        ]
+        # About one changelog record per candidate: one record batch per partition
+        # instead of a producer.send each.
+        await asyncio.gather(*await send_batched(self.producer, changes))
         offsets = {}
         floors = self.open.first_offsets if self.open is not None else {}
         for tp, position in self.positions.items():

@@ -1,5 +1,5 @@
 """The faust-streaming application: one agent over the pending and fragment topics
-(co-partitioned, keyed by batch id), three tables, one timer.
+(co-partitioned, keyed by batch id), four tables, one timer.
 
 Timers may not write tables (faust needs the current event to pick a changelog
 partition), so the timer publishes deadline ticks that the agent consumes, into the
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -37,6 +38,7 @@ from services.kernel.readiness import report_readiness
 from services.partner.serving import PLAINTEXT_KEY_ID
 from services.prescreen import faust_patches
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
+from services.prescreen.outputs import BatchPublisher, Output
 from services.prescreen.recovery import JoinerView, keep_recovering
 from services.prescreen.settings import PrescreenSettings
 
@@ -111,23 +113,27 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     )
     fragments = app.topic(FRAGMENTS, key_serializer="raw", value_serializer="raw")
     batches = app.Table("batches", default=None, partitions=kafka.partitions)
+    pending_records = app.Table("pending", default=None, partitions=kafka.partitions)
     decided = app.Table("decided", default=None, partitions=kafka.partitions)
     quota = app.Table("quota", default=None, partitions=kafka.partitions)
-    state: dict[str, Any] = {"dlq": None, "ticked": {}}
+    state: dict[str, Any] = {"dlq": None, "publisher": None, "ticked": {}}
     # The last offset the agent handled, by (topic, partition): what was fetched may
     # still wait in faust's buffers, this has been through the joiner.
     processed: dict[tuple[str, int], int] = {}
-    dlq_ready = asyncio.Event()
+    producer_ready = asyncio.Event()
 
-    async def send(topic: str, key: bytes, value: bytes) -> Any:
-        # Buffered; faust flushes the producer before it commits the input offsets.
-        return await app.producer.send(topic, key, value, None, None, None)
+    async def publish(records: Sequence[Output], partition: int) -> None:
+        # Not faust's producer: a decided batch's records go out as a few record batches
+        # (outputs.py), and the joiner waits for their acknowledgement anyway.
+        await producer_ready.wait()
+        await state["publisher"].publish(records, partition)
 
     joiner = Joiner(
         batches=batches,
+        pending_records=pending_records,
         decided=decided,
         quota=quota,
-        send=send,
+        publish=publish,
         private_keys=private_keys,
         registry=registry,
         bundle_for=bundle_for,
@@ -138,7 +144,11 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         max_message_bytes=kafka.max_message_bytes,
     )
 
-    @app.agent(inputs)
+    # Several handlers at once: while one waits for the broker to acknowledge a batch's
+    # decisions, the others go on joining (faust commits an offset only once every
+    # earlier one of its partition is handled). The joiner's state changes happen
+    # between awaits, in input order; only the acknowledgement waits overlap.
+    @app.agent(inputs, concurrency=settings.concurrency)
     async def join(stream: faust.StreamT[bytes]) -> None:
         # After a restart, judge no input by its model version before every bundle
         # published so far is known: a fragment of a version still being read back
@@ -151,9 +161,9 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                 await joiner.handle(
                     message.topic, message.partition, message.value, list(message.headers or [])
                 )
-                processed[(message.topic, message.partition)] = message.offset
+                mark_processed(message.topic, message.partition, message.offset)
             except RejectedInputError as exc:
-                await dlq_ready.wait()  # bad input may beat the side task's producer
+                await producer_ready.wait()  # bad input may beat the side task's producer
                 await state["dlq"].send_raw(
                     topic=message.topic,
                     partition=message.partition,
@@ -165,7 +175,12 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                     error=str(exc),
                     keep_value=exc.keep_value,
                 )
-                processed[(message.topic, message.partition)] = message.offset
+                mark_processed(message.topic, message.partition, message.offset)
+
+    def mark_processed(topic: str, partition: int, offset: int) -> None:
+        # Handlers finish out of order: keep the highest.
+        if offset > processed.get((topic, partition), -1):
+            processed[(topic, partition)] = offset
 
     @app.timer(settings.deadline_check_s)
     async def expire() -> None:
@@ -226,7 +241,8 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         producer = make_producer(kafka)
         await producer.start()
         state["dlq"] = DeadLetters(producer, SERVICE, kafka.max_message_bytes)
-        dlq_ready.set()
+        state["publisher"] = BatchPublisher(producer)
+        producer_ready.set()
         await start_http(settings.metrics_port, not_ready_reason, settings.metrics_host)
         watching = asyncio.create_task(watcher.run())
         readiness = asyncio.create_task(report_readiness(SERVICE, not_ready_reason))
@@ -241,7 +257,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                         tp.partition for tp in app.consumer.assignment() if tp.topic == PENDING
                     },
                     processed=lambda partition: processed.get((PENDING, partition)),
-                    known=lambda b: b in decided or (batches.get(b) or {}).get("p") is not None,
+                    known=lambda b: b in decided or b in pending_records,
                     state_of=lambda b: batches.get(b),
                 ),
                 group_id=settings.app_id,

@@ -31,6 +31,13 @@ class PrescreenSettings(BaseSettings):
     allow_plaintext: bool = Field(
         default=False, description="Benchmark only: accept plaintext-mode fragments."
     )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Input handlers in this worker: while one waits for the broker to "
+        "acknowledge a batch's decisions, the others join and decide other batches.",
+    )
     deadline_check_s: float = Field(default=0.05, gt=0, description="Deadline timer period.")
     orphan_fragment_s: float = Field(
         default=60.0, gt=0, description="Drop fragments whose batch never arrives after this."

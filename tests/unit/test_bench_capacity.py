@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,9 @@ from services.bench.capacity import (
     topic_loads,
 )
 from services.bench.cli import DEFAULT_WORKDIR, default_out
+from services.bench.probes import read_processes
 from services.bench.report import print_measured, print_plan
+from services.kernel.crypto.randomness import POOL_THREAD_NAME, name_os_thread
 from tests.cli import fedscreen
 
 # CPU seconds of a phase that decided 10,000 candidates: 1 s is 100 µs per candidate.
@@ -67,6 +72,46 @@ def test_factors_drawn_from_a_partners_pool_count_towards_its_sustained_cpu() ->
     assert cpu.services["partner-payments"].pool_us_per_candidate == 0.0
     # The pipeline's figure against the floor is the measured one, as the issue defines it.
     assert cpu.pipeline_us == pytest.approx(690.0)
+
+
+def test_a_partners_factor_pool_threads_go_with_its_factors_not_its_serving_cpu() -> None:
+    """The crypto floor leaves the uniform factors out (they are computed ahead): so does
+    the pipeline's figure. The pool threads' CPU in the phase (refills) joins the factors
+    drawn from the pool filled before it."""
+    cpu = cpu_per_candidate(
+        {**CPU, "partner-repayments": {"cpu_s": 2.5, "cores": 0.25, "pool_cpu_s": 2.0}},
+        10_000,
+        crypto_floor_us=230.0,
+        pool_drawn={"repayments": 100},
+        factor_ms=10.0,
+        factor_floor_us=400.0,
+    )
+    repayments = cpu.services["partner-repayments"]
+    assert repayments.us_per_candidate == pytest.approx(50.0)  # (2.5 - 2.0) s / 10,000
+    assert repayments.pool_us_per_candidate == pytest.approx(200.0 + 100.0)
+    assert repayments.sustained_us == pytest.approx(350.0)
+    assert cpu.pipeline_us == pytest.approx(690.0)
+    assert cpu.ratio == pytest.approx(690 / 230)
+    assert cpu.ratio_with_factors == pytest.approx((690 + 300) / (230 + 400))
+    assert measured(crypto_floor_us=230.0).ratio_with_factors is None  # no factors measured
+
+
+def test_the_probe_tells_the_factor_pool_threads_cpu_apart() -> None:
+    burnt = threading.Event()
+
+    def pool_thread() -> None:
+        name_os_thread(POOL_THREAD_NAME)
+        while time.thread_time() < 0.3:  # CPU, not wall time: the machine may be busy
+            sum(range(10_000))
+        burnt.set()
+        time.sleep(1.0)  # alive while it is read
+
+    thread = threading.Thread(target=pool_thread, daemon=True)
+    thread.start()
+    assert burnt.wait(60)
+    sample = read_processes([os.getpid()])
+    assert sample is not None
+    assert 0.25 <= sample.pool_cpu_s <= sample.cpu_s
 
 
 def test_a_phase_that_decided_nothing_cannot_be_planned_from() -> None:
@@ -249,6 +294,10 @@ def test_plan_from_a_saved_run_and_its_errors_in_one_line(tmp_path: Path) -> Non
         (["--from", "run.json"], "needs at least one --plan"),
         (["--plan", "-5"], "a target rate must be in"),
         (["--plan", "1000", "--modes", "plaintext"], "--plan needs the federated"),
+        (["--scale-out", "--soak"], "choose one"),
+        (["--scale-out", "--workers", "1", "--replicas", "1"], "more than one worker"),
+        (["--scale-out", "--replicas", "9"], "--replicas must be between 1 and 8"),
+        (["--scale-out", "--plan", "1000"], "--plan does not apply to --scale-out"),
     ]:
         done = fedscreen(tmp_path, "bench", *argv)
         assert done.returncode != 0

@@ -4,7 +4,9 @@ dicts stand in for the faust tables and a list records what would be sent."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from services.partner.serving import (
 )
 from services.partner.store import FeatureStore
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
+from services.prescreen.outputs import Output
 from services.training.policy_file import load_policy
 
 SLOTS = 4
@@ -109,24 +112,28 @@ class World:
             bank_key = BankKey(self.deployment.bank_public_key)
             self.servers[name] = FragmentServer(name, store, cache, signing, peers, bank_key)
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.partitions: list[int] = []  # where each record of ``sent`` went
         self.batches: dict[str, Any] = {}
+        self.pending_records: dict[str, str] = {}
         self.decided: dict[str, Any] = {}
         self.quota: dict[str, Any] = {}
         scorer = BankScorer(self.bundle)
         self.scorer = scorer
         self.joiner = Joiner(
             batches=self.batches,
+            pending_records=self.pending_records,
             decided=self.decided,
             quota=self.quota,
-            send=self._send,
+            publish=self._publish,
             private_keys={self.key.key_id: self.key},
             registry=PartnerKeyRegistry.parse(self.deployment.registry_spec),
             bundle_for=lambda v: (self.bundle, scorer) if v == "m1" else None,
             partitions=2,
         )
 
-    async def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        self.sent.append((topic, key, value))
+    async def _publish(self, records: Sequence[Output], partition: int) -> None:
+        self.sent.extend((r.topic, r.key, r.value) for r in records)
+        self.partitions.extend([partition] * len(records))
 
     def signed(self, request: FragmentRequest) -> FragmentRequest:
         """As the bank (intake) signs it."""
@@ -243,6 +250,7 @@ async def test_the_deadline_decides_with_the_partners_that_answered(world: World
     assert [d.reasons for d in decisions] == [[ReasonCode.PARTNER_UNAVAILABLE]] * 2
     assert all(d.missing_partners == ["repayments"] for d in decisions)
     assert world.requests() == []  # the bank never asks again
+    assert set(world.partitions) == {1}  # the batch's own partition
 
 
 async def test_a_worker_ticks_only_the_batches_of_partitions_it_owns(world: World) -> None:
@@ -555,13 +563,13 @@ async def test_a_timer_tick_during_the_decision_leaves_nothing_cached(world: Wor
     pending = world.pending("b15", [1, 2])
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
-    send = world.joiner.send
+    publish = world.joiner.publish
 
-    async def send_while_the_timer_runs(topic: str, key: bytes, value: bytes) -> None:
+    async def publish_while_the_timer_runs(records: Sequence[Output], partition: int) -> None:
         world.joiner.tick_for("b15", 1)  # what expire() does between two awaits
-        await send(topic, key, value)
+        await publish(records, partition)
 
-    world.joiner.send = send_while_the_timer_runs
+    world.joiner.publish = publish_while_the_timer_runs
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
     assert len(world.decisions()) == 2
     assert "b15" not in world.joiner._pending and "b15" not in world.batches
@@ -596,10 +604,12 @@ async def test_a_decision_is_recorded_before_its_batch_is_forgotten(world: World
 
     # The crash state (both written, the deletion lost): the batch's next tick removes
     # it without a second decision.
-    batches["b20"] = {**world.joiner._new_state(0), "d": 0.0, "p": pending.model_dump_json()}
+    batches["b20"] = {**world.joiner._new_state(0), "d": 0.0}
+    world.pending_records["b20"] = pending.model_dump_json()
     count = len(world.sent)
     await world.tick("b20", 0)
     assert "b20" not in batches and "b20" in decided
+    assert "b20" not in world.pending_records
     assert len(world.sent) == count
 
 
@@ -636,3 +646,105 @@ async def test_of_two_replicas_reading_one_request_the_first_claim_answers(
         await first.answer(request, 1.0, "1:7")
     assert caught.value.reason == "stopping"
     assert (await sibling.answer(request, 1.0, "1:7")).batch_id == "b21"
+
+
+async def test_a_tick_or_fragment_during_the_acknowledgement_wait_decides_nothing_again(
+    world: World,
+) -> None:
+    """prescreen runs several handlers at once: while one awaits the broker's
+    acknowledgement of a batch's decisions, another handles the batch's deadline tick
+    and a redelivered fragment. The batch is decided once, the fragment is a replay."""
+    pending = world.pending("b16", [0, 1, 2])
+    acknowledged = asyncio.Event()
+    publish = world.joiner.publish
+
+    async def slow_broker(records: Sequence[Output], partition: int) -> None:
+        await acknowledged.wait()
+        await publish(records, partition)
+
+    world.joiner.publish = slow_broker
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    deciding = asyncio.create_task(
+        world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    )
+    await asyncio.sleep(0.01)
+    assert not deciding.done()
+    assert world.joiner.expired(pending.deadline_at.timestamp() + 1) == []  # no tick to send
+    tick = world.joiner.tick_for("b16", 1)
+    assert tick is not None
+    await world.joiner.handle(FRAGMENTS, 0, tick, [(KIND_HEADER, TICK_KIND)])
+    with pytest.raises(RejectedInputError) as caught:
+        await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    assert caught.value.reason == "replayed-fragment"
+    assert world.decisions() == [] and "b16" not in world.decided
+    acknowledged.set()
+    await deciding
+    decisions = world.decisions()
+    assert [d.event_id for d in decisions] == [c.event_id for c in pending.candidates]
+    assert all(d.pd is not None for d in decisions)  # both partners' answers, not the tick
+    assert world.decided["b16"][2] == ["payments", "repayments"]
+    assert "b16" not in world.batches and "b16" not in world.joiner._deciding
+
+
+async def test_the_pending_record_is_written_once_not_with_every_fragment(world: World) -> None:
+    """Every write of a batch's state goes to its changelog whole: the 13 KB pending
+    record lives in its own table, written once, so a fragment's write carries only
+    the fragments."""
+    writes: list[tuple[str, str]] = []
+
+    class Recording(dict[str, Any]):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            writes.append((self.name, json.dumps(value)))
+            super().__setitem__(key, value)
+
+    world.joiner.batches = Recording("batches")
+    world.joiner.pending_records = Recording("pending")
+    pending = world.pending("b21", [0, 1, 2, 3])
+    record = pending.model_dump_json()
+    await world.joiner.handle(PENDING, 0, record.encode())
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert len(world.decisions()) == 4
+    assert [name for name, _ in writes if name == "pending"] == ["pending"]
+    batch_writes = [text for name, text in writes if name == "batches"]
+    assert len(batch_writes) == 3  # the deadline, then each fragment
+    assert not any(pending.candidates[0].event_id in text for text in batch_writes)
+    assert "b21" not in world.joiner.pending_records and "b21" not in world.joiner.batches
+
+
+async def test_a_crash_that_kept_only_the_batch_state_gets_the_record_written_again(
+    world: World,
+) -> None:
+    """The two writes of a pending record's arrival reach their changelogs apart: after
+    a crash that kept the state (with its deadline) but lost the record, the record,
+    delivered again (its offset was not committed), is written again and the batch is
+    decided with it."""
+    pending = world.pending("b22", [0, 1])
+    world.batches["b22"] = {**world.joiner._new_state(0), "d": pending.deadline_at.timestamp()}
+    await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
+    assert "b22" in world.pending_records
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
+    await world.joiner.handle(FRAGMENTS, 0, world.fragment("repayments", pending))
+    assert [d.event_id for d in world.decisions()] == [c.event_id for c in pending.candidates]
+
+
+async def test_a_batch_held_by_the_previous_version_is_still_decided(world: World) -> None:
+    """Upgrading prescreen mid-stream: a batch whose state (restored from the changelog)
+    still carries its pending record inside is decided with that record."""
+    pending = world.pending("b23", [2, 3])
+    world.batches["b23"] = {
+        **world.joiner._new_state(1),
+        "d": pending.deadline_at.timestamp(),
+        "p": pending.model_dump_json(),
+    }
+    await world.joiner.handle(FRAGMENTS, 1, world.fragment("payments", pending))
+    await world.joiner.handle(FRAGMENTS, 1, world.fragment("repayments", pending))
+    decisions = world.decisions()
+    assert [d.event_id for d in decisions] == [c.event_id for c in pending.candidates]
+    assert all(d.pd is not None for d in decisions)
+    assert "b23" not in world.batches and "b23" in world.decided

