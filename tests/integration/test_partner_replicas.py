@@ -14,6 +14,7 @@ import pytest
 
 from schemas import CandidateEvent, ReasonCode
 from services.bench.pipeline import Pipeline, PipelineOptions
+from services.bench.scaleout import rolling_restart
 from tests.integration.harness import (
     PARTNERS,
     Running,
@@ -80,17 +81,10 @@ async def stream(running: Running, restarted: asyncio.Event) -> list[str]:
 
 async def restart_one_at_a_time(running: Running, restarted: asyncio.Event) -> dict[str, int]:
     """SIGTERM each replica in turn, start it again and wait until it is ready before
-    the next; each stopped process's exit code."""
-    fleet = running.pipeline.fleet
-    exits: dict[str, int] = {}
+    the next (the procedure ``fedscreen bench --scale-out`` times); each stopped
+    process's exit code."""
     await asyncio.sleep(3.0)  # the stream is flowing
-    for partner in PARTNERS:
-        for replica in range(1, REPLICAS + 1):
-            service = fleet[Pipeline.replica_name(partner, replica)]
-            code = await asyncio.to_thread(service.stop, 30.0)
-            exits[service.name] = -999 if code is None else code
-            service.start()
-            await service.wait_ready(timeout_s=120.0)
+    exits, _ = await rolling_restart(running.pipeline.fleet, PARTNERS, REPLICAS)
     restarted.set()
     return exits
 
