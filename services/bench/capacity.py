@@ -352,8 +352,9 @@ ASSUMPTIONS_TEXT = (
     "co-partitioned); a partner scales by replicas on one shared store, each reading "
     "every request partition, so its replicas do not bound the partitions "
     "(docs/runbook.md#scale-a-partner-and-roll-it)",
-    "partners' CPU includes the re-randomisation factors drawn from their pools during "
-    "the run, at the micro-benchmark's cost per factor; partners run on their own cores",
+    "partners' CPU includes every re-randomisation factor the run used: what their pool "
+    "threads computed during it, and those drawn from the pools filled before it at the "
+    "micro-benchmark's cost per factor; partners run on their own cores",
     "the broker is not in the services' cores: its MB/s are payload writes (key + value "
     "+ headers) before replication and Kafka's framing; each consumer group reads them "
     "again; {partition_mb_s:g} MB/s of writes per partition is an assumption, not measured",
