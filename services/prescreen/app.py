@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 SERVICE = "prescreen"
 TICK_RESEND_S = 10.0
 """A batch still undecided this long after its deadline tick was sent gets another."""
+TABLES = ("batches", "pending", "decided", "quota")
+"""faust tables, each with a compacted changelog topic ``<app id>-<table>-changelog``
+(pre-created in k8s/base/kafka/topics.yaml, granted in users.yaml)."""
 
 
 def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
@@ -112,10 +115,9 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         value_serializer="raw",
     )
     fragments = app.topic(FRAGMENTS, key_serializer="raw", value_serializer="raw")
-    batches = app.Table("batches", default=None, partitions=kafka.partitions)
-    pending_records = app.Table("pending", default=None, partitions=kafka.partitions)
-    decided = app.Table("decided", default=None, partitions=kafka.partitions)
-    quota = app.Table("quota", default=None, partitions=kafka.partitions)
+    batches, pending_records, decided, quota = (
+        app.Table(name, default=None, partitions=kafka.partitions) for name in TABLES
+    )
     state: dict[str, Any] = {"dlq": None, "publisher": None, "ticked": {}}
     # The last offset the agent handled, by (topic, partition): what was fetched may
     # still wait in faust's buffers, this has been through the joiner.

@@ -40,6 +40,7 @@ from services.intake.settings import IntakeSettings
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka import topics as t
 from services.partner.settings import PartnerSettings
+from services.prescreen.app import TABLES as PRESCREEN_TABLES
 from services.prescreen.settings import PrescreenSettings
 from services.webhooks.settings import WebhooksSettings
 
@@ -61,7 +62,7 @@ STRIMZI_SCHEMAS = {
 }
 PRESCREEN_APP = PrescreenSettings.model_fields["app_id"].default
 FAUST_TOPICS = {
-    **{f"{PRESCREEN_APP}-{table}-changelog": True for table in ("batches", "decided", "quota")},
+    **{f"{PRESCREEN_APP}-{table}-changelog": True for table in PRESCREEN_TABLES},
     f"{PRESCREEN_APP}-__assignor-__leader": False,
 }
 """prescreen's faust-internal topics -> compacted (the changelogs are, the leader topic not)."""
