@@ -6,6 +6,7 @@ Import message types from here; ``MESSAGE_TYPES`` lists every top-level message.
 from __future__ import annotations
 
 from schemas.alignment import PsiAnswer, PsiError, PsiOffer, PsiResult
+from schemas.campaigns import CampaignConfig
 from schemas.candidate import CandidateEvent
 from schemas.common import ReasonCode, WireModel
 from schemas.dlq import DlqEnvelope
@@ -62,6 +63,7 @@ MESSAGE_TYPES: tuple[type[WireModel], ...] = (
     PsiResult,
     PsiError,
     AgreementKey,
+    CampaignConfig,
 )
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "AgreementKey",
     "BankBundle",
     "BlindTraining",
+    "CampaignConfig",
     "CampaignPolicy",
     "CandidateEvent",
     "DeadlineTick",

@@ -9,11 +9,13 @@ partner kept (``binning_id``): neither ever travels.
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
-from schemas.common import B64Int, Ident, PartnerName, SignedMessage, WireModel
+from schemas.common import B64Int, Ident, PartnerName, ReasonCode, SignedMessage, WireModel
 
 
 class PackingSpec(WireModel):
@@ -53,12 +55,75 @@ class ScoreBand(WireModel):
     max_pd: float = Field(gt=0.0, le=1.0, description="Band applies when pd <= max_pd.")
 
 
+CampaignState = Literal["active", "paused", "ended"]
+
+
 class CampaignPolicy(WireModel):
+    """One campaign: its risk cut-off and bands, its quotas and when it runs. Embedded in
+    a bank bundle (the policy it was trained with) and, at run time, in the campaign
+    configuration on ``campaign.config.v1`` (schemas/campaigns.py), which takes precedence."""
+
     campaign_id: Ident
     max_pd: float = Field(gt=0.0, le=1.0, description="Suppress when pd is above this.")
-    quota: int | None = Field(default=None, ge=0, description="Most releases; None = no cap.")
+    quota: int | None = Field(
+        default=None, ge=0, description="Most releases in total; None = no cap."
+    )
     score_bands: list[ScoreBand] = Field(min_length=1)
     release_ttl_hours: float = Field(default=72.0, gt=0)
+    daily_quota: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most releases per calendar day in ``timezone``; None = no daily cap.",
+    )
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA zone of the days."
+    )
+    starts_on: date | None = Field(
+        default=None, description="First day it runs, in ``timezone``; None = already."
+    )
+    ends_on: date | None = Field(
+        default=None, description="Last day it runs (inclusive), in ``timezone``; None = open."
+    )
+    state: CampaignState = Field(
+        default="active", description="paused: suppressed until resumed; ended: for good."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Europe/Paris)"
+            ) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _window_in_order(self) -> CampaignPolicy:
+        if self.starts_on and self.ends_on and self.ends_on < self.starts_on:
+            raise ValueError(f"ends_on {self.ends_on} is before starts_on {self.starts_on}")
+        return self
+
+    def day_of(self, at: datetime) -> date:
+        """The calendar day ``at`` falls on in the campaign's time zone."""
+        return at.astimezone(ZoneInfo(self.timezone)).date()
+
+    def runs_on(self, day: date) -> bool:
+        return (self.starts_on is None or day >= self.starts_on) and (
+            self.ends_on is None or day <= self.ends_on
+        )
+
+    def closed_reason(self, at: datetime) -> ReasonCode | None:
+        """Why the campaign takes no candidate at ``at`` (paused, ended, outside its
+        dates), or None while it runs."""
+        if self.state == "paused":
+            return ReasonCode.CAMPAIGN_PAUSED
+        if self.state == "ended":
+            return ReasonCode.CAMPAIGN_ENDED
+        if not self.runs_on(self.day_of(at)):
+            return ReasonCode.OUTSIDE_CAMPAIGN_DATES
+        return None
 
 
 class FrequencyCap(WireModel):

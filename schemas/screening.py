@@ -90,6 +90,12 @@ class Decision(WireModel):
     occurred_at: AwareDatetime
     decided_at: AwareDatetime
     decided_by: Literal["intake", "prescreen"]
+    campaign_config_version: int = Field(
+        default=0,
+        ge=0,
+        description="The campaign configuration (campaign.config.v1) it was decided under; "
+        "0: the campaigns of the model bundle's policy.",
+    )
 
 
 class Release(WireModel):

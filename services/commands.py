@@ -10,6 +10,7 @@ def register(app: typer.Typer) -> None:
     from services import keys_cli
     from services.alignment import cli as alignment_cli
     from services.bench import cli as bench_cli
+    from services.campaigns import cli as campaigns_cli
     from services.candidates import cli as candidates_cli
     from services.demo import cli as demo_cli
     from services.evaluate import cli as evaluate_cli
@@ -34,3 +35,4 @@ def register(app: typer.Typer) -> None:
     bench_cli.register(app)
     evaluate_cli.register(app)
     candidates_cli.register(app)
+    campaigns_cli.register(app)

@@ -31,6 +31,7 @@ from schemas import (
 from services.intake.ledger import Ledger
 from services.intake.requests import fragment_requests
 from services.intake.settings import IntakeSettings
+from services.kernel.campaigns import CampaignBoard
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key, public_key_b64
 from services.kernel.crypto.tokens import TokenSource, load_token_source, token_or_decoy
@@ -45,6 +46,7 @@ from services.kernel.kafka.clients import (
 from services.kernel.kafka.dlq import DeadLetters, oversized
 from services.kernel.kafka.lag import Sample, aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import (
+    CAMPAIGN_CONFIG,
     CANDIDATES,
     DECISIONS,
     INTAKE_CUSTOMERS,
@@ -114,6 +116,8 @@ class IntakeService:
         prescreen_key = settings.prescreen_key or public_key_b64(self.signing_key)
         signers = PartnerKeyRegistry.parse(settings.partner_keys)
         self.board = ReadinessBoard(kafka, signers.with_key(PRESCREEN_PARTY, prescreen_key))
+        # The campaigns marketing runs now (campaign.config.v1), over the bundle's.
+        self.campaigns = CampaignBoard(kafka)
         self._active_version: str | None = None
         self.ledger = Ledger(settings.recent_events)
         self.open: OpenBatch | None = None
@@ -179,6 +183,8 @@ class IntakeService:
                 f"waiting for readiness of {', '.join(missing)} for model "
                 f"{newest.model_version} on {MODEL_READY}"
             )
+        if not self.campaigns.caught_up.is_set():
+            return f"reading the campaign configuration on {CAMPAIGN_CONFIG}"
         if self.consumer is None or not self.consumer.assignment():
             return f"no partition of {CANDIDATES} assigned yet (group {self.settings.group_id})"
         if not self.restored.is_set():
@@ -197,6 +203,7 @@ class IntakeService:
                 report_readiness(SERVICE, self.not_ready_reason),
                 self.watcher.run(),
                 self.board.run(),
+                self.campaigns.run(),
                 self.consume(),
                 watch_lag(SERVICE, self._lag),
             )
@@ -220,6 +227,8 @@ class IntakeService:
             self.board.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.board.changed.wait(), 0.5)
+        # Nor by the bundle's campaigns while a published configuration is being read.
+        await self.campaigns.caught_up.wait()
         consumer = make_consumer(self.kafka, group_id=self.settings.group_id)
         consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
         self.consumer = consumer  # before start: the first assignment's restore uses it
@@ -272,15 +281,21 @@ class IntakeService:
             log.debug("duplicate event %s ignored", event.event_id)
             return
         policy = bundle.policy
+        campaign, version = self.campaigns.resolve(event.campaign_id, policy)
         if not event.consent_marketing:
-            await self.decide(event, ReasonCode.NO_CONSENT)
+            await self.decide(event, ReasonCode.NO_CONSENT, version)
             return
-        if policy.campaign(event.campaign_id) is None:
-            await self.decide(event, ReasonCode.UNKNOWN_CAMPAIGN)
+        if campaign is None:
+            await self.decide(event, ReasonCode.UNKNOWN_CAMPAIGN, version)
+            return
+        # Before the frequency cap: a candidate of a paused campaign uses up none of its
+        # customer's screenings.
+        if (closed := campaign.closed_reason(datetime.now(UTC))) is not None:
+            await self.decide(event, closed, version)
             return
         at = event.occurred_at.timestamp()
         if not self.ledger.admit(tp.partition, event.customer_id, at, policy.frequency_cap):
-            await self.decide(event, ReasonCode.FREQUENCY_CAP)
+            await self.decide(event, ReasonCode.FREQUENCY_CAP, version)
             return
         await self.add(tp, record, event, bundle)
 
@@ -362,7 +377,7 @@ class IntakeService:
                 requests_topic(partner), key=key, value=request.model_dump_json().encode()
             )
 
-    async def decide(self, event: CandidateEvent, reason: ReasonCode) -> None:
+    async def decide(self, event: CandidateEvent, reason: ReasonCode, version: int) -> None:
         assert self.producer is not None
         decision = Decision(
             decision_id=decision_id_for(event.event_id),
@@ -374,6 +389,7 @@ class IntakeService:
             occurred_at=event.occurred_at,
             decided_at=datetime.now(UTC),
             decided_by="intake",
+            campaign_config_version=version,
         )
         DECISION_COUNT.labels(outcome="suppressed", reason=reason.value).inc()
         await self.producer.send(

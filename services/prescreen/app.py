@@ -18,6 +18,7 @@ from typing import Any
 import faust
 
 from schemas import BankBundle
+from services.kernel.campaigns import CampaignBoard
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto.paillier import load_private_keys
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
@@ -85,6 +86,8 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         adopted.put_nowait(bundle.model_version)
 
     watcher = BundleWatcher(kafka, ROLLOUT_BANK, BankBundle, on_bundle=adopt)
+    # The campaigns marketing runs now (campaign.config.v1), over the bundle's.
+    campaigns = CampaignBoard(kafka)
 
     def bundle_for(version: str) -> tuple[BankBundle, BankScorer] | None:
         bundle = watcher.get(version)
@@ -144,6 +147,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         orphan_fragment_s=settings.orphan_fragment_s,
         decided_retention_s=settings.decided_retention_s,
         max_message_bytes=kafka.max_message_bytes,
+        campaigns=campaigns.resolve,
     )
 
     # Several handlers at once: while one waits for the broker to acknowledge a batch's
@@ -156,6 +160,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         # published so far is known: a fragment of a version still being read back
         # would be dead-lettered, and its batch decided without a model.
         await watcher.caught_up.wait()
+        await campaigns.caught_up.wait()  # nor by campaigns a newer configuration replaced
         async for event in stream.events():
             message = event.message
             MESSAGES_IN.labels(service=SERVICE, topic=message.topic).inc()
@@ -247,6 +252,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         producer_ready.set()
         await start_http(settings.metrics_port, not_ready_reason, settings.metrics_host)
         watching = asyncio.create_task(watcher.run())
+        following = asyncio.create_task(campaigns.run())
         readiness = asyncio.create_task(report_readiness(SERVICE, not_ready_reason))
         lag = asyncio.create_task(watch_lag(SERVICE, consumer_lag))
         recovering = asyncio.create_task(
@@ -284,6 +290,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
             refreshing.cancel()
             await withdraw(announcer)
             watching.cancel()
+            following.cancel()
             readiness.cancel()
             lag.cancel()
             recovering.cancel()

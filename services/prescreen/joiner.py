@@ -38,6 +38,7 @@ from schemas import (
     Decision,
     EncryptedFragment,
     PendingBatch,
+    PolicyConfig,
     ReasonCode,
     Release,
 )
@@ -63,6 +64,8 @@ Publish = Callable[[Sequence[Output], int], Awaitable[None]]
 """Send a decided batch's records to its partition; returns once the broker
 acknowledged all of them (the joiner records a batch decided only after that)."""
 DeadLetter = Callable[[str, str], Awaitable[None]]
+Campaigns = Callable[[str, PolicyConfig], tuple[CampaignPolicy | None, int]]
+"""A campaign's rules and the configuration version they come from (CampaignBoard)."""
 
 
 class RejectedInputError(ValueError):
@@ -101,6 +104,7 @@ class Joiner:
         orphan_fragment_s: float = 60.0,
         decided_retention_s: float = 3600.0,
         max_message_bytes: int = 1_000_000,
+        campaigns: Campaigns | None = None,
     ) -> None:
         self.batches = batches
         # The pending record's JSON, written once per batch: kept out of ``batches``,
@@ -118,6 +122,7 @@ class Joiner:
         self.orphan_fragment_s = orphan_fragment_s
         self.decided_retention_s = decided_retention_s
         self.max_message_bytes = max_message_bytes
+        self.campaigns: Campaigns = campaigns or (lambda cid, policy: (policy.campaign(cid), 0))
         self._events_since_sweep = 0
         # For batches no private key can sign ticks for (plaintext benchmark mode, or a
         # model this instance does not hold): the instance that owns a partition both
@@ -513,11 +518,14 @@ class Joiner:
     ) -> None:
         records: list[Output] = []
         for candidate, screening in zip(pending.candidates, screenings, strict=True):
+            version = 0
             if bundle is None:
                 verdict = Verdict("suppressed", (ReasonCode.MODEL_UNAVAILABLE,))
             else:
-                campaign = bundle.policy.campaign(candidate.campaign_id)
-                verdict = decide(campaign, screening, lambda c: self._take_quota(c, partition), now)
+                campaign, version = self.campaigns(candidate.campaign_id, bundle.policy)
+                verdict = decide(
+                    campaign, screening, lambda c: self._take_quota(c, partition, now), now
+                )
             reasons = verdict.reasons
             decision_id = decision_id_for(candidate.event_id)
             decision = Decision.model_construct(
@@ -536,6 +544,7 @@ class Joiner:
                 occurred_at=candidate.occurred_at,
                 decided_at=now,
                 decided_by="prescreen",
+                campaign_config_version=version,
             )
             DECISION_COUNT.labels(outcome=verdict.outcome, reason=reasons[0].value).inc()
             if log.isEnabledFor(logging.DEBUG):
@@ -568,15 +577,30 @@ class Joiner:
                 )
         await self.publish(records, partition)
 
-    def _take_quota(self, campaign: CampaignPolicy, partition: int) -> bool:
-        if campaign.quota is None:
-            return True
-        key = f"{campaign.campaign_id}@{partition}"
-        used = int(self.quota.get(key) or 0)
-        if used >= quota_share(campaign.quota, self.partitions, partition):
-            return False
-        self.quota[key] = used + 1
-        return True
+    def _take_quota(
+        self, campaign: CampaignPolicy, partition: int, now: datetime
+    ) -> ReasonCode | None:
+        """Count one release against the campaign's total and daily quotas (this
+        partition's share of each; counters by campaign id, so a changed quota applies
+        to what was already released), or say which is spent."""
+        taken: list[tuple[str, int]] = []
+        for key, quota, spent in (
+            (f"{campaign.campaign_id}@{partition}", campaign.quota, ReasonCode.QUOTA_EXHAUSTED),
+            (
+                f"{campaign.campaign_id}@{partition}@{campaign.day_of(now).isoformat()}",
+                campaign.daily_quota,
+                ReasonCode.DAILY_QUOTA_EXHAUSTED,
+            ),
+        ):
+            if quota is None:
+                continue
+            used = int(self.quota.get(key) or 0)
+            if used >= quota_share(quota, self.partitions, partition):
+                return spent
+            taken.append((key, used + 1))
+        for key, used in taken:
+            self.quota[key] = used
+        return None
 
     # -- deadlines ---------------------------------------------------------------
     def _tick_secret(self, batch_id: str, state: dict[str, Any]) -> bytes:

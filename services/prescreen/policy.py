@@ -1,5 +1,6 @@
 """The pre-screening policy (DESIGN.md section 4), after intake's consent and
-frequency checks: blacklist → risk → quota → release with a band and an expiry.
+frequency checks: campaign running → blacklist → risk → quota (total, then the day's)
+→ release with a band and an expiry.
 
 Pure functions: every decision carries the reason codes that produced it.
 """
@@ -42,13 +43,18 @@ def score_band(campaign: CampaignPolicy, pd: float) -> str:
 def decide(
     campaign: CampaignPolicy | None,
     screening: Screening,
-    take_quota: Callable[[CampaignPolicy], bool],
+    take_quota: Callable[[CampaignPolicy], ReasonCode | None],
     now: datetime,
 ) -> Verdict:
-    """``take_quota`` reserves one release for the campaign, or says none is left."""
+    """``take_quota`` reserves one release for the campaign, or says which quota is
+    spent (QUOTA_EXHAUSTED, DAILY_QUOTA_EXHAUSTED)."""
     extra = (ReasonCode.SCORED_DEGRADED,) if screening.degraded else ()
     if campaign is None:
         return Verdict("suppressed", (ReasonCode.UNKNOWN_CAMPAIGN,))
+    # The campaign's state when the candidate is decided, not when intake saw it: a
+    # pause applies at once, also to candidates already waiting for their partners.
+    if (closed := campaign.closed_reason(now)) is not None:
+        return Verdict("suppressed", (closed,))
     if screening.partner_unavailable and screening.pd is None:
         return Verdict("suppressed", (ReasonCode.PARTNER_UNAVAILABLE,))
     if screening.blacklisted:
@@ -57,8 +63,8 @@ def decide(
         return Verdict("suppressed", (ReasonCode.MODEL_UNAVAILABLE,))
     if screening.pd > campaign.max_pd:
         return Verdict("suppressed", (ReasonCode.RISK_TOO_HIGH, *extra))
-    if not take_quota(campaign):
-        return Verdict("suppressed", (ReasonCode.QUOTA_EXHAUSTED, *extra))
+    if (spent := take_quota(campaign)) is not None:
+        return Verdict("suppressed", (spent, *extra))
     return Verdict(
         "released",
         (ReasonCode.ELIGIBLE, *extra),

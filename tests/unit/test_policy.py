@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -19,12 +19,12 @@ CAMPAIGN = CampaignPolicy(
 )
 
 
-def always(_: CampaignPolicy) -> bool:
-    return True
+def always(_: CampaignPolicy) -> ReasonCode | None:
+    return None  # a release taken
 
 
-def never(_: CampaignPolicy) -> bool:
-    return False
+def never(_: CampaignPolicy) -> ReasonCode | None:
+    return ReasonCode.QUOTA_EXHAUSTED
 
 
 def test_an_eligible_candidate_is_released_with_band_and_expiry() -> None:
@@ -50,9 +50,9 @@ def test_blacklist_wins_over_risk_and_quota() -> None:
 def test_risk_above_threshold_is_suppressed_without_using_quota() -> None:
     taken: list[str] = []
 
-    def take(c: CampaignPolicy) -> bool:
+    def take(c: CampaignPolicy) -> ReasonCode | None:
         taken.append(c.campaign_id)
-        return True
+        return None
 
     verdict = decide(CAMPAIGN, Screening(pd=0.31, blacklisted=False), take, NOW)
     assert verdict.reasons == (ReasonCode.RISK_TOO_HIGH,)
@@ -97,3 +97,47 @@ def test_quota_shares_sum_to_the_quota(quota: int, partitions: int) -> None:
     shares = [quota_share(quota, partitions, p) for p in range(partitions)]
     assert sum(shares) == quota
     assert max(shares) - min(shares) <= 1
+
+
+def test_a_paused_ended_or_out_of_dates_campaign_takes_nothing_and_no_quota() -> None:
+    taken: list[str] = []
+
+    def take(c: CampaignPolicy) -> ReasonCode | None:
+        taken.append(c.campaign_id)
+        return None
+
+    eligible = Screening(pd=0.01, blacklisted=False)
+    cases: list[tuple[dict[str, object], ReasonCode]] = [
+        ({"state": "paused"}, ReasonCode.CAMPAIGN_PAUSED),
+        ({"state": "ended"}, ReasonCode.CAMPAIGN_ENDED),
+        ({"starts_on": date(2026, 11, 26)}, ReasonCode.OUTSIDE_CAMPAIGN_DATES),
+        ({"ends_on": date(2026, 11, 24)}, ReasonCode.OUTSIDE_CAMPAIGN_DATES),
+    ]
+    for update, reason in cases:
+        campaign = CAMPAIGN.model_copy(update=update)
+        verdict = decide(campaign, eligible, take, NOW)
+        assert (verdict.outcome, verdict.reasons) == ("suppressed", (reason,)), update
+    assert taken == []
+    last_day = CAMPAIGN.model_copy(update={"ends_on": NOW.date()})
+    assert decide(last_day, eligible, take, NOW).outcome == "released"
+
+
+def test_the_campaigns_dates_are_days_in_its_own_time_zone() -> None:
+    # 23:30 UTC on the 25th is already the 26th in Auckland (UTC+13 in November).
+    late = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    auckland = CAMPAIGN.model_copy(
+        update={"timezone": "Pacific/Auckland", "ends_on": date(2026, 11, 25)}
+    )
+    assert auckland.day_of(late) == date(2026, 11, 26)
+    verdict = decide(auckland, Screening(pd=0.01, blacklisted=False), always, late)
+    assert verdict.reasons == (ReasonCode.OUTSIDE_CAMPAIGN_DATES,)
+    assert CAMPAIGN.model_copy(update={"ends_on": date(2026, 11, 25)}).closed_reason(late) is None
+
+
+def test_a_campaigns_zone_and_dates_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown time zone"):
+        CampaignPolicy.model_validate({**CAMPAIGN.model_dump(), "timezone": "Mars/Olympus"})
+    with pytest.raises(ValueError, match="before starts_on"):
+        CampaignPolicy.model_validate(
+            {**CAMPAIGN.model_dump(), "starts_on": date(2026, 12, 2), "ends_on": date(2026, 12, 1)}
+        )

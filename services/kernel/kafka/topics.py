@@ -20,6 +20,9 @@ MODEL_READY = "model.ready.v1"
 TRAINING_TO_BANK = "fed.training.bank.v1"
 ALIGN_TO_BANK = "fed.align.bank.v1"
 """Partners' PSI answers (docs/psi.md), keyed by session id."""
+CAMPAIGN_CONFIG = "campaign.config.v1"
+"""The campaign configuration marketing applies at run time (compacted, one key)."""
+CAMPAIGN_CONFIG_KEY = b"campaigns"
 INTAKE_CUSTOMERS = "intake.customers.v1"
 """Intake's per-customer state changelog (compacted), co-partitioned with CANDIDATES."""
 AGREEMENT_KEYS = "fed.agreement-keys.v1"
@@ -106,6 +109,7 @@ def bank_topics() -> list[TopicSpec]:
         TopicSpec(ROLLOUT_BANK, COMPACTED),
         TopicSpec(MODEL_READY, COMPACTED),
         TopicSpec(INTAKE_CUSTOMERS, COMPACTED),
+        TopicSpec(CAMPAIGN_CONFIG, COMPACTED),
         # Written and read by the partners only; created with the bank's topics because
         # the bank operates the cluster (like model.ready.v1).
         TopicSpec(AGREEMENT_KEYS, COMPACTED),

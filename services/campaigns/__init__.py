@@ -1,0 +1,1 @@
+"""``fedscreen campaigns``: the marketing operator's campaign configuration at run time."""
