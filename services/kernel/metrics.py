@@ -47,6 +47,28 @@ PARTNER_SIBLING_CLAIMS = Counter(
     ["partner"],
 )
 WEBHOOK_ATTEMPTS = Counter("fedscreen_webhook_attempts_total", "Webhook attempts", ["result"])
+WEBHOOK_UNSUBSCRIBED = Counter(
+    "fedscreen_webhook_unsubscribed_total",
+    "Deliveries ended before their next attempt because a subscriptions reload removed the "
+    "endpoint or its subscription to the release's campaign (dropped, not dead-lettered)",
+)
+WEBHOOK_SUBSCRIPTION_RELOADS = Counter(
+    "fedscreen_webhook_subscription_reloads_total",
+    "Changed subscriptions file contents seen at run time, by result: applied, or "
+    "invalid (refused; the last good subscriptions stay in force)",
+    ["result"],
+)
+WEBHOOK_SUBSCRIPTIONS_LOADED = Gauge(
+    "fedscreen_webhook_subscriptions_loaded_timestamp_seconds",
+    "Unix time the subscriptions in force were loaded, labelled with the sha256 of the "
+    "file content they came from (one series)",
+    ["sha256"],
+)
+WEBHOOK_SUBSCRIPTIONS_FILE_VALID = Gauge(
+    "fedscreen_webhook_subscriptions_file_valid",
+    "0 while the subscriptions file holds content that was refused (the last good "
+    "subscriptions stay in force), else 1",
+)
 PARTNER_LATENCY = Histogram(
     "fedscreen_partner_latency_seconds",
     "From a batch's fragment request to the partner's fragment reaching prescreen",

@@ -10,12 +10,14 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import aiohttp
 
-from services.kernel.metrics import WEBHOOK_ATTEMPTS
+from services.kernel.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_UNSUBSCRIBED
 from services.webhooks.retry import (
     RETRY_AFTER_STATUSES,
     is_retryable,
@@ -78,6 +80,23 @@ class Outcome:
         )
 
 
+@dataclass(frozen=True)
+class Unsubscribed:
+    """Before an attempt, the endpoint no longer took the release: a subscriptions reload
+    removed it, or removed the release's campaign from its list. The delivery ends."""
+
+    name: str
+    attempts: int
+
+    def describe(self) -> str:
+        return f"endpoint {self.name}: unsubscribed after {self.attempts} attempt(s)"
+
+
+Subscriber = Callable[[str], Endpoint | None]
+"""The endpoint of that name as the subscriptions in force have it, or None once it no
+longer takes the release."""
+
+
 class Deliverer:
     def __init__(
         self,
@@ -93,8 +112,24 @@ class Deliverer:
         self.retry_log = retry_log or RetryLog(settings.retry_log_interval_s)
 
     async def deliver(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Outcome:
+        """Deliver to ``endpoint`` as it is now, whatever the subscriptions become."""
+        result = await self.follow(endpoint.name, lambda _: endpoint, msg_id, body)
+        if isinstance(result, Unsubscribed):
+            raise RuntimeError("a fixed endpoint cannot unsubscribe")
+        return result
+
+    async def follow(
+        self, name: str, subscriber: Subscriber, msg_id: str, body: bytes
+    ) -> Outcome | Unsubscribed:
+        """Deliver to the endpoint called ``name``, looking it up before every attempt:
+        each attempt goes to its URL and is signed with its secret(s) as they are then,
+        and the delivery ends (:class:`Unsubscribed`) once it no longer takes the release."""
         attempt_no = 0
         while True:
+            endpoint = subscriber(name)
+            if endpoint is None:
+                WEBHOOK_UNSUBSCRIBED.inc()
+                return Unsubscribed(name, attempt_no)
             attempt_no += 1
             attempt = await self.attempt(endpoint, msg_id, body)
             WEBHOOK_ATTEMPTS.labels(result=attempt.result).inc()
@@ -115,9 +150,12 @@ class Deliverer:
             await asyncio.sleep(delay)
 
     async def attempt(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Attempt:
+        now = time.time()
+        # During a secret rotation's overlap, signed with both the new and the old key.
+        keys = endpoint.keys_at(datetime.fromtimestamp(now, UTC))
         headers = {
             "content-type": "application/json",
-            **signed_headers(endpoint.key, msg_id, int(time.time()), body),
+            **signed_headers(keys, msg_id, int(now), body),
         }
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
         async with self.slots:

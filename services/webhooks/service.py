@@ -4,6 +4,9 @@ At least once: a partition's offset is committed only up to its lowest release t
 not finished (delivered to all its endpoints, or dead-lettered). Releases in flight at a
 crash, a shutdown or a rebalance are delivered again later; receivers de-duplicate by
 ``webhook-id`` (the decision id).
+
+The subscriptions are re-read at run time (``reload.py``): each release goes to the
+endpoints subscribed when it is consumed, and each attempt to the endpoint as it is then.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from services.kernel.kafka.lag import aiokafka_samples, watch_lag
 from services.kernel.kafka.topics import RELEASES
 from services.kernel.metrics import MESSAGES_IN, start_http
 from services.kernel.readiness import report_readiness
-from services.webhooks.delivery import Deliverer
+from services.webhooks.delivery import Deliverer, Unsubscribed
 from services.webhooks.payload import webhook_body
 from services.webhooks.progress import PartitionProgress
+from services.webhooks.reload import SubscriptionsWatcher
 from services.webhooks.retry_log import RetryLog
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.subscriptions import Endpoint, Subscriptions
@@ -55,7 +59,7 @@ class WebhookService:
     ) -> None:
         self.kafka = kafka
         self.settings = settings
-        self.subscriptions = subscriptions
+        self.watcher = SubscriptionsWatcher(settings.subscriptions_file, subscriptions)
         self._progress: dict[Partition, PartitionProgress] = {}
         self._tasks: dict[Partition, set[asyncio.Task[None]]] = {}
         self._failure: BaseException | None = None
@@ -65,6 +69,11 @@ class WebhookService:
         self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters: DeadLetters | None = None
         self._deliverer: Deliverer | None = None
+
+    @property
+    def subscriptions(self) -> Subscriptions:
+        """The subscriptions in force (the last good content of the file)."""
+        return self.watcher.subscriptions
 
     @property
     def ready(self) -> bool:
@@ -116,6 +125,9 @@ class WebhookService:
             stack.callback(lag.cancel)
             readiness = asyncio.create_task(report_readiness(SERVICE, self.not_ready_reason))
             stack.callback(readiness.cancel)
+            watch = self.watcher.watch(self.settings.subscriptions_reload_s)
+            reload = asyncio.create_task(watch)
+            stack.callback(reload.cancel)
             try:
                 await self._consume(stop)
             finally:
@@ -207,10 +219,18 @@ class WebhookService:
     async def _deliver(self, record: Record, release: Release, endpoints: list[Endpoint]) -> None:
         deliverer = self._require(self._deliverer)
         body = webhook_body(release)
+
+        def subscriber(name: str) -> Endpoint | None:
+            return self.subscriptions.subscriber(name, release.campaign_id)
+
         outcomes = await asyncio.gather(
-            *(deliverer.deliver(endpoint, release.decision_id, body) for endpoint in endpoints)
+            *(deliverer.follow(e.name, subscriber, release.decision_id, body) for e in endpoints)
         )
         for outcome in outcomes:
+            if isinstance(outcome, Unsubscribed):
+                # Not a dead letter: nothing failed, and a replay would not reach it.
+                log.info("release %s not delivered: %s", release.decision_id, outcome.describe())
+                continue
             if outcome.delivered:
                 log.debug("release %s delivered to %s", release.decision_id, outcome.endpoint.name)
                 continue

@@ -24,6 +24,13 @@ class WebhooksSettings(BaseSettings):
         default=Path("subscriptions.json"),
         description="JSON file listing the endpoints and the campaigns each subscribes to.",
     )
+    subscriptions_reload_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the subscriptions file is checked for changed content, which "
+        "takes effect with no restart (an invalid change is refused and logged). 0: read "
+        "only at start.",
+    )
     group_id: str = Field(default="fedscreen-webhooks", min_length=1)
     concurrency: int = Field(default=64, ge=1, description="HTTP requests in flight at most.")
     max_pending: int = Field(

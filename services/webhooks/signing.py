@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 SECRET_PREFIX = "whsec_"
 
@@ -36,11 +37,20 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def signed_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def signed_headers(
+    key: bytes | Sequence[bytes], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
     """The three Standard Webhooks headers for one attempt (each attempt is re-signed with a
-    fresh timestamp, so retries stay inside the receivers' replay window)."""
+    fresh timestamp, so retries stay inside the receivers' replay window).
+
+    With several keys (a secret rotation's overlap) the signature header carries one
+    ``v1,`` signature per key, space-separated, in the order given; a receiver holding any
+    one of the secrets verifies."""
+    keys = [key] if isinstance(key, bytes) else list(key)
+    if not keys:
+        raise ValueError("at least one key signs")
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, msg_id, timestamp, body),
+        "webhook-signature": " ".join(sign(k, msg_id, timestamp, body) for k in keys),
     }

@@ -202,6 +202,7 @@ def test_the_alerts_cover_what_the_operators_need() -> None:
         "fedscreen_partner_timeouts_total",
         "fedscreen_consumer_lag",
         "fedscreen_webhook_attempts_total",
+        "fedscreen_webhook_subscriptions_file_valid",
         "fedscreen_decisions_total",
         "fedscreen_crypto_seconds_bucket",
         "up",

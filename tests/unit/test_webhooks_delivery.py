@@ -7,13 +7,14 @@ import base64
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from services.webhooks.delivery import Deliverer
+from services.webhooks.delivery import Deliverer, Outcome, Unsubscribed
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.subscriptions import Endpoint
 
@@ -87,3 +88,56 @@ async def test_attempts_in_flight_never_exceed_the_concurrency_setting() -> None
         )
     assert all(outcome.delivered for outcome in outcomes)
     assert peak == 3
+
+
+async def test_an_endpoint_unsubscribed_between_attempts_gets_no_more() -> None:
+    calls = 0
+    current: dict[str, Endpoint] = {}
+
+    async def failing(_: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            current.clear()  # a reload removes it while the release is being retried
+        return web.Response(status=503)
+
+    async with target(failing) as endpoint, aiohttp.ClientSession() as session:
+        current["t"] = endpoint
+        outcome = await Deliverer(session, settings(max_attempts=10)).follow(
+            "t", current.get, "dec-1", b"{}"
+        )
+    assert isinstance(outcome, Unsubscribed)
+    assert (outcome.name, outcome.attempts, calls) == ("t", 2, 2)
+    assert outcome.describe() == "endpoint t: unsubscribed after 2 attempt(s)"
+
+
+async def test_each_attempt_uses_the_endpoint_as_it_is_then() -> None:
+    """A retry after a reload goes to the new URL, signed with the new secret(s)."""
+    seen: list[tuple[str, str]] = []
+
+    async def record(name: str, status: int, request: web.Request) -> web.Response:
+        seen.append((name, request.headers["webhook-signature"]))
+        return web.Response(status=status)
+
+    new_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    async with (
+        target(lambda r: record("old", 503, r)) as old,
+        target(lambda r: record("new", 200, r)) as new,
+        aiohttp.ClientSession() as session,
+    ):
+        moved = new.model_copy(
+            update={
+                "secret": new_secret,
+                "previous_secret": SECRET,
+                "previous_secret_until": datetime.now(UTC) + timedelta(hours=1),
+            }
+        )
+        endpoints = iter([old, moved])
+        outcome = await Deliverer(session, settings()).follow(
+            "t", lambda _: next(endpoints), "dec-1", b'{"a":1}'
+        )
+    assert isinstance(outcome, Outcome) and outcome.delivered
+    assert outcome.endpoint is moved
+    assert [name for name, _ in seen] == ["old", "new"]
+    assert len(seen[0][1].split(" ")) == 1
+    assert len(seen[1][1].split(" ")) == 2  # the rotation's overlap: both keys sign

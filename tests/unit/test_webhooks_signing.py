@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import os
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.webhooks.signing import secret_bytes, sign, signed_headers
+from services.webhooks.subscriptions import Endpoint
 
 KEY = os.urandom(32)
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -22,8 +24,6 @@ def test_signed_headers_verify_with_standardwebhooks() -> None:
 
 
 def test_signature_matches_the_librarys_own_for_the_same_inputs() -> None:
-    from datetime import UTC, datetime
-
     timestamp = 1_700_000_000
     expected = Webhook(SECRET).sign("dec-1", datetime.fromtimestamp(timestamp, UTC), BODY.decode())
     assert sign(KEY, "dec-1", timestamp, BODY) == expected
@@ -72,3 +72,48 @@ def test_secret_accepts_unpadded_base64_like_the_library() -> None:
 def test_bad_secrets_are_refused_with_the_reason(secret: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         secret_bytes(secret)
+
+
+OLD_KEY = os.urandom(32)
+OLD_SECRET = "whsec_" + base64.b64encode(OLD_KEY).decode()
+
+
+def test_two_keys_put_two_signatures_in_the_header_new_first() -> None:
+    headers = signed_headers([KEY, OLD_KEY], "dec-1", 1_700_000_000, BODY)
+    new, old = headers["webhook-signature"].split(" ")
+    assert new == sign(KEY, "dec-1", 1_700_000_000, BODY)
+    assert old == sign(OLD_KEY, "dec-1", 1_700_000_000, BODY)
+
+
+def test_during_an_overlap_a_receiver_holding_either_secret_verifies() -> None:
+    headers = signed_headers([KEY, OLD_KEY], "dec-1", int(time.time()), BODY)
+    assert Webhook(SECRET).verify(BODY, headers)["data"]["campaign_id"] == "card-upgrade"
+    assert Webhook(OLD_SECRET).verify(BODY, headers)["data"]["campaign_id"] == "card-upgrade"
+    third = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(third).verify(BODY, headers)
+
+
+def test_after_an_overlap_only_the_new_secret_verifies() -> None:
+    until = datetime.now(UTC) + timedelta(hours=1)
+    endpoint = Endpoint(
+        name="crm",
+        url="https://crm.example/h",
+        secret=SECRET,
+        campaigns=("*",),
+        previous_secret=OLD_SECRET,
+        previous_secret_until=until,
+    )
+    now = int(time.time())
+    during = signed_headers(endpoint.keys_at(until - timedelta(minutes=1)), "dec-1", now, BODY)
+    after = signed_headers(endpoint.keys_at(until), "dec-1", now, BODY)
+    for secret in (SECRET, OLD_SECRET):
+        Webhook(secret).verify(BODY, during)
+    Webhook(SECRET).verify(BODY, after)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(OLD_SECRET).verify(BODY, after)
+
+
+def test_no_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one key"):
+        signed_headers([], "dec-1", int(time.time()), BODY)
