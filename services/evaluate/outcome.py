@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from schemas.rollout import CampaignPolicy
+if TYPE_CHECKING:  # the CLI reads the spec (and this constant) before heavy imports
+    from schemas.rollout import CampaignPolicy
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -264,17 +265,19 @@ class Outcome:
         defaulters the federated model contacts than the bank-only model."""
         volumes = self.campaigns or [min(self.sweep, key=lambda v: abs(v.share - 0.5))]
         parts = []
-        for v in volumes:
-            rate = v.bad_rate
+        for i, v in enumerate(volumes):
+            rate, avoided = v.bad_rate, v.avoided_per_10k
             where = f"{v.campaign}'s volume" if v.campaign else f"{v.share:.0%} released"
-            avoided = v.avoided_per_10k
+            who = "the federated model contacts " if i == 0 else ""
+            than = " than the bank-only model" if i == 0 else ""
             parts.append(
-                f"at {where} ({v.released:,} of {self.rows:,} released) "
+                f"at {where} ({v.released:,} of {self.rows:,} customers released), {who}"
                 f"{abs(avoided):,.0f} {'fewer' if avoided >= 0 else 'more'} defaulters per "
-                f"10,000 released than the bank-only model (bad rate {rate.federated:.1%} "
-                f"against {rate.bank_only:.1%}; pooled ceiling {rate.pooled:.1%})"
+                f"10,000 released{than} (bad rate {rate.federated:.1%} against "
+                f"{rate.bank_only:.1%}; pooled ceiling {rate.pooled:.1%})"
             )
-        return "The federated model contacts " + ", and ".join(parts) + "."
+        sentence = "; ".join(parts)
+        return sentence[0].upper() + sentence[1:] + "."
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -3,6 +3,7 @@ customers at equal volume, on small sets whose answers are worked out by hand.""
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 
@@ -21,6 +22,8 @@ from services.evaluate.outcome import (
     quota_volume,
     sweep_volumes,
 )
+from services.evaluate.report import CEILING, FEDERATED, FLOOR, Evaluation, ModelScore, Training
+from services.evaluate.report_html import render
 from services.prescreen.policy import score_band
 from services.training.policy_file import load_policy
 
@@ -117,7 +120,10 @@ def test_the_packaged_policys_campaigns_get_their_volumes_and_bands() -> None:
         )
     sentence = result.answer()
     assert f"{card.avoided_per_10k:,.0f} fewer defaulters per 10,000 released" in sentence
-    assert "card-upgrade's volume (300 of 900 released)" in sentence
+    assert sentence.startswith(
+        "At card-upgrade's volume (300 of 900 customers released), the federated model contacts"
+    )
+    assert "; at personal-loan's volume (120 of 900 customers released), " in sentence
     assert f"{card.bad_rate.federated:.1%} against {card.bad_rate.bank_only:.1%}" in sentence
 
 
@@ -182,3 +188,49 @@ def test_bad_input_is_refused() -> None:
     # a campaign without a quota gets bands but no volume of its own
     result = outcome(LABELS, _scores(FLAT, FLAT, FLAT), [_campaign(None)])
     assert result.campaigns == [] and len(result.bands) == 4
+
+
+def _evaluation(y: np.ndarray, scores: dict[str, np.ndarray]) -> Evaluation:
+    training = Training("m", 1.0, 1, 1, 1, 0.7, None, {"p": 1}, {"p": 1})
+    return Evaluation(
+        data="d.csv",
+        id_column="ID",
+        label_column="y",
+        seed=0,
+        test_size=0.3,
+        rows=3 * len(y),
+        train_rows=2 * len(y),
+        test_rows=len(y),
+        train_positive_rate=0.2,
+        test_positive_rate=float(y.mean()),
+        bank_columns=["A"],
+        partner_columns={"p": ["B"]},
+        models={k: ModelScore(0.7, 0.3, ["A"]) for k in scores},
+        training=training,
+        reference_lightgbm={},
+        outcome=outcome(
+            y, PerModel(scores[FEDERATED], scores[FLOOR], scores[CEILING]), load_policy().campaigns
+        ),
+    )
+
+
+def test_report_json_and_html_carry_the_outcome() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(900) < 0.22).astype(int)
+    scores = {
+        FEDERATED: np.clip(0.15 + 0.2 * y + rng.normal(0, 0.1, 900), 0, 1),
+        FLOOR: np.clip(0.2 + 0.05 * y + rng.normal(0, 0.1, 900), 0, 1),
+        CEILING: np.clip(0.15 + 0.22 * y + rng.normal(0, 0.1, 900), 0, 1),
+    }
+    evaluation = _evaluation(y, scores)
+    block = json.loads(json.dumps(evaluation.to_json()))["outcome"]
+    assert block["rows"] == 900 and block["quota_candidates"] == QUOTA_CANDIDATES
+    assert [v["released"] for v in block["volumes"][:2]] == [300, 120]
+    assert {b["campaign"] for b in block["by_band"]} == {"card-upgrade", "personal-loan"}
+    assert block["gains"][-1]["defaulters_caught_share_federated"] == 1.0
+    page = render(evaluation, y, scores)
+    assert "<h2>Outcome: defaulters among the released customers</h2>" in page
+    assert html.escape(block["answer"]) in page
+    assert 'alt="bad rate at equal release volume, and gains chart"' in page
+    assert "card-upgrade (quota 3,000)" in page and "suppressed (above max_pd)" in page
+    assert page.count('src="data:image/png;base64,') == 3
