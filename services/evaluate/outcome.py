@@ -359,6 +359,25 @@ def outcome(
     )
 
 
+def release(
+    labels: np.ndarray,
+    scores: PerModel[np.ndarray],
+    released: int,
+    campaign: CampaignPolicy | None = None,
+) -> Volume:
+    """One volume on its own: each model releases its ``released`` least risky rows."""
+    y = _checked(labels, scores)
+    if not 1 <= released <= len(y):
+        raise ValueError(f"cannot release {released} of {len(y)} customers")
+    return Volume(
+        released,
+        len(y),
+        scores.map(lambda s: int(defaulters_released(y, s)[released])),
+        campaign.campaign_id if campaign else None,
+        campaign.quota if campaign else None,
+    )
+
+
 def bad_rate_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For the chart: share released (V/n, V = 1..n) and the bad rate among released."""
     cumulative = defaulters_released(labels, scores)[1:]

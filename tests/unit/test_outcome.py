@@ -6,20 +6,27 @@ from __future__ import annotations
 import html
 import itertools
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from rich.console import Console
 
+from schemas import Decision, ReasonCode
 from schemas.rollout import CampaignPolicy, ScoreBand
+from services.demo import dataset as ds
+from services.demo.outcome import print_outcome
 from services.evaluate.outcome import (
     QUOTA_CANDIDATES,
     PerModel,
+    Volume,
     bad_rate_curve,
     band_edges,
     bands,
     defaulters_released,
     outcome,
     quota_volume,
+    release,
     sweep_volumes,
 )
 from services.evaluate.report import CEILING, FEDERATED, FLOOR, Evaluation, ModelScore, Training
@@ -234,3 +241,51 @@ def test_report_json_and_html_carry_the_outcome() -> None:
     assert 'alt="bad rate at equal release volume, and gains chart"' in page
     assert "card-upgrade (quota 3,000)" in page and "suppressed (above max_pd)" in page
     assert page.count('src="data:image/png;base64,') == 3
+
+
+def test_one_volume_on_its_own_matches_the_report() -> None:
+    scores = _scores(PERFECT, INVERTED, FLAT)
+    one = release(LABELS, scores, 6, _campaign(3000))
+    assert one.bad_rate == PerModel(0.0, 4 / 6, 2 / 6) and one.campaign == "c"
+    assert one == Volume(6, 10, PerModel(0, 4, 2), "c", 3000)
+    assert outcome(LABELS, scores, [], shares=[0.6]).sweep[0] == Volume(6, 10, PerModel(0, 4, 2))
+    with pytest.raises(ValueError, match="cannot release 11 of 10"):
+        release(LABELS, scores, 11)
+
+
+def test_the_demo_prints_the_outcome_at_each_campaigns_volume() -> None:
+    """900 held-out customers: the demo's seeded consent and campaign draws pick each
+    campaign's candidates; its volume is the quota's share of 9,000, capped."""
+    rng = np.random.default_rng(2)
+    y = (rng.random(900) < 0.22).astype(float)
+    test = ds.Table([ds.ID, ds.LABEL], np.column_stack([np.arange(1, 901), y]))
+    risk = np.clip(0.15 + 0.3 * y + rng.normal(0, 0.1, 900), 0, 1)
+    protocol = {cid: float(r) for cid, r in zip(test.ids, risk, strict=True)}
+    now = datetime.now(UTC)
+    final = {
+        f"e{i}": Decision(
+            decision_id=f"d{i}",
+            event_id=f"e{i}",
+            customer_id=test.ids[i],
+            campaign_id="card-upgrade",
+            outcome="released" if i < 10 else "suppressed",
+            reasons=[ReasonCode.ELIGIBLE if i < 10 else ReasonCode.RISK_TOO_HIGH],
+            occurred_at=now,
+            decided_at=now,
+            decided_by="prescreen",
+        )
+        for i in range(20)
+    }
+    console = Console(record=True, width=200)
+    card, loan = print_outcome(console, test, final, protocol, rng.random(900), risk)
+    consent, proposed = ds.consent(test), np.array(ds.campaigns(test))
+    assert card.candidates == int((consent & (proposed == "card-upgrade")).sum())
+    assert (card.volume.released, loan.volume.released) == (300, 120)
+    assert card.volume.short_of_pooled_per_10k == 0.0  # pooled got the same scores here
+    assert card.volume.bad_rate.federated < card.volume.bad_rate.bank_only
+    assert (card.served_released, card.served_defaulters) == (10, int(y[:10].sum()))
+    assert loan.served_released == 0 and loan.served_bad_rate is None
+    text = console.export_text()
+    assert "Outcome: default rate among released customers" in text
+    assert f"{card.volume.bad_rate.federated:.2%}" in text
+    assert f"contacts {card.volume.avoided_per_10k:,.0f} fewer defaulters" in text
