@@ -38,6 +38,7 @@ from services.bench.fixtures import Deployment, PartnerData
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.candidates.events import send as send_candidates
 from services.demo import dataset as ds
+from services.demo.outcome import print_outcome
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_consumer
@@ -380,7 +381,9 @@ class Demo:
 
         metrics = report.get("metrics", {})
         assert isinstance(metrics, dict)
-        floor, ceiling = self.reference_aucs(train, test)
+        floor_scores, ceiling_scores = self.reference_scores(train, test)
+        floor = float(roc_auc_score(test.column(ds.LABEL), floor_scores))
+        ceiling = float(roc_auc_score(test.column(ds.LABEL), ceiling_scores))
         labels = dict(zip(test.ids, test.column(ds.LABEL), strict=True))
         protocol = self._protocol_scores()
         served = [
@@ -409,6 +412,7 @@ class Demo:
         quality.add_row("all features pooled (ceiling, LightGBM)", f"{ceiling:.4f}")
         c.print(quality)
         c.print(f"median |served pd - trained score| on the same rows: {drift:.5f}")
+        print_outcome(c, test, final, protocol, floor_scores, ceiling_scores)
         c.print(
             f"training: {report.get('seconds', 0):.0f}s, "
             f"{metrics.get('rounds', 0):.0f} rounds kept (early stopping on validation)"
@@ -439,17 +443,16 @@ class Demo:
         return ids
 
     @staticmethod
-    def reference_aucs(train: ds.Table, test: ds.Table) -> tuple[float, float]:
+    def reference_scores(train: ds.Table, test: ds.Table) -> tuple[np.ndarray, np.ndarray]:
         """data/README.md's references on the demo's own split: LightGBM on the bank's
-        features (floor) and on every feature pooled (ceiling)."""
+        features (floor) and on every feature pooled (ceiling), their test scores."""
         pooled = [c for c in train.columns if c not in (ds.ID, ds.LABEL)]
         out = []
         for columns in (ds.BANK_FEATURES, pooled):
             model = lgb.train(
                 REFERENCE_LGB, lgb.Dataset(train.select(columns), train.column(ds.LABEL)), 300
             )
-            scores = model.predict(test.select(columns))
-            out.append(float(roc_auc_score(test.column(ds.LABEL), scores)))
+            out.append(np.asarray(model.predict(test.select(columns)), dtype=np.float64))
         return out[0], out[1]
 
 

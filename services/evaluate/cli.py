@@ -99,7 +99,12 @@ def register(app: typer.Typer) -> None:
             list[str],
             typer.Option("--partner", help="NAME=COL1,COL2 (repeat per partner; a-z, 0-9, -)."),
         ],
-        out: Annotated[Path, typer.Option(help="predictions.csv, report.json, report.html.")],
+        out: Annotated[
+            Path,
+            typer.Option(
+                help="predictions.csv, predictions_reference.csv, report.json, report.html."
+            ),
+        ],
         test_size: Annotated[float, typer.Option(help="Share of rows held out, in (0, 1).")] = 0.3,
         seed: Annotated[
             int, typer.Option(min=0, max=2**32 - 1, help="Split and reference-model seed.")
@@ -118,11 +123,21 @@ def register(app: typer.Typer) -> None:
                 "audit.json and audit.html; exits 1 if any attack beats guessing."
             ),
         ] = False,
+        quota_candidates: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="How many candidates the policy's campaign quotas are sized for: the "
+                "outcome report releases each quota as the same share of the test rows. "
+                "Default: 9000 (the demo's stream, which the packaged policy is sized for).",
+            ),
+        ] = None,
     ) -> None:
         """Federated model vs bank-only floor and pooled ceiling on one stratified split,
         through the real protocol (embedded broker, a process per party)."""
         import asyncio
 
+        from services.evaluate.outcome import QUOTA_CANDIDATES
         from services.evaluate.spec import build_spec
         from services.evaluate.split import read_dataset
 
@@ -139,6 +154,7 @@ def register(app: typer.Typer) -> None:
             rounds=rounds,
             workdir=workdir,
             audit=audit,
+            quota_candidates=quota_candidates or QUOTA_CANDIDATES,
         )
         dataset = read_dataset(spec)
         from services.evaluate.run import evaluate as run_evaluation
@@ -150,8 +166,10 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"training {e.training.seconds:.0f}s, rounds {e.training.rounds_run} run / "
             f"{e.training.rounds_kept} kept; wrote {outputs.predictions}, "
-            f"{outputs.report_json}, {outputs.report_html}"
+            f"{outputs.reference_predictions}, {outputs.report_json}, {outputs.report_html}"
         )
+        if e.outcome is not None:
+            typer.echo(f"outcome: {e.outcome.answer()}")
         if outputs.audit is not None:
             for attack in outputs.audit.attacks:
                 typer.echo(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.evaluate.outcome import Outcome
+
 FEDERATED, FLOOR, CEILING = "federated", "bank_only_floor", "pooled_ceiling"
 TITLES = {
     FEDERATED: "federated (through the protocol)",
@@ -68,6 +70,8 @@ class Evaluation:
     training: Training
     reference_lightgbm: dict[str, object]
     wall_seconds: float = 0.0
+    # At equal release volume: the bad rate among released customers per model.
+    outcome: Outcome | None = None
 
     def to_json(self) -> dict[str, Any]:
         t = self.training
@@ -111,4 +115,5 @@ class Evaluation:
             "reference_lightgbm": self.reference_lightgbm,
             "data": self.data,
             "wall_seconds": self.wall_seconds,
+            **({"outcome": self.outcome.to_json()} if self.outcome is not None else {}),
         }

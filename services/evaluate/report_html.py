@@ -11,11 +11,15 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from services.evaluate.metrics import roc
+from services.evaluate.outcome import RANKING, Outcome, PerModel, bad_rate_curve
 from services.evaluate.report import CEILING, FEDERATED, FLOOR, TITLES, Evaluation
 
 COLORS = {FEDERATED: "#1f77b4", FLOOR: "#7f7f7f", CEILING: "#2ca02c"}
+CURVE_FROM = 0.02  # the bad-rate curve starts at 2 % released: before that it is noise
+_MODEL = {FEDERATED: "federated", FLOOR: "bank_only", CEILING: "pooled"}
 
 
 def _png(figure: Figure) -> str:
@@ -81,6 +85,129 @@ def distribution_png(labels: np.ndarray, scores: np.ndarray, ks: float) -> str:
     return _png(figure)
 
 
+def outcome_png(labels: np.ndarray, scores: Mapping[str, np.ndarray], outcome: Outcome) -> str:
+    """Left: the bad rate among released customers against the share released, each
+    model releasing its least risky first (the campaigns' volumes marked). Right: the
+    gains chart, the share of all defaulters kept out against the share declined."""
+    figure = Figure(figsize=(10, 4.4), dpi=100, layout="constrained")
+    rates, gains = figure.subplots(1, 2)
+    for key in (FLOOR, FEDERATED, CEILING):
+        share, rate = bad_rate_curve(labels, scores[key])
+        start = int(np.ceil(CURVE_FROM * len(share)))
+        rates.plot(share[start:], rate[start:], color=COLORS[key], linewidth=1.6, label=TITLES[key])
+        declined = [g.share_declined for g in outcome.gains]
+        caught = [getattr(g.caught_share, _MODEL[key]) for g in outcome.gains]
+        gains.plot(
+            declined, caught, color=COLORS[key], marker=".", linewidth=1.6, label=TITLES[key]
+        )
+    rates.axhline(outcome.bad_rate_all, color="#bbbbbb", linestyle=":", linewidth=1)
+    rates.annotate(
+        f"everyone: {outcome.bad_rate_all:.1%}",
+        (1.0, outcome.bad_rate_all),
+        textcoords="offset points",
+        xytext=(-4, 4),
+        ha="right",
+        fontsize=8,
+        color="#666666",
+    )
+    for volume in outcome.campaigns:
+        rates.axvline(volume.share, color="#d62728", linestyle="--", linewidth=0.8)
+        rates.annotate(
+            f"{volume.campaign} ({volume.released:,})",
+            (volume.share, 0.0),
+            textcoords="offset points",
+            xytext=(3, 4),
+            rotation=90,
+            fontsize=8,
+            color="#d62728",
+        )
+    rates.set_xlim(0, 1)
+    rates.set_ylim(bottom=0)
+    rates.xaxis.set_major_formatter(PercentFormatter(1.0))
+    rates.yaxis.set_major_formatter(PercentFormatter(1.0))
+    rates.set_xlabel("customers released, least risky first (share of the test rows)")
+    rates.set_ylabel("default rate among the released")
+    rates.set_title("bad rate at equal release volume (from 2 % released)")
+    rates.legend(fontsize=8, loc="upper left")
+    gains.plot([0, 1], [0, 1], linestyle=":", color="#bbbbbb", linewidth=1, label="random")
+    perfect = outcome.defaulters / outcome.rows
+    gains.plot([0, perfect, 1], [0, 1, 1], linestyle="--", color="#bbbbbb", linewidth=1)
+    gains.set_xlim(0, 1)
+    gains.set_ylim(0, 1.02)
+    gains.xaxis.set_major_formatter(PercentFormatter(1.0))
+    gains.yaxis.set_major_formatter(PercentFormatter(1.0))
+    gains.set_xlabel("customers declined, riskiest first (share of the test rows)")
+    gains.set_ylabel("share of all defaulters kept out")
+    gains.set_title("gains (dashed: a perfect ranking)")
+    gains.legend(fontsize=8, loc="lower right")
+    for ax in (rates, gains):
+        ax.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _rates(rates: PerModel[float] | PerModel[float | None]) -> list[str]:
+    return [f"{r:.2%}" if r is not None else "–" for _, r in rates.items()]
+
+
+def outcome_section(labels: np.ndarray, scores: Mapping[str, np.ndarray], outcome: Outcome) -> str:
+    """report.html's "Outcome" section: the risk head's question, answered."""
+    models = ["federated", "bank only", "pooled"]
+    volumes = _table(
+        [
+            "volume",
+            "released",
+            "share of test rows",
+            *(f"bad rate: {m}" for m in models),
+            "defaulters avoided per 10,000 released (vs bank only)",
+            "federated short of pooled, per 10,000",
+        ],
+        [
+            [
+                f"{v.campaign} (quota {v.quota:,})" if v.campaign else "sweep",
+                f"{v.released:,}",
+                f"{v.share:.1%}",
+                *_rates(v.bad_rate),
+                f"{v.avoided_per_10k:,.0f}",
+                f"{v.short_of_pooled_per_10k:,.0f}",
+            ]
+            for v in outcome.volumes
+        ],
+    )
+    by_band = _table(
+        [
+            "campaign",
+            "band",
+            "pd",
+            *(f"customers: {m}" for m in models),
+            *(f"bad rate: {m}" for m in models),
+        ],
+        [
+            [
+                b.campaign,
+                b.band or "suppressed (above max_pd)",
+                f"({b.pd_above:.2f}, {b.pd_at_most:.2f}]",
+                *(f"{n:,} ({n / outcome.rows:.1%})" for _, n in b.customers.items()),
+                *_rates(b.bad_rate),
+            ]
+            for b in outcome.bands
+        ],
+    )
+    chart = outcome_png(labels, scores, outcome)
+    return f"""<h2>Outcome: defaulters among the released customers</h2>
+<p class="answer">{html.escape(outcome.answer())}</p>
+<p>Each model releases the customers it scores least risky ({html.escape(RANKING)}); at the
+same number released, the bad rate is the share of them who defaulted. Everyone released:
+{outcome.bad_rate_all:.2%} ({outcome.defaulters:,} defaulters in {outcome.rows:,} test rows).
+A campaign's quota is released as the same share of the {outcome.rows:,} test rows as of the
+{outcome.quota_candidates:,} candidates it is sized for (<code>--quota-candidates</code>),
+rounded and capped at the test rows.</p>
+{volumes}
+<img alt="bad rate at equal release volume, and gains chart" src="{chart}">
+<h3>Bad rate by score band (each campaign's bands, by each model's pd)</h3>
+{by_band}
+"""
+
+
 def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
@@ -132,6 +259,7 @@ def render(evaluation: Evaluation, labels: np.ndarray, scores: Mapping[str, np.n
         [["bank", ", ".join([*e.bank_columns, f"(label {e.label_column})"])]]
         + [[name, ", ".join(cols)] for name, cols in e.partner_columns.items()],
     )
+    outcome = outcome_section(labels, scores, e.outcome) if e.outcome is not None else ""
     roc_uri = roc_png(labels, scores, e)
     dist_uri = distribution_png(labels, scores[FEDERATED], e.models[FEDERATED].ks)
     return f"""<!doctype html>
@@ -143,6 +271,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; }}
 td:nth-child(n+2) {{ font-variant-numeric: tabular-nums; }}
 img {{ max-width: 100%; }}
+.answer {{ font-size: 1.1em; font-weight: 600; }}
 </style></head><body>
 <h1>fedscreen evaluation</h1>
 <p>Federated model trained through the real protocol (one process per party, Paillier over
@@ -150,6 +279,7 @@ Kafka), against LightGBM on the bank's columns alone (floor) and on all columns 
 (ceiling), on the same stratified split.</p>
 <h2>Models on the test rows</h2>
 {models}
+{outcome}
 <h2>ROC curves</h2>
 <img alt="ROC curves" src="{roc_uri}">
 <h2>Federated scores by label</h2>

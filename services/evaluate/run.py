@@ -29,6 +29,7 @@ from services.bench.fixtures import Deployment
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.evaluate import metrics
 from services.evaluate.audit import Auditor
+from services.evaluate.outcome import PerModel, outcome
 from services.evaluate.report import CEILING, FEDERATED, FLOOR, Evaluation, ModelScore, Training
 from services.evaluate.report_html import render
 from services.evaluate.spec import EvaluateSpec
@@ -43,6 +44,7 @@ from services.evaluate.split import (
 from services.kernel.errors import CliError
 from services.kernel.kafka.broker import EmbeddedBroker, stop_process_group
 from services.kernel.kafka.topics import all_topics
+from services.training.policy_file import load_policy
 
 MODEL_VERSION = "m-evaluate"
 
@@ -58,6 +60,8 @@ class Outputs:
     report_html: Path
     evaluation: Evaluation
     audit: Audit | None = None
+    # The floor's and the ceiling's test scores (id, bank_only_floor, pooled_ceiling).
+    reference_predictions: Path | None = None
 
 
 Say = Callable[[str], None]
@@ -230,11 +234,15 @@ def training_summary(report: dict[str, Any], rounds_max: int) -> Training:
     )
 
 
-def write_predictions(path: Path, ids: list[str], scores: np.ndarray) -> None:
+def write_predictions(
+    path: Path, ids: list[str], scores: np.ndarray, *more: np.ndarray, header: tuple[str, ...] = ()
+) -> None:
+    """``id, score`` (or ``id, *header``), every score written exactly (``repr``)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "score"])
-        writer.writerows(zip(ids, map(repr, scores.tolist()), strict=True))
+        writer.writerow(["id", *(header or ("score",))])
+        columns = [list(map(repr, column.tolist())) for column in (scores, *more)]
+        writer.writerows(zip(ids, *columns, strict=True))
 
 
 async def evaluate(
@@ -255,7 +263,8 @@ async def evaluate(
     workdir, temporary = prepare_workdir(spec)
     out = spec.out_dir
     targets = (out / "predictions.csv", out / "report.json", out / "report.html")
-    for stale in (*targets, out / "audit.json", out / "audit.html"):
+    reference = out / "predictions_reference.csv"
+    for stale in (*targets, reference, out / "audit.json", out / "audit.html"):
         stale.unlink(missing_ok=True)  # a failed run must not leave older results looking current
     try:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -343,9 +352,18 @@ async def evaluate(
                 **metrics.reference_params(spec.seed),
                 "num_trees": metrics.REFERENCE_TREES,
             },
+            outcome=outcome(
+                y_test,
+                PerModel(scores[FEDERATED], scores[FLOOR], scores[CEILING]),
+                load_policy().campaigns,  # the policy the training run embedded
+                spec.quota_candidates,
+            ),
         )
-        outputs = Outputs(*targets, evaluation)
+        outputs = Outputs(*targets, evaluation, reference_predictions=reference)
         write_predictions(outputs.predictions, test_ids, federated)
+        write_predictions(
+            reference, test_ids, scores[FLOOR], scores[CEILING], header=(FLOOR, CEILING)
+        )
         evaluation.wall_seconds = time.perf_counter() - started
         outputs.report_json.write_text(json.dumps(evaluation.to_json(), indent=2) + "\n")
         outputs.report_html.write_text(render(evaluation, y_test, scores))

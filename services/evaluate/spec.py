@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.evaluate.outcome import QUOTA_CANDIDATES
 from services.kernel.errors import CliError
 
 PARTNER_NAME = re.compile(r"^[a-z0-9-]+$")
@@ -25,6 +26,7 @@ class EvaluateSpec:
     rounds: int = 12
     workdir: Path | None = None
     audit: bool = False
+    quota_candidates: int = QUOTA_CANDIDATES
 
     @property
     def party_columns(self) -> dict[str, list[str]]:
@@ -66,12 +68,15 @@ def build_spec(
     rounds: int = 12,
     workdir: Path | None = None,
     audit: bool = False,
+    quota_candidates: int = QUOTA_CANDIDATES,
 ) -> EvaluateSpec:
     """Everything that can be checked without reading the data; raises :class:`CliError`."""
     if not 0.0 < test_size < 1.0:
         raise CliError(f"--test-size must be strictly between 0 and 1, got {test_size}")
     if not partners:
         raise CliError("at least one --partner NAME=COLS is needed")
+    if quota_candidates < 1:
+        raise CliError(f"--quota-candidates must be at least 1, got {quota_candidates}")
     parsed: dict[str, list[str]] = {}
     for text in partners:
         name, columns = parse_partner(text)
@@ -97,6 +102,7 @@ def build_spec(
         rounds=rounds,
         workdir=workdir,
         audit=audit,
+        quota_candidates=quota_candidates,
     )
     owner: dict[str, str] = {}
     for party, columns in spec.party_columns.items():

@@ -36,6 +36,8 @@ def test_the_demo_runs_end_to_end_and_verifies_itself(tmp_path: Path) -> None:
     assert result.returncode == 0, output[-4000:]
     assert "every candidate decided exactly once" in output
     assert "federated v1 (via the protocol)" in output
+    assert "Outcome: default rate among released customers" in output
+    assert "at card-upgrade's volume (200 released), the federated model contacts" in output
     assert "webhooks delivered, signature verified" in output
     logs = tmp_path / "demo" / "logs"
     assert {p.stem for p in logs.glob("*.log")} >= {

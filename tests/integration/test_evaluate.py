@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
 import os
 import subprocess
@@ -154,6 +155,85 @@ def test_the_html_report_embeds_png_images(evaluated: Evaluated) -> None:
     for chunk in html.split(marker)[1:]:
         assert base64.b64decode(chunk.split('"', 1)[0]).startswith(b"\x89PNG\r\n\x1a\n")
     assert "pooled" in html and "floor" in html
+
+
+def _release_order(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: (scores[i], i))
+
+
+def _reference_predictions(out: Path) -> dict[str, tuple[float, float]]:
+    with (out / "predictions_reference.csv").open(newline="") as handle:
+        reader = csv.reader(handle)
+        assert next(reader) == ["id", "bank_only_floor", "pooled_ceiling"]
+        return {customer: (float(floor), float(pooled)) for customer, floor, pooled in reader}
+
+
+def test_the_outcome_block_is_recomputed_from_the_written_predictions(
+    evaluated: Evaluated,
+) -> None:
+    """At each volume V, each model releases its V lowest scores (equal scores in the
+    predictions' row order); recomputed here in plain Python from the written files."""
+    assert "outcome: At card-upgrade's volume (300 of 900 customers released)" in (
+        evaluated.result.stdout
+    )
+    outcome = json.loads((evaluated.out / "report.json").read_text())["outcome"]
+    labels = _labels(evaluated.data)
+    federated = _predictions(evaluated.out)
+    reference = _reference_predictions(evaluated.out)
+    ids = [customer for customer, _ in federated]
+    assert list(reference) == ids
+    y = [labels[c] for c in ids]
+    scores = {
+        "federated": [s for _, s in federated],
+        "bank_only": [reference[c][0] for c in ids],
+        "pooled": [reference[c][1] for c in ids],
+    }
+    order = {model: _release_order(values) for model, values in scores.items()}
+    assert outcome["rows"] == 900 and outcome["defaulters"] == sum(y)
+    assert outcome["quota_candidates"] == 9000
+    volumes = outcome["volumes"]
+    campaigns = [(v["campaign"], v["quota"], v["released"]) for v in volumes if v["campaign"]]
+    assert campaigns == [("card-upgrade", 3000, 300), ("personal-loan", 1200, 120)]
+    sweep = [v["released"] for v in volumes if v["campaign"] is None]
+    assert sweep == [45, 90, 180, 270, 360, 450, 540, 630, 720, 810, 900]
+    for volume in volumes:
+        released = volume["released"]
+        assert volume["volume_share"] == pytest.approx(released / 900)
+        rates = {}
+        for model, ranked in order.items():
+            bad = sum(y[i] for i in ranked[:released])
+            assert volume[f"defaulters_{model}"] == bad
+            rates[model] = bad / released
+            assert volume[f"bad_rate_{model}"] == pytest.approx(rates[model], abs=1e-12)
+        assert volume["defaulters_avoided_per_10k"] == pytest.approx(
+            (rates["bank_only"] - rates["federated"]) * 10_000, abs=1e-9
+        )
+    everyone = volumes[-1]
+    assert everyone["bad_rate_federated"] == everyone["bad_rate_bank_only"] == sum(y) / 900
+    # the federated model beats the bank-only one where a campaign would use it
+    card = volumes[0]
+    assert card["bad_rate_federated"] < card["bad_rate_bank_only"]
+    # the bands: every test row in exactly one band of each campaign, per model
+    for campaign in ("card-upgrade", "personal-loan"):
+        bands = [b for b in outcome["by_band"] if b["campaign"] == campaign]
+        assert bands[-1]["band"] is None and not bands[-1]["released_by_policy"]
+        for model, values in scores.items():
+            assert sum(b[f"customers_{model}"] for b in bands) == 900
+            for band in bands:
+                low = -1.0 if band is bands[0] else band["pd_above"]
+                high = 2.0 if band is bands[-1] else band["pd_at_most"]
+                inside = [i for i, s in enumerate(values) if low < s <= high]
+                assert band[f"customers_{model}"] == len(inside)
+                assert band[f"defaulters_{model}"] == sum(y[i] for i in inside)
+    gains = outcome["gains"]
+    assert (
+        gains[0]["share_declined"] == 0.0 and gains[-1]["defaulters_caught_share_federated"] == 1.0
+    )
+    assert outcome["answer"].startswith("At card-upgrade's volume")
+    page = (evaluated.out / "report.html").read_text()
+    assert "<h2>Outcome: defaulters among the released customers</h2>" in page
+    assert 'alt="bad rate at equal release volume, and gains chart" src="data:image/png' in page
+    assert html.escape(outcome["answer"]) in page
 
 
 def test_each_party_got_only_its_own_columns(evaluated: Evaluated) -> None:

@@ -103,6 +103,7 @@ def test_metrics_need_both_classes_and_matching_lengths() -> None:
         ({"partners": ["p1=y"]}, "column y is the label column"),
         ({"bank": ""}, "--bank: expected comma-separated column names"),
         ({"partners": []}, "at least one --partner"),
+        ({"quota_candidates": 0}, "--quota-candidates must be at least 1"),
     ],
 )
 def test_bad_arguments_are_refused(
