@@ -38,16 +38,20 @@ from services.bench.fixtures import Deployment, PartnerData
 from services.bench.pipeline import Pipeline, PipelineOptions
 from services.candidates.events import send as send_candidates
 from services.demo import dataset as ds
+from services.demo.campaigns import apply_campaigns, print_quota_change, wait_applied
 from services.demo.outcome import print_outcome
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_consumer
 from services.kernel.kafka.topics import DECISIONS, all_topics
+from services.training.policy_file import load_policy
 
 # How much of the bank's customer base each partner holds, and how many customers it
 # has that the bank does not: the PSI keeps the first, hides the second.
 PARTNER_COVERAGE = {"repayments": 0.97, "payments": 0.94}
 PARTNER_ONLY_CUSTOMERS = 300
+CHANGED_CAMPAIGN = "card-upgrade"
+"""The campaign whose quota the demo raises mid-stream (fedscreen campaigns apply)."""
 
 REFERENCE_LGB = {
     "objective": "binary",
@@ -81,6 +85,7 @@ class Demo:
         self.options = options
         self.console = console or Console()
         self.root = options.workdir
+        self.quotas: dict[int, int] = {}  # the changed campaign's quota by config version
 
     # -- the data each party gets -------------------------------------------------
     def prepare(self) -> tuple[ds.Table, ds.Table, ds.Table, Deployment]:
@@ -236,9 +241,27 @@ class Demo:
         settings = broker.settings()
         retried = events[: self.options.duplicates]  # bank systems retry
         junk = [(b"junk", f'{{"broken": {i}'.encode()) for i in range(self.options.malformed)]
-        await send_candidates(settings, [*events, *retried], junk)
+        # Marketing runs the campaigns at run time: card-upgrade starts with a small quota,
+        # raised to the policy's once half the candidates are decided.
+        env = {**os.environ, **broker.env()}
+        policy = load_policy()
+        card = policy.campaign(CHANGED_CAMPAIGN)
+        assert card is not None and card.quota is not None
+        small = max(10, sum(e.campaign_id == CHANGED_CAMPAIGN for e in events) // 8)
+        smaller = card.model_copy(update={"quota": small})
+        first = [smaller if x is card else x for x in policy.campaigns]
+        apply_campaigns(c, self.root / "campaigns" / "v1.toml", first, env)
+        await wait_applied(pipeline.logs, 1, ["intake", "prescreen"], timeout_s=60.0)
+        half = len(events) // 2
+        await send_candidates(settings, events[:half])
+        await self.collect(settings, {e.event_id for e in events[:half]})
+        c.print(f"mid-stream: {CHANGED_CAMPAIGN}'s quota {small:,} -> {card.quota:,}")
+        apply_campaigns(c, self.root / "campaigns" / "v2.toml", policy.campaigns, env)
+        await wait_applied(pipeline.logs, 2, ["intake", "prescreen"], timeout_s=60.0)
+        await send_candidates(settings, [*events[half:], *retried], junk)
         decisions = await self.collect(settings, {e.event_id for e in events})
         delivered = await self.await_deliveries(pipeline, decisions)
+        self.quotas = {1: small, 2: card.quota}
         return self.summarise(train, test, events, decisions, delivered, report, pipeline)
 
     def candidates(self, test: ds.Table) -> list[CandidateEvent]:
@@ -345,6 +368,7 @@ class Demo:
         if doubled:
             problems.append(f"{len(doubled)} candidates got conflicting decisions")
         final = {k: v[0] for k, v in decisions.items()}
+        print_quota_change(c, list(final.values()), CHANGED_CAMPAIGN, self.quotas)
         released = {d.decision_id for d in final.values() if d.outcome == "released"}
         delivered_ids = self._delivered_ids(pipeline)
         if not released <= delivered_ids:
