@@ -307,8 +307,8 @@ class Joiner:
 
     def _forget(self, batch_id: str) -> None:
         """Drop a decided batch's state. The pending record goes first: a crash between
-        the two deletions leaves the batch's state, whose next tick (it is decided)
-        comes back here, never a record no tick would ever remove."""
+        the two deletions most likely leaves the batch's state, whose next tick (it is
+        decided) comes back here; a record left alone is swept (``sweep``)."""
         if batch_id in self.pending_records:
             del self.pending_records[batch_id]
         if batch_id in self.batches:
@@ -658,6 +658,12 @@ class Joiner:
         for batch_id, (decided_at, part, *_) in list(self.decided.items()):
             if part == partition and decided_at < cutoff:
                 del self.decided[batch_id]
+        # A decided batch's pending record whose deletion a crash lost (the two tables'
+        # changelogs are separate topics, so the order of their writes is not certain).
+        for batch_id in list(self.pending_records):
+            decided = self.decided.get(batch_id)
+            if decided is not None and decided[1] == partition and batch_id not in self.batches:
+                del self.pending_records[batch_id]
 
 
 KIND_HEADER = "fedscreen-kind"

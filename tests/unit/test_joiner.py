@@ -748,3 +748,19 @@ async def test_a_batch_held_by_the_previous_version_is_still_decided(world: Worl
     assert [d.event_id for d in decisions] == [c.event_id for c in pending.candidates]
     assert all(d.pd is not None for d in decisions)
     assert "b23" not in world.batches and "b23" in world.decided
+
+
+async def test_a_pending_record_left_by_a_crash_is_swept(world: World) -> None:
+    """The deletions that end a decision land in two changelog topics: a crash may keep
+    the pending record of a decided batch whose state is gone. The sweep removes it (and
+    only for the partition whose event runs it)."""
+    pending = world.pending("b24", [0, 1])
+    await world.joiner.handle(PENDING, 2, pending.model_dump_json().encode())
+    await world.joiner.handle(FRAGMENTS, 2, world.fragment("payments", pending))
+    await world.joiner.handle(FRAGMENTS, 2, world.fragment("repayments", pending))
+    assert "b24" in world.decided and "b24" not in world.pending_records
+    world.pending_records["b24"] = pending.model_dump_json()  # the lost deletion
+    world.joiner.sweep(1)
+    assert "b24" in world.pending_records  # another partition's key: not this event's
+    world.joiner.sweep(2)
+    assert "b24" not in world.pending_records
