@@ -27,6 +27,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
@@ -42,7 +43,7 @@ from services.demo.campaigns import apply_campaigns, print_quota_change, wait_ap
 from services.demo.outcome import print_outcome
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.clients import make_consumer
+from services.kernel.kafka.clients import make_consumer, partitions_of
 from services.kernel.kafka.topics import DECISIONS, all_topics
 from services.training.policy_file import load_policy
 
@@ -297,10 +298,16 @@ class Demo:
         return events + repeats
 
     async def collect(self, settings: KafkaSettings, wanted: set[str]) -> dict[str, list[Decision]]:
-        consumer = make_consumer(settings, DECISIONS, group_id="demo-funnel")
+        # No consumer group: every call reads the topic from the start, and no group join
+        # (which the embedded broker holds for seconds, and longer for a group that had a
+        # member before) delays the demo.
+        consumer = make_consumer(settings, group_id=None)
         await consumer.start()
         decisions: dict[str, list[Decision]] = {}
         try:
+            tps = [TopicPartition(DECISIONS, p) for p in await partitions_of(consumer, DECISIONS)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
             with self._progress() as bar:
                 task = bar.add_task("decisions", total=len(wanted))
                 deadline = time.monotonic() + self.options.timeout_s
