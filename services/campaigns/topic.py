@@ -26,7 +26,7 @@ QUIET_MS = 500
 
 
 async def read_topic(kafka: KafkaSettings, topic: str) -> list[bytes]:
-    """The value of every record on the topic now, all partitions, in partition order."""
+    """The value of every record on the topic now, all partitions (interleaved)."""
     consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
     await consumer.start()
     try:
