@@ -23,6 +23,7 @@ from schemas import BankBundle, PartnerBundle, PartnerScorecard, PolicyConfig
 from services.kernel.crypto.codec import b64_to_bytes, int_to_b64
 from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, DEFAULT_FRAC_BITS, packing_for
 from services.kernel.crypto.paillier import (
+    PLAINTEXT_KEY_ID,
     PrivateKey,
     generate_keypair,
     save_private_key,
@@ -44,7 +45,6 @@ from services.partner.agreement import (
     save_agreement_key,
 )
 from services.partner.binning import Binning
-from services.partner.serving import PLAINTEXT_KEY_ID
 from services.partner.store import PartnerStore, StoreError, open_store, sqlite_url
 
 

@@ -23,7 +23,7 @@ from services.kernel.crypto.masking import (
     token_list_digest,
 )
 from services.kernel.crypto.packing import FragmentTables, PlainTables, slot_value
-from services.kernel.crypto.paillier import PublicKey
+from services.kernel.crypto.paillier import PLAINTEXT_KEY_ID, PublicKey
 from services.kernel.crypto.randomness import FactorPool
 from services.kernel.crypto.signing import BankKey, SignatureError, sign
 from services.kernel.metrics import CRYPTO_SECONDS, PARTNER_FACTORS_INLINE
@@ -37,8 +37,6 @@ from services.partner.binning import Binning
 from services.partner.store import PartnerStore
 
 log = logging.getLogger(__name__)
-
-PLAINTEXT_KEY_ID = "plaintext"
 
 
 class RequestError(ValueError):

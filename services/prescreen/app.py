@@ -20,7 +20,7 @@ import faust
 from schemas import BankBundle
 from services.kernel.campaigns import CampaignBoard
 from services.kernel.config import KafkaSettings
-from services.kernel.crypto.paillier import load_private_keys
+from services.kernel.crypto.paillier import PLAINTEXT_KEY_ID, load_private_keys
 from services.kernel.crypto.signing import PartnerKeyRegistry, load_signing_key
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.dlq import DeadLetters
@@ -36,7 +36,6 @@ from services.kernel.model.rollout import (
 )
 from services.kernel.model.scoring import BankScorer
 from services.kernel.readiness import report_readiness
-from services.partner.serving import PLAINTEXT_KEY_ID
 from services.prescreen import faust_patches
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.prescreen.outputs import BatchPublisher, Output

@@ -33,6 +33,9 @@ from gmpy2 import mpz
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
 
 MIN_KEY_BITS = 2048
+PLAINTEXT_KEY_ID = "plaintext"
+"""The key id of a bundle built with crypto off (the benchmark's plaintext mode): the
+bank's and the partners' services both recognise it, so it lives here."""
 DEFAULT_EXPONENT_BITS = 256
 
 
