@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import CandidateEvent
 from services.kernel.config import KafkaSettings
+from services.kernel.kafka.batches import Record, send_batched
 from services.kernel.kafka.clients import make_consumer
 from services.kernel.kafka.topics import CANDIDATES, DECISIONS, home_partition
 
@@ -76,22 +77,11 @@ def now_iso() -> bytes:
 
 async def send_messages(
     producer: AIOKafkaProducer, messages: Sequence[Message], topic: str = CANDIDATES
-) -> list[asyncio.Future[Any]]:
+) -> list[Awaitable[Any]]:
     """Enqueue messages as one record batch per partition (more when a batch fills);
     returns the delivery futures without waiting for them."""
-    builders: dict[int, Any] = {}
-    futures = []
-    for partition, key, value in messages:
-        builder = builders.get(partition)
-        if builder is None:
-            builder = builders[partition] = producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:
-            futures.append(await producer.send_batch(builder, topic, partition=partition))
-            builder = builders[partition] = producer.create_batch()
-            builder.append(key=key, value=value, timestamp=None)
-    for partition, builder in builders.items():
-        futures.append(await producer.send_batch(builder, topic, partition=partition))
-    return futures
+    records = [Record(topic, partition, key, value) for partition, key, value in messages]
+    return await send_batched(producer, records)
 
 
 @dataclass(slots=True)

@@ -40,7 +40,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -270,7 +270,7 @@ class SoakBench:
         last_busy = machine_busy_s()
         last_sample, last_decided = start, self._decided(collector)
         sent_total = 0
-        futures: list[asyncio.Future[Any]] = []
+        futures: list[Awaitable[Any]] = []
         next_tick = start
         while True:
             now = time.monotonic()
