@@ -140,7 +140,11 @@ def register(app: typer.Typer) -> None:
         ] = False,
         workers: Annotated[int, typer.Option(help="--scale-out: prescreen workers.")] = 2,
         replicas: Annotated[
-            int, typer.Option(help="--scale-out: replicas per partner (sharing its store).")
+            int,
+            typer.Option(
+                help="--scale-out: replicas per partner (sharing its store); with 1, no "
+                "rolling restart (it would be an outage)."
+            ),
         ] = 2,
         plan: Annotated[
             list[float] | None,
@@ -324,7 +328,7 @@ def run_scale_out_command(
     workers: int,
     replicas: int,
 ) -> None:
-    from services.bench.scaleout import ScaleOutRequest, run_scale_out
+    from services.bench.scaleout import ScaleOutOptions, run_scale_out
 
     rate = 250.0 if rate is None else rate
     out = default_out(out, workdir, "scale-out-results.json")
@@ -340,8 +344,7 @@ def run_scale_out_command(
         raise CliError("--scale-out needs more than one worker or replica to compare with one")
     if out.exists() and out.is_dir():
         raise CliError(f"--out {out} is a directory")
-    request = ScaleOutRequest(
-        out=out,
+    options = ScaleOutOptions(
         workdir=workdir,
         candidates=candidates,
         rate=rate,
@@ -351,7 +354,7 @@ def run_scale_out_command(
         linger_ms=linger_ms,
     )
     run_or_fail(
-        lambda: run_scale_out(request),
+        lambda: run_scale_out(options, out),
         could_not="the scale-out run could not run",
         broke=f"the scale-out run found problems (listed above; results in {out})",
     )

@@ -155,6 +155,11 @@ class ScaleOutBench:
             restarted = asyncio.Event()
 
             async def restart_all() -> None:
+                if o.replicas < 2:
+                    # Restarting a partner's only replica is an outage, not a rolling
+                    # restart: with one replica the phase compares workers only.
+                    restarted.set()
+                    return
                 await asyncio.sleep(o.settle_s)
                 self.say(f"[scale-out] restarting {len(session.partners) * o.replicas} replicas")
                 exits, took = await rolling_restart(
@@ -272,20 +277,6 @@ class ScaleOutBench:
 
 
 # -- the command ------------------------------------------------------------------------
-@dataclass
-class ScaleOutRequest:
-    """What ``fedscreen bench --scale-out`` was asked to do."""
-
-    out: Path
-    workdir: Path
-    candidates: int = 10_000
-    rate: float = 250.0
-    rows: int | None = None
-    workers: int = 2
-    replicas: int = 2
-    linger_ms: float = 100.0
-
-
 def print_scale_out(console: Console, result: ScaleOutResult) -> None:
     table = Table(title="Scale-out: the same stream on two set-ups (decisions read back)")
     columns = (
@@ -330,25 +321,16 @@ def print_scale_out(console: Console, result: ScaleOutResult) -> None:
         console.print(f"  {example}")
 
 
-def run_scale_out(request: ScaleOutRequest, console: Console | None = None) -> int:
-    """Run, print, write the JSON; 0 unless a candidate went undecided, was decided
-    without a partner's answer or differently by the two set-ups, or a replica did not
-    stop cleanly."""
+def run_scale_out(options: ScaleOutOptions, out: Path, console: Console | None = None) -> int:
+    """Run, print, write the JSON to ``out``; 0 unless a candidate went undecided, was
+    decided without a partner's answer or differently by the two set-ups, or a replica
+    did not stop cleanly."""
     from services.bench import report
     from services.bench.run import BenchOptions, finite, prepare_world
 
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     info = report.machine()
-    options = ScaleOutOptions(
-        workdir=request.workdir,
-        candidates=request.candidates,
-        rate=request.rate,
-        rows=request.rows,
-        workers=request.workers,
-        replicas=request.replicas,
-        linger_ms=request.linger_ms,
-    )
-    world = prepare_world(BenchOptions(workdir=request.workdir, rows=request.rows))
+    world = prepare_world(BenchOptions(workdir=options.workdir, rows=options.rows))
     console.rule("scale-out (embedded broker, real processes)")
 
     def say(text: str) -> None:
@@ -359,7 +341,7 @@ def run_scale_out(request: ScaleOutRequest, console: Console | None = None) -> i
     for problem in result.problems:
         console.print(f"[red]problem:[/red] {problem}")
     results = {"machine": info, "scale_out": result.to_json(), "problems": result.problems}
-    request.out.parent.mkdir(parents=True, exist_ok=True)
-    request.out.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\n")
-    console.print(f"results written to {request.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\n")
+    console.print(f"results written to {out}")
     return 1 if result.problems else 0
