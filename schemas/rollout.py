@@ -121,7 +121,8 @@ class CampaignPolicy(WireModel):
             return ReasonCode.CAMPAIGN_PAUSED
         if self.state == "ended":
             return ReasonCode.CAMPAIGN_ENDED
-        if not self.runs_on(self.day_of(at)):
+        dated = self.starts_on is not None or self.ends_on is not None
+        if dated and not self.runs_on(self.day_of(at)):  # the day only when it matters
             return ReasonCode.OUTSIDE_CAMPAIGN_DATES
         return None
 

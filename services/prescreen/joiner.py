@@ -583,17 +583,16 @@ class Joiner:
         """Count one release against the campaign's total and daily quotas (this
         partition's share of each; counters by campaign id, so a changed quota applies
         to what was already released), or say which is spent."""
+        quotas: list[tuple[str, int, ReasonCode]] = []
+        if campaign.quota is not None:
+            key = f"{campaign.campaign_id}@{partition}"
+            quotas.append((key, campaign.quota, ReasonCode.QUOTA_EXHAUSTED))
+        if campaign.daily_quota is not None:
+            day = campaign.day_of(now).isoformat()
+            key = f"{campaign.campaign_id}@{partition}@{day}"
+            quotas.append((key, campaign.daily_quota, ReasonCode.DAILY_QUOTA_EXHAUSTED))
         taken: list[tuple[str, int]] = []
-        for key, quota, spent in (
-            (f"{campaign.campaign_id}@{partition}", campaign.quota, ReasonCode.QUOTA_EXHAUSTED),
-            (
-                f"{campaign.campaign_id}@{partition}@{campaign.day_of(now).isoformat()}",
-                campaign.daily_quota,
-                ReasonCode.DAILY_QUOTA_EXHAUSTED,
-            ),
-        ):
-            if quota is None:
-                continue
+        for key, quota, spent in quotas:
             used = int(self.quota.get(key) or 0)
             if used >= quota_share(quota, self.partitions, partition):
                 return spent

@@ -764,3 +764,22 @@ async def test_a_pending_record_left_by_a_crash_is_swept(world: World) -> None:
     assert "b24" in world.pending_records  # another partition's key: not this event's
     world.joiner.sweep(2)
     assert "b24" not in world.pending_records
+
+
+def test_a_daily_quota_counts_per_day_in_the_campaigns_zone(world: World) -> None:
+    """Each partition takes its share of the day's quota; the next day (in the
+    campaign's time zone, not UTC) starts again, the total quota still counting."""
+    campaign = world.bundle.policy.campaigns[0].model_copy(
+        update={"quota": 3, "daily_quota": 4, "timezone": "Pacific/Auckland"}
+    )
+    # 2 partitions: partition 0's shares are 2 of the day's 4 and 2 of the total 3.
+    evening_utc = datetime(2026, 12, 5, 10, 30, tzinfo=UTC)  # 23:30 in Auckland
+    take = world.joiner._take_quota
+    assert take(campaign, 0, evening_utc) is None
+    assert take(campaign, 0, evening_utc) is None
+    assert take(campaign, 0, evening_utc) == ReasonCode.QUOTA_EXHAUSTED  # total share first
+    roomy = campaign.model_copy(update={"quota": None})
+    assert take(roomy, 0, evening_utc) == ReasonCode.DAILY_QUOTA_EXHAUSTED
+    next_day = evening_utc + timedelta(hours=1)  # 00:30 the next day in Auckland
+    assert take(roomy, 0, next_day) is None
+    assert take(roomy, 1, evening_utc) is None  # the other partition's share is its own
