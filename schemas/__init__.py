@@ -6,7 +6,7 @@ Import message types from here; ``MESSAGE_TYPES`` lists every top-level message.
 from __future__ import annotations
 
 from schemas.alignment import PsiAnswer, PsiError, PsiOffer, PsiResult
-from schemas.campaigns import CampaignConfig
+from schemas.campaigns import CampaignConfig, QuotaCounts
 from schemas.candidate import CandidateEvent
 from schemas.common import ReasonCode, WireModel
 from schemas.dlq import DlqEnvelope
@@ -64,6 +64,7 @@ MESSAGE_TYPES: tuple[type[WireModel], ...] = (
     PsiError,
     AgreementKey,
     CampaignConfig,
+    QuotaCounts,
 )
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "PsiError",
     "PsiOffer",
     "PsiResult",
+    "QuotaCounts",
     "ReasonCode",
     "Release",
     "ScoreBand",

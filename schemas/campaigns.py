@@ -40,3 +40,21 @@ class CampaignConfig(WireModel):
             if campaign.campaign_id == campaign_id:
                 return campaign
         return None
+
+
+class QuotaCounts(WireModel):
+    """prescreen's count of the releases it made, carried in the header
+    ``fedscreen-quota`` of the last release record of every decided batch that released
+    someone: the record and the count reach the broker together, so the count of the
+    last such record is exactly the releases before it (docs/campaigns.md, "Quotas").
+    A restarted prescreen starts counting from there; ``fedscreen campaigns list``
+    shows it beside the releases it finds on ``campaign.released.v1``."""
+
+    SCHEMA_ID: ClassVar[str] = "quota-counts.v1"
+
+    partition: int = Field(ge=0, description="The input partition whose releases these are.")
+    totals: dict[str, int] = Field(description="Releases by campaign id, ever.")
+    days: dict[str, dict[str, int]] = Field(
+        description="Releases by campaign id and day (ISO date in the campaign's time "
+        "zone); the two latest days of each campaign."
+    )

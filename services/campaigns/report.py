@@ -24,7 +24,13 @@ def print_campaigns(config: CampaignConfig, usage: Usage, now: datetime) -> None
         + (f", by {config.published_by}" if config.published_by else "")
         + ")"
     )
-    for column in ("campaign", "state", "dates", "max pd", "released / quota", "today / daily"):
+    columns = ("campaign", "state", "dates", "max pd", "released / quota", "today / daily")
+    # prescreen's own count, shown when it differs from the releases found: it is what
+    # its quotas apply, and a difference means a release counted twice or not at all.
+    differs = any(
+        usage.counted[c.campaign_id] != usage.total[c.campaign_id] for c in config.campaigns
+    )
+    for column in columns + (("counted by prescreen",) if differs else ()):
         left = column in ("campaign", "state", "dates")
         table.add_column(column, justify="left" if left else "right")
     for c in config.campaigns:
@@ -32,12 +38,13 @@ def print_campaigns(config: CampaignConfig, usage: Usage, now: datetime) -> None
         closed = c.closed_reason(now)
         state = c.state if closed is None or c.state != "active" else "waiting (outside its dates)"
         dates = f"{c.starts_on or '...'} to {c.ends_on or '...'} ({c.timezone})"
-        table.add_row(
+        row = [
             c.campaign_id,
             state,
             dates,
             f"{c.max_pd:g}",
             _used(usage.total[c.campaign_id], c.quota),
             _used(usage.by_day[(c.campaign_id, today)], c.daily_quota),
-        )
+        ]
+        table.add_row(*row, *((f"{usage.counted[c.campaign_id]:,}",) if differs else ()))
     console.print(table)

@@ -3,6 +3,7 @@ configuration version."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from datetime import date, datetime
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
-from schemas import CampaignConfig, CampaignPolicy
+from schemas import CampaignConfig, CampaignPolicy, QuotaCounts
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
@@ -19,14 +20,26 @@ from services.kernel.kafka.clients import (
     make_producer,
     partitions_of,
 )
-from services.kernel.kafka.topics import CAMPAIGN_CONFIG, CAMPAIGN_CONFIG_KEY, RELEASES
+from services.kernel.kafka.topics import (
+    CAMPAIGN_CONFIG,
+    CAMPAIGN_CONFIG_KEY,
+    QUOTA_HEADER,
+    RELEASES,
+)
 
+Headers = tuple[tuple[str, bytes], ...]
 TOPIC_WAIT_S = 30.0
 QUIET_MS = 500
 
 
 async def read_topic(kafka: KafkaSettings, topic: str) -> list[bytes]:
     """The value of every record on the topic now, all partitions (interleaved)."""
+    return [value for value, _ in await read_records(kafka, topic)]
+
+
+async def read_records(kafka: KafkaSettings, topic: str) -> list[tuple[bytes, Headers]]:
+    """Value and headers of every record on the topic now, each partition in order
+    (partitions interleaved)."""
     consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
     await consumer.start()
     try:
@@ -37,14 +50,14 @@ async def read_topic(kafka: KafkaSettings, topic: str) -> list[bytes]:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        values: list[bytes] = []
+        values: list[tuple[bytes, Headers]] = []
         # The embedded broker reports a partition's end as its last record batch's base
         # offset + 1, short of the batch's other records: read on past the reported
         # ends until a fetch brings nothing.
         while True:
             batches = await consumer.getmany(timeout_ms=QUIET_MS)
             for records in batches.values():
-                values += [r.value for r in records if r.value]
+                values += [(r.value, tuple(r.headers or ())) for r in records if r.value]
             if not batches and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                 break
         return values
@@ -82,6 +95,10 @@ class Usage:
 
     total: Counter[str] = field(default_factory=Counter)
     by_day: Counter[tuple[str, date]] = field(default_factory=Counter)
+    counted: Counter[str] = field(default_factory=Counter)
+    """prescreen's own count, the one its quotas apply (the last count each partition's
+    releases carry, summed): equal to ``total`` unless a release was counted twice or
+    not at all."""
 
 
 async def release_usage(kafka: KafkaSettings, campaigns: list[CampaignPolicy]) -> Usage:
@@ -89,7 +106,13 @@ async def release_usage(kafka: KafkaSettings, campaigns: list[CampaignPolicy]) -
     zones = {c.campaign_id: c for c in campaigns}
     usage = Usage()
     seen: set[str] = set()
-    for value in await read_topic(kafka, RELEASES):
+    last_counts: dict[int, QuotaCounts] = {}
+    for value, headers in await read_records(kafka, RELEASES):
+        for name, header in headers:
+            if name == QUOTA_HEADER:
+                with contextlib.suppress(ValidationError):
+                    counts = QuotaCounts.model_validate_json(header)
+                    last_counts[counts.partition] = counts
         try:
             release = json.loads(value)
             decision_id, campaign_id = release["decision_id"], release["campaign_id"]
@@ -103,4 +126,6 @@ async def release_usage(kafka: KafkaSettings, campaigns: list[CampaignPolicy]) -
         campaign = zones.get(campaign_id)
         if campaign is not None:
             usage.by_day[(campaign_id, campaign.day_of(released_at))] += 1
+    for counts in last_counts.values():
+        usage.counted.update(counts.totals)
     return usage

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
 
 import faust
 
@@ -39,6 +39,8 @@ from services.kernel.readiness import report_readiness
 from services.prescreen import faust_patches
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.prescreen.outputs import BatchPublisher, Output
+from services.prescreen.quota import PartitionQuota, QuotaLedger
+from services.prescreen.quota_log import read_counts
 from services.prescreen.recovery import JoinerView, keep_recovering
 from services.prescreen.settings import PrescreenSettings
 
@@ -48,7 +50,8 @@ TICK_RESEND_S = 10.0
 """A batch still undecided this long after its deadline tick was sent gets another."""
 TABLES = ("batches", "pending", "decided", "quota")
 """faust tables, each with a compacted changelog topic ``<app id>-<table>-changelog``
-(pre-created in k8s/base/kafka/topics.yaml, granted in users.yaml)."""
+(pre-created in k8s/base/kafka/topics.yaml, granted in users.yaml). ``quota`` is read
+only: counts a version before the release log carried them (quota.py) kept there."""
 
 
 def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
@@ -126,17 +129,45 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
     processed: dict[tuple[str, int], int] = {}
     producer_ready = asyncio.Event()
 
-    async def publish(records: Sequence[Output], partition: int) -> None:
+    async def publish(records: Sequence[Output], partition: int) -> Awaitable[None]:
         # Not faust's producer: a decided batch's records go out as a few record batches
         # (outputs.py), and the joiner waits for their acknowledgement anyway.
         await producer_ready.wait()
-        await state["publisher"].publish(records, partition)
+        acks: Awaitable[None] = await state["publisher"].publish(records, partition)
+        return acks
+
+    def legacy_counts(partition: int) -> PartitionQuota:
+        """Counts a version before the release log carried them kept in ``quota``."""
+        counts = PartitionQuota(partition)
+        for key, used in quota.items():
+            campaign, _, rest = str(key).partition("@")
+            part, _, day = rest.partition("@")
+            if part == str(partition) and not day:
+                counts.totals[campaign] = int(used or 0)
+            elif part == str(partition):
+                counts.days.setdefault(campaign, {})[day] = int(used or 0)
+        return counts
+
+    ledger = QuotaLedger(
+        kafka.partitions,
+        lambda partition: read_counts(
+            kafka, partition, settings.quota_redecide_window_s, legacy_counts
+        ),
+        owned=lambda: {tp.partition for tp in app.consumer.assignment() if tp.topic == PENDING},
+    )
+
+    async def counts_go_with_partitions(sender: Any, *_: Any, **__: Any) -> None:
+        # Whoever decides a partition next counts from the log, and so does this worker
+        # if it gets the partition back: meanwhile another may have released from it.
+        ledger.forget()
+
+    # (faust's stubs type receivers narrower than the signal calls them.)
+    app.on_partitions_revoked.connect(cast(Any, counts_go_with_partitions))
 
     joiner = Joiner(
         batches=batches,
         pending_records=pending_records,
         decided=decided,
-        quota=quota,
         publish=publish,
         private_keys=private_keys,
         registry=registry,
@@ -147,6 +178,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
         decided_retention_s=settings.decided_retention_s,
         max_message_bytes=kafka.max_message_bytes,
         campaigns=campaigns.resolve,
+        ledger=ledger,
     )
 
     # Several handlers at once: while one waits for the broker to acknowledge a batch's

@@ -1,9 +1,9 @@
 """Join a batch's pending record with its partners' fragments and decide it.
 
-State lives in faust tables keyed by batch id (``batches``, ``pending``, ``decided``,
-``quota``);
-this class holds the logic and is given the tables and a send function, so it runs
-the same inside the faust agent and in unit tests. A batch is decided exactly once:
+State lives in faust tables keyed by batch id (``batches``, ``pending``, ``decided``),
+quota counts in the release log (quota.py); this class holds the logic and is given
+the tables and a send function, so it runs the same inside the faust agent and in
+unit tests. A batch is decided exactly once:
 when every participant of its current attempt answered, or when that attempt's
 deadline tick arrives.
 
@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,13 +57,15 @@ from services.kernel.metrics import (
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
 from services.prescreen.outputs import Output
-from services.prescreen.policy import Screening, Verdict, decide, quota_share
+from services.prescreen.policy import Screening, Verdict, decide
+from services.prescreen.quota import PartitionQuota, QuotaLedger
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Sequence[Output], int], Awaitable[None]]
-"""Send a decided batch's records to its partition; returns once the broker
-acknowledged all of them (the joiner records a batch decided only after that)."""
+Publish = Callable[[Sequence[Output], int], Awaitable[Awaitable[None]]]
+"""Queue a decided batch's records for its partition, in order behind every batch
+queued before; returns, once queued, what to await for the broker's acknowledgement
+(the joiner records a batch decided only after that)."""
 DeadLetter = Callable[[str, str], Awaitable[None]]
 Campaigns = Callable[[str, PolicyConfig], tuple[CampaignPolicy | None, int]]
 """A campaign's rules and the configuration version they come from (CampaignBoard)."""
@@ -94,7 +97,6 @@ class Joiner:
         batches: MutableMapping[str, Any],
         pending_records: MutableMapping[str, str],
         decided: MutableMapping[str, Any],
-        quota: MutableMapping[str, Any],
         publish: Publish,
         private_keys: dict[str, PrivateKey],
         registry: PartnerKeyRegistry,
@@ -105,6 +107,7 @@ class Joiner:
         decided_retention_s: float = 3600.0,
         max_message_bytes: int = 1_000_000,
         campaigns: Campaigns | None = None,
+        ledger: QuotaLedger | None = None,
     ) -> None:
         self.batches = batches
         # The pending record's JSON, written once per batch: kept out of ``batches``,
@@ -112,7 +115,7 @@ class Joiner:
         # each batch's 13 KB record was written three times (46 % of the broker's bytes).
         self.pending_records = pending_records
         self.decided = decided
-        self.quota = quota
+        self.ledger = ledger or QuotaLedger(partitions)
         self.publish = publish
         self.private_keys = private_keys
         self.registry = registry
@@ -516,18 +519,44 @@ class Joiner:
         now: datetime,
         partition: int,
     ) -> None:
+        while True:
+            quota = await self.ledger.of(partition)
+            async with quota.lock:
+                if quota.pool is not None and quota.pool.stale:
+                    continue  # forgotten while this handler waited for the lock
+                try:
+                    records = self._outputs(pending, screenings, missing, bundle, now, quota)
+                    acks = await self.publish(records, partition)
+                except BaseException:
+                    self.ledger.forget()  # counted, perhaps, but not queued
+                    raise
+                break
+        await self.ledger.acknowledged(partition, acks)
+
+    def _outputs(
+        self,
+        pending: PendingBatch,
+        screenings: list[Screening],
+        missing: list[str],
+        bundle: BankBundle | None,
+        now: datetime,
+        quota: PartitionQuota,
+    ) -> list[Output]:
+        """The batch's decisions and releases, its releases counted; the last release
+        carries the partition's counts."""
         records: list[Output] = []
+        last_release = -1
         for candidate, screening in zip(pending.candidates, screenings, strict=True):
             version = 0
+            decision_id = decision_id_for(candidate.event_id)
             if bundle is None:
                 verdict = Verdict("suppressed", (ReasonCode.MODEL_UNAVAILABLE,))
             else:
                 campaign, version = self.campaigns(candidate.campaign_id, bundle.policy)
                 verdict = decide(
-                    campaign, screening, lambda c: self._take_quota(c, partition, now), now
+                    campaign, screening, partial(quota.take, decision_id=decision_id, now=now), now
                 )
             reasons = verdict.reasons
-            decision_id = decision_id_for(candidate.event_id)
             decision = Decision.model_construct(
                 decision_id=decision_id,
                 event_id=candidate.event_id,
@@ -572,34 +601,13 @@ class Joiner:
                     released_at=now,
                     expires_at=verdict.expires_at,
                 )
+                last_release = len(records)
                 records.append(
                     Output(RELEASES, decision_id.encode(), release.model_dump_json().encode())
                 )
-        await self.publish(records, partition)
-
-    def _take_quota(
-        self, campaign: CampaignPolicy, partition: int, now: datetime
-    ) -> ReasonCode | None:
-        """Count one release against the campaign's total and daily quotas (this
-        partition's share of each; counters by campaign id, so a changed quota applies
-        to what was already released), or say which is spent."""
-        quotas: list[tuple[str, int, ReasonCode]] = []
-        if campaign.quota is not None:
-            key = f"{campaign.campaign_id}@{partition}"
-            quotas.append((key, campaign.quota, ReasonCode.QUOTA_EXHAUSTED))
-        if campaign.daily_quota is not None:
-            day = campaign.day_of(now).isoformat()
-            key = f"{campaign.campaign_id}@{partition}@{day}"
-            quotas.append((key, campaign.daily_quota, ReasonCode.DAILY_QUOTA_EXHAUSTED))
-        taken: list[tuple[str, int]] = []
-        for key, quota, spent in quotas:
-            used = int(self.quota.get(key) or 0)
-            if used >= quota_share(quota, self.partitions, partition):
-                return spent
-            taken.append((key, used + 1))
-        for key, used in taken:
-            self.quota[key] = used
-        return None
+        if last_release >= 0:
+            records[last_release] = records[last_release]._replace(headers=(quota.header(),))
+        return records
 
     # -- deadlines ---------------------------------------------------------------
     def _tick_secret(self, batch_id: str, state: dict[str, Any]) -> bytes:

@@ -10,14 +10,16 @@ id, decision id), only the partition is the batch's rather than the key's hash, 
 no consumer relies on (a candidate has exactly one decision, and a copy written again
 after a crash lands in the same partition as the first).
 
-The joiner awaits :meth:`BatchPublisher.publish` until the broker acknowledged every
-record: it records a batch decided only after its outputs are durable.
+:meth:`BatchPublisher.publish` returns once the records are queued, in order behind
+every batch queued before (the quota count a release carries relies on that), with
+the acknowledgement to await: the joiner records a batch decided only after its
+outputs are durable.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -29,6 +31,7 @@ class Output(NamedTuple):
     topic: str
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class BatchPublisher:
@@ -43,12 +46,23 @@ class BatchPublisher:
             self._partitions[topic] = count
         return count
 
-    async def publish(self, outputs: Sequence[Output], partition: int) -> None:
-        """Send every output to ``partition`` of its topic (modulo the topic's partition
-        count, should a topic have been created with fewer), in order; return once all
-        are acknowledged."""
+    async def publish(self, outputs: Sequence[Output], partition: int) -> Awaitable[None]:
+        """Queue every output for ``partition`` of its topic (modulo the topic's partition
+        count, should a topic have been created with fewer), in order; returns what
+        resolves once all are acknowledged."""
         records = [
-            Record(o.topic, partition % await self._partition_count(o.topic), o.key, o.value)
+            Record(
+                o.topic,
+                partition % await self._partition_count(o.topic),
+                o.key,
+                o.value,
+                o.headers,
+            )
             for o in outputs
         ]
-        await asyncio.gather(*await send_batched(self.producer, records))
+        acks = await send_batched(self.producer, records)
+        return _all(acks)
+
+
+async def _all(acks: Sequence[Awaitable[object]]) -> None:
+    await asyncio.gather(*acks)

@@ -45,6 +45,15 @@ class PrescreenSettings(BaseSettings):
     decided_retention_s: float = Field(
         default=3600.0, gt=0, description="How long a decided batch id is remembered."
     )
+    quota_redecide_window_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="After a restart, the releases of this many seconds before a "
+        "partition's last counted release are read back: a batch whose releases reached "
+        "the broker just before a crash but whose decision was not recorded is decided "
+        "again, and releases them again without counting them twice. Far longer than a "
+        "decision takes to be recorded after its releases are acknowledged.",
+    )
     data_dir: Path = Field(default=Path(".fedscreen/prescreen"), description="faust data dir.")
     metrics_port: int = 0
     metrics_host: MetricsHost = "0.0.0.0"

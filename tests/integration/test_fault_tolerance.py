@@ -1,9 +1,10 @@
 """kill -9, in turn, every service of the pipeline while 10,000 candidates stream through,
 with the campaign tool flaky, throttling and then down for a minute: afterwards every
 candidate has exactly one decision, every customer exactly as many screenings as the
-frequency cap allows, and every release reached the receiver. The stream mixes two
-producers whose default partitioners disagree (librdkafka's CRC32, the Java client's
-murmur2), as a bank's systems do, for the same customers.
+frequency cap allows, every release reached the receiver, and a campaign whose quota
+runs out across prescreen's kill released exactly its quota, counted exactly once. The
+stream mixes two producers whose default partitioners disagree (librdkafka's CRC32, the
+Java client's murmur2), as a bank's systems do, for the same customers.
 
 Real processes on the embedded broker; nothing is mocked. One stream carries every
 fault so the whole scenario costs a few minutes of the suite, not one per fault.
@@ -16,13 +17,15 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import confluent_kafka
 import pytest
 
-from schemas import Decision, ReasonCode
+from schemas import CampaignConfig, Decision, ReasonCode
 from services.bench.pipeline import PipelineOptions
+from services.campaigns.topic import publish, release_usage
 from services.kernel.procs import ServiceProcess
 from tests.integration.diagnose import explain_copies, explain_undecided
 from tests.integration.harness import (
@@ -41,6 +44,9 @@ RATE = 125.0  # candidates/s: the stream lasts 80 s, long enough for every fault
 ROWS = 2_000
 RECEIVER_DOWN_S = 60.0
 CAP = 3  # screenings per customer; each customer has CANDIDATES_TOTAL / ROWS = 5 events
+CAPPED = "personal-loan"  # every other candidate; its quota is set during the stream
+QUOTA_AT_S = 37.0
+PRESCREEN_KILL_S = 40.0
 SECRET = "whsec_" + base64.b64encode(b"fault-tolerance-test-secret!").decode()
 
 
@@ -70,7 +76,10 @@ async def stream(running: Running, ids: list[str]) -> None:
     producer with its default partitioner, so a customer's events arrive on two
     partitions."""
     librdkafka = confluent_kafka.Producer({"bootstrap.servers": running.settings.bootstrap_servers})
-    events = (running.candidate(n % ROWS, event_id=event_id) for n, event_id in enumerate(ids))
+    events = (
+        running.candidate(n % ROWS, event_id=event_id, campaign=CAPPED if n % 2 else "card-upgrade")
+        for n, event_id in enumerate(ids)
+    )
     await send_at_rate(running.settings, events, RATE, librdkafka)
 
 
@@ -83,6 +92,27 @@ async def bounce(service: ServiceProcess, after_s: float, down_s: float = 0.0) -
     service.start()
     await service.wait_ready(timeout_s=180.0)
     return time.monotonic() - started
+
+
+async def cap_during_the_stream(running: Running) -> int:
+    """Just before prescreen's kill, give CAPPED a quota a tenth above what it released
+    so far: it runs out around the kill and the restart (the candidates waiting for the
+    restarted prescreen are decided in a burst). The stream screens each customer
+    CAP times (16 s a round), so releases end about 48 s in: the 11 s left bring about
+    three times the releases the quota still allows. The quota."""
+    await asyncio.sleep(QUOTA_AT_S)
+    policy = running.bank_bundle.policy
+    used = (await release_usage(running.settings, policy.campaigns)).total[CAPPED]
+    quota = used + max(20, used // 10)
+    campaigns = [
+        c.model_copy(update={"quota": quota}) if c.campaign_id == CAPPED else c
+        for c in policy.campaigns
+    ]
+    config = CampaignConfig(
+        version=1, campaigns=campaigns, published_at=datetime.now(UTC), published_by="test"
+    )
+    await publish(running.settings, config)
+    return quota
 
 
 def describe(copies: list[Decision]) -> str:
@@ -125,11 +155,13 @@ async def test_every_candidate_is_decided_once_and_every_release_delivered_throu
         bounce(fleet["receiver"], after_s=4.0, down_s=RECEIVER_DOWN_S),
         bounce(fleet["intake"], after_s=8.0),
         bounce(fleet["partner-repayments"], after_s=24.0),
-        bounce(fleet["prescreen"], after_s=40.0),
+        bounce(fleet["prescreen"], after_s=PRESCREEN_KILL_S),
         bounce(fleet["webhooks"], after_s=56.0),
         bounce(fleet["partner-payments"], after_s=68.0),
     ]
+    capping = asyncio.create_task(cap_during_the_stream(running))
     results = await asyncio.gather(stream(running, ids), *faults)
+    quota = await capping
     restart_s = [s for s in results[1:] if s is not None]
     assert all(s.alive for s in fleet.services.values()), "a restarted service died"
 
@@ -160,6 +192,18 @@ async def test_every_candidate_is_decided_once_and_every_release_delivered_throu
     # While a partner is down its batches get the deadline outcome (suppress), so how
     # much is released depends on the machine; enough must be to judge the delivery.
     assert len(released) >= 200, f"only {len(released)} releases: too few to judge"
+
+    # The quota: exactly as many releases as it allows (not fewer: a batch decided again
+    # after the kill counted nothing twice; not more: the counts came back from the log),
+    # and prescreen's own count equal to the releases on the topic.
+    usage = await release_usage(running.settings, running.bank_bundle.policy.campaigns)
+    exhausted = [d for d in outcomes.values() if ReasonCode.QUOTA_EXHAUSTED in d.reasons]
+    assert usage.total[CAPPED] == quota, (
+        f"{CAPPED}: {usage.total[CAPPED]} released, quota {quota}, prescreen counted "
+        f"{usage.counted[CAPPED]}, {len(exhausted)} refused QUOTA_EXHAUSTED"
+    )
+    assert usage.counted == usage.total, f"counted {usage.counted}, released {usage.total}"
+    assert exhausted and {d.campaign_id for d in exhausted} == {CAPPED}
 
     deadline = time.monotonic() + 240.0
     while time.monotonic() < deadline:

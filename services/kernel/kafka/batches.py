@@ -21,6 +21,7 @@ class Record(NamedTuple):
     partition: int
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 async def send_batched(
@@ -36,11 +37,17 @@ async def send_batched(
     for (topic, partition), group in grouped.items():
         builder = producer.create_batch()
         for record in group:
-            if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+            if _append(builder, record) is None:
                 # Full (the producer's max_batch_size): send what it holds, start another.
                 acks.append(await producer.send_batch(builder, topic, partition=partition))
                 builder = producer.create_batch()
-                if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+                if _append(builder, record) is None:
                     raise ValueError(f"a {len(record.value)}-byte record exceeds a batch")
         acks.append(await producer.send_batch(builder, topic, partition=partition))
     return acks
+
+
+def _append(builder: Any, record: Record) -> Any:
+    return builder.append(
+        key=record.key, value=record.value, timestamp=None, headers=list(record.headers)
+    )
