@@ -297,7 +297,7 @@ def build_app(settings: PrescreenSettings, kafka: KafkaSettings) -> faust.App:
                     },
                     processed=lambda partition: processed.get((PENDING, partition)),
                     known=lambda b: b in decided or b in pending_records,
-                    state_of=lambda b: batches.get(b),
+                    state_of=joiner.state_of,
                 ),
                 group_id=settings.app_id,
                 started_at=started_at,

@@ -56,6 +56,7 @@ from services.kernel.metrics import (
 )
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
 from services.kernel.model.scoring import BankScorer
+from services.prescreen.batch_state import BatchState
 from services.prescreen.outputs import Output
 from services.prescreen.policy import Screening, Verdict, decide
 from services.prescreen.quota import PartitionQuota, QuotaLedger
@@ -178,14 +179,14 @@ class Joiner:
     async def on_pending(self, partition: int, pending: PendingBatch) -> None:
         if pending.batch_id in self.decided:
             return  # redelivered after its decision
-        state = self.batches.get(pending.batch_id) or self._new_state(partition)
+        state = self.state_of(pending.batch_id) or BatchState.new(partition)
         if self._has_pending(pending.batch_id, state):
             return  # duplicate pending record
         # Both written again when a crash kept one changelog write and lost the other
         # (the record is then delivered again: its offset was not committed).
         self.pending_records[pending.batch_id] = pending.model_dump_json()
-        state["d"] = pending.deadline_at.timestamp()
-        self.batches[pending.batch_id] = state
+        state.deadline = pending.deadline_at.timestamp()
+        self.batches[pending.batch_id] = state.to_table()
         self._pending[pending.batch_id] = pending
         await self._maybe_decide(pending.batch_id, state)
 
@@ -209,17 +210,16 @@ class Joiner:
                 keep_value=False,
             )
         self._check_fragment(fragment)
-        state = self.batches.get(fragment.batch_id) or self._new_state(partition)
-        fragments = {attempt: dict(by) for attempt, by in state["f"].items()}
-        current = fragments.setdefault(str(fragment.attempt), {})
-        if fragment.partner in current:
+        state = self.state_of(fragment.batch_id) or BatchState.new(partition)
+        if state.has_answer(fragment.partner, fragment.attempt):
             return  # duplicate delivery
-        current[fragment.partner] = fragment.model_dump_json()
-        state["f"] = fragments
+        state.fragments.setdefault(str(fragment.attempt), {})[fragment.partner] = (
+            fragment.model_dump_json()
+        )
         if fragment.attempt == 1 and self._has_pending(fragment.batch_id, state):
             requested = self._pending_of(fragment.batch_id, state).created_at.timestamp()
             PARTNER_LATENCY.labels(partner=fragment.partner).observe(time.time() - requested)
-        self.batches[fragment.batch_id] = state
+        self.batches[fragment.batch_id] = state.to_table()
         await self._maybe_decide(fragment.batch_id, state)
 
     def _answers_used(self, batch_id: str) -> list[str] | None:
@@ -233,7 +233,7 @@ class Joiner:
         return list(decided[2]) if len(decided) > 2 else []
 
     async def on_deadline(self, tick: DeadlineTick) -> None:
-        state = self.batches.get(tick.batch_id)
+        state = self.state_of(tick.batch_id)
         if state is None or tick.batch_id in self._deciding:
             return
         if tick.batch_id in self.decided:
@@ -294,16 +294,20 @@ class Joiner:
         except (CiphertextError, ValueError) as exc:
             raise RejectedInputError("invalid-ciphertext", str(exc), keep_value=False) from exc
 
-    def _has_pending(self, batch_id: str, state: dict[str, Any]) -> bool:
-        """The batch's pending record arrived (and both its writes are in the tables)."""
-        if state.get("p") is not None:
-            return True  # a batch held by a version that kept the record in its state
-        return state.get("d") is not None and batch_id in self.pending_records
+    def state_of(self, batch_id: str) -> BatchState | None:
+        value = self.batches.get(batch_id)
+        return None if value is None else BatchState.from_table(value)
 
-    def _pending_of(self, batch_id: str, state: dict[str, Any]) -> PendingBatch:
+    def _has_pending(self, batch_id: str, state: BatchState) -> bool:
+        """The batch's pending record arrived (and both its writes are in the tables)."""
+        if state.legacy_pending is not None:
+            return True  # a batch held by a version that kept the record in its state
+        return state.deadline is not None and batch_id in self.pending_records
+
+    def _pending_of(self, batch_id: str, state: BatchState) -> PendingBatch:
         pending = self._pending.get(batch_id)
         if pending is None:
-            text = state.get("p") or self.pending_records[batch_id]
+            text = state.legacy_pending or self.pending_records[batch_id]
             pending = PendingBatch.model_validate_json(text)
             self._pending[batch_id] = pending
         return pending
@@ -319,48 +323,33 @@ class Joiner:
         self._pending.pop(batch_id, None)
 
     @staticmethod
-    def _new_state(partition: int) -> dict[str, Any]:
-        """``f``: fragment JSON by attempt ("1", "2") and partner; ``a``: the current
-        attempt; ``parts``: its participants (None: every partner of the batch)."""
-        return {
-            "f": {},
-            "a": 1,
-            "parts": None,
-            "d": None,
-            "part": partition,
-            "seen": time.time(),
-        }
+    def _participants(pending: PendingBatch, state: BatchState) -> list[str]:
+        return list(state.participants or pending.partners)
 
     @staticmethod
-    def _participants(pending: PendingBatch, state: dict[str, Any]) -> list[str]:
-        return list(state.get("parts") or pending.partners)
-
-    @staticmethod
-    def _fragments(state: dict[str, Any]) -> dict[str, EncryptedFragment]:
+    def _fragments(state: BatchState) -> dict[str, EncryptedFragment]:
         """The current attempt's fragments."""
-        texts = state["f"].get(str(state.get("a", 1)), {})
-        return {name: EncryptedFragment.model_validate_json(t) for name, t in texts.items()}
+        return {n: EncryptedFragment.model_validate_json(t) for n, t in state.current.items()}
 
     # -- deciding -------------------------------------------------------------
-    async def _maybe_decide(self, batch_id: str, state: dict[str, Any]) -> None:
+    async def _maybe_decide(self, batch_id: str, state: BatchState) -> None:
         if not self._has_pending(batch_id, state) or batch_id in self._deciding:
             return
         pending = self._pending_of(batch_id, state)
-        answered = state["f"].get(str(state.get("a", 1)), {})
-        if set(self._participants(pending, state)) <= set(answered):
+        if set(self._participants(pending, state)) <= set(state.current):
             await self._decide(batch_id, state, pending=pending)
 
     async def _decide(
         self,
         batch_id: str,
-        state: dict[str, Any],
+        state: BatchState,
         pending: PendingBatch | None = None,
     ) -> None:
         pending = pending or self._pending_of(batch_id, state)
         self._pending.pop(batch_id, None)
         fragments = self._fragments(state)
         participants = self._participants(pending, state)
-        attempt = int(state.get("a", 1))
+        attempt = state.attempt
         now = datetime.now(UTC)
         loaded = self.bundle_for(pending.model_version)
         missing: list[str] = []
@@ -384,7 +373,7 @@ class Joiner:
         # would then be ignored as replays.
         self._deciding[batch_id] = sorted(fragments)
         try:
-            await self._emit(pending, screenings, missing, bundle, now, state["part"])
+            await self._emit(pending, screenings, missing, bundle, now, state.partition)
         finally:
             self._deciding.pop(batch_id, None)
         log.info(
@@ -402,7 +391,7 @@ class Joiner:
         # before the batch is deleted: a crash between the two changelog writes then
         # leaves a decided batch that is still held (its next tick removes it), never
         # one that is in neither table and would look skipped after the restart.
-        self.decided[batch_id] = [now.timestamp(), state["part"], sorted(fragments)]
+        self.decided[batch_id] = [now.timestamp(), state.partition, sorted(fragments)]
         # Also drops the parsed record again: the deadline timer may have parsed it back
         # into the cache while _emit awaited the broker (tick_for).
         self._forget(batch_id)
@@ -610,7 +599,7 @@ class Joiner:
         return records
 
     # -- deadlines ---------------------------------------------------------------
-    def _tick_secret(self, batch_id: str, state: dict[str, Any]) -> bytes:
+    def _tick_secret(self, batch_id: str, state: BatchState) -> bytes:
         """What a batch's ticks are authenticated with: derived from its model's private
         key (or, for fragments whose pending record never came, the key they name), so
         every prescreen instance agrees; else this process's own secret."""
@@ -618,7 +607,7 @@ class Joiner:
             loaded = self.bundle_for(self._pending_of(batch_id, state).model_version)
             key_id = loaded[0].key_id if loaded is not None else None
         else:
-            texts = (text for by in state["f"].values() for text in by.values())
+            texts = (text for by in state.fragments.values() for text in by.values())
             key_id = next((json.loads(text)["key_id"] for text in texts), None)
         key = self.private_keys.get(key_id) if key_id is not None else None
         if key is None:
@@ -630,8 +619,8 @@ class Joiner:
     def tick_for(self, batch_id: str, attempt: int = 1) -> bytes | None:
         """A signed deadline tick for this attempt of the batch (None if the batch is gone
         or has moved on to another attempt since :meth:`expired` listed it)."""
-        state = self.batches.get(batch_id)
-        if state is None or int(state.get("a", 1)) != attempt:
+        state = self.state_of(batch_id)
+        if state is None or state.attempt != attempt:
             return None
         fired = datetime.now(UTC)
         mac = tick_mac(self._tick_secret(batch_id, state), batch_id, attempt, fired)
@@ -645,16 +634,11 @@ class Joiner:
         """(batch id, attempt) of every attempt whose deadline passed (or of orphan
         fragments that aged out), of the given partitions only if any are given."""
         due = []
-        for batch_id, state in list(self.batches.items()):
-            if partitions is not None and state.get("part") not in partitions:
-                continue
+        for batch_id, value in list(self.batches.items()):
             if batch_id in self._deciding:
                 continue
-            attempt = int(state.get("a", 1))
-            if state.get("d") is not None:
-                if now >= state["d"]:
-                    due.append((batch_id, attempt))
-            elif now - state.get("seen", now) >= self.orphan_fragment_s:
+            attempt = BatchState.due(value, now, self.orphan_fragment_s, partitions)
+            if attempt is not None:
                 due.append((batch_id, attempt))
         return due
 

@@ -30,6 +30,7 @@ from services.kernel.config import KafkaSettings
 from services.kernel.kafka.clients import make_consumer, partitions_of
 from services.kernel.kafka.topics import FRAGMENTS, PENDING
 from services.kernel.kafka.window import Record, read_window
+from services.prescreen.batch_state import BatchState
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class JoinerView:
     """The last pending offset of a partition the joiner handled."""
     known: Callable[[str], bool]
     """The batch is decided, or held with its pending record."""
-    state_of: Callable[[str], Mapping[str, object] | None]
+    state_of: Callable[[str], BatchState | None]
 
 
 async def recover_skipped(
@@ -172,11 +173,9 @@ async def recover_skipped(
     for record in missing.values():
         await producer.send(PENDING, key=record.key, value=record.value, partition=record.partition)
     for record in fragments_of(fragments, missing):
-        state = joiner.state_of(record.key.decode()) or {}
-        held = state.get("f") or {}
-        partner = json.loads(record.value).get("partner")
-        attempt = str(json.loads(record.value).get("attempt", 1))
-        if isinstance(held, Mapping) and partner in (held.get(attempt) or {}):
+        state = joiner.state_of(record.key.decode())
+        sent = json.loads(record.value)
+        if state is not None and state.has_answer(sent.get("partner"), sent.get("attempt", 1)):
             continue
         await producer.send(
             FRAGMENTS,

@@ -49,6 +49,7 @@ from services.partner.serving import (
     build_model,
 )
 from services.partner.store import FeatureStore
+from services.prescreen.batch_state import BatchState
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.prescreen.outputs import Output
 from services.prescreen.quota import PartitionQuota, Pool, QuotaLedger
@@ -625,7 +626,7 @@ async def test_a_decision_is_recorded_before_its_batch_is_forgotten(world: World
 
     # The crash state (both written, the deletion lost): the batch's next tick removes
     # it without a second decision.
-    batches["b20"] = {**world.joiner._new_state(0), "d": 0.0}
+    batches["b20"] = {**BatchState.new(0).to_table(), "d": 0.0}
     world.pending_records["b20"] = pending.model_dump_json()
     count = len(world.sent)
     await world.tick("b20", 0)
@@ -749,7 +750,7 @@ async def test_a_crash_that_kept_only_the_batch_state_gets_the_record_written_ag
     delivered again (its offset was not committed), is written again and the batch is
     decided with it."""
     pending = world.pending("b22", [0, 1])
-    world.batches["b22"] = {**world.joiner._new_state(0), "d": pending.deadline_at.timestamp()}
+    world.batches["b22"] = {**BatchState.new(0).to_table(), "d": pending.deadline_at.timestamp()}
     await world.joiner.handle(PENDING, 0, pending.model_dump_json().encode())
     assert "b22" in world.pending_records
     await world.joiner.handle(FRAGMENTS, 0, world.fragment("payments", pending))
@@ -762,7 +763,7 @@ async def test_a_batch_held_by_the_previous_version_is_still_decided(world: Worl
     still carries its pending record inside is decided with that record."""
     pending = world.pending("b23", [2, 3])
     world.batches["b23"] = {
-        **world.joiner._new_state(1),
+        **BatchState.new(1).to_table(),
         "d": pending.deadline_at.timestamp(),
         "p": pending.model_dump_json(),
     }
