@@ -53,13 +53,13 @@ from rich.table import Table
 from schemas import PolicyConfig
 from services.bench.capacity import BROKER, HARNESS
 from services.bench.load import DecisionCollector, Seen, now_iso, send_messages, tag_of
-from services.bench.pipeline import Pipeline, PipelineOptions
 from services.bench.probes import KafkaProbe, ProcessSampler, machine_busy_s
 from services.bench.report import print_machine
 from services.bench.run import BenchOptions, World, finite, prepare_world
 from services.bench.session import running_pipeline
 from services.bench.stats import Accounting, parse_ts, percentiles_ms
 from services.kernel.kafka.topics import FRAGMENTS, PENDING
+from services.stack.pipeline import Pipeline, PipelineOptions
 
 Say = Callable[[str], None]
 HOUR_S = 3600.0

@@ -22,8 +22,8 @@ import confluent_kafka
 import pytest
 
 from schemas import Decision, ReasonCode
-from services.bench.pipeline import PipelineOptions
 from services.kernel.procs import ServiceProcess
+from services.stack.pipeline import PipelineOptions
 from tests.integration.diagnose import explain_copies, explain_undecided
 from tests.integration.harness import (
     Running,
