@@ -17,16 +17,10 @@ from services.bench.capacity import BROKER
 from services.bench.cli import run_soak_command
 from services.bench.probes import process_groups, read_processes
 from services.bench.run import finite
-from services.bench.soak import (
-    SoakOptions,
-    SoakRequest,
-    Window,
-    analyse,
-    latency_drift,
-    memory_growth,
-    slope_per_hour,
-    soak,
-)
+from services.bench.soak.analysis import analyse, latency_drift, memory_growth, slope_per_hour
+from services.bench.soak.command import SoakRequest, soak
+from services.bench.soak.options import SoakOptions
+from services.bench.soak.sampling import Window
 from services.kernel.errors import CliError
 
 SERVICES = ("partner-repayments", "partner-payments", "intake", "prescreen")
