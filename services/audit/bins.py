@@ -8,11 +8,11 @@ its bin vector:
 
 - :func:`mitm`, exact meet-in-the-middle enumeration: fast and complete for few
   equations, bounded by the size of the half enumerations;
-- :func:`ilp`, a 0/1 program over one-hot bin indicators solved by HiGHS: takes a
-  prior (MAP guess) and gets faster as equations accumulate, but HiGHS's branch and
-  bound is only fast when the equations pin the LP relaxation: on random tables about
-  three equations per feature (~10-20 ms a row), slow at two, hopeless below one,
-  where rows time out and count as not recovered.
+- ``ilp`` (services/audit/bins_ilp.py), a 0/1 program over one-hot bin indicators
+  solved by HiGHS: takes a prior (MAP guess) and gets faster as equations accumulate,
+  but HiGHS's branch and bound is only fast when the equations pin the LP relaxation:
+  on random tables about three equations per feature (~10-20 ms a row), slow at two,
+  hopeless below one, where rows time out and count as not recovered.
 
 A row counts as recovered only if exactly one vector is consistent, which the tests
 and the audit compare with :func:`baseline_fraction`, what guessing the most common
@@ -22,13 +22,11 @@ vector achieves without any attack.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -38,8 +36,6 @@ _EXHAUSTIVE_SPLIT_FEATURES = 20
 _CHUNK_ELEMENTS = 1 << 20
 _CANDIDATE_SLICE = 1 << 18
 _SLACK_ULPS = 64.0
-_HIGHS_STATUS_OPTIMAL = 0
-_HIGHS_STATUS_LIMIT = 1
 
 
 class BudgetExceeded(ValueError):  # noqa: N818 (the name callers catch)
@@ -135,33 +131,19 @@ class Equations:
         return int(self.observations.shape[0])
 
 
-@dataclass(frozen=True)
-class IlpResult:
-    """:func:`ilp_detailed`'s answer: the guesses and what the solver proved about them.
-
-    ``guess`` is (rows, J), -1 where nothing is claimed; ``unique`` marks rows whose
-    vector was proven the only consistent one; ``timed_out`` marks rows where a time
-    limit stopped either solve, so an audit can tell "safe" from "not tried hard enough".
-    """
-
-    guess: IntArray
-    unique: BoolArray
-    timed_out: BoolArray
-
-
-def _offsets(bins: Sequence[int]) -> IntArray:
+def bin_offsets(bins: Sequence[int]) -> IntArray:
     """Where each feature's bins start in the flattened (feature, bin) index."""
     return np.concatenate(([0], np.cumsum(bins[:-1]))).astype(np.int64)
 
 
-def _stacked(eq: Equations) -> FloatArray:
+def stacked_tables(eq: Equations) -> FloatArray:
     """The tables as an (E, sum B_j) matrix, so a vector's sums are one gather-and-add."""
     if eq.n_equations == 0:
         return np.zeros((0, sum(eq.bins_per_feature)), dtype=np.float64)
     return np.stack([np.concatenate(table) for table in eq.tables])
 
 
-def _effective_tolerance(eq: Equations) -> FloatArray:
+def effective_tolerance(eq: Equations) -> FloatArray:
     """The declared tolerance plus a few ulps of the largest sum involved, so float
     summation order never turns an exact match into a miss."""
     if eq.n_equations == 0:
@@ -172,7 +154,7 @@ def _effective_tolerance(eq: Equations) -> FloatArray:
     return eq.tolerance + _SLACK_ULPS * np.finfo(np.float64).eps * (1.0 + largest)
 
 
-def _distinct_rows(eq: Equations) -> tuple[IntArray, IntArray]:
+def distinct_rows(eq: Equations) -> tuple[IntArray, IntArray]:
     """Representatives of the distinct observation vectors and each row's group.
 
     Observations are rounded to 1/1024 of their tolerance (exactly compared where the
@@ -275,17 +257,17 @@ def mitm(eq: Equations, *, budget: int = 1 << 22) -> IntArray:
             out[:] = 0
         return out
 
-    tol = _effective_tolerance(eq)
+    tol = effective_tolerance(eq)
     window = 2.0 * tol - eq.tolerance
     screened = min(eq.n_equations, 2)
     small_sums = np.stack([_half_sums(eq.tables[e], small, size_small) for e in range(screened)])
     large_sums = np.stack([_half_sums(eq.tables[e], large, size_large) for e in range(screened)])
     order = np.argsort(large_sums[0], kind="stable")
     large_sums = np.ascontiguousarray(large_sums[:, order])
-    stacked = _stacked(eq)
-    offsets = _offsets(bins)
+    stacked = stacked_tables(eq)
+    offsets = bin_offsets(bins)
 
-    reps, inverse = _distinct_rows(eq)
+    reps, inverse = distinct_rows(eq)
     solved = np.full((reps.shape[0], n_feat), -1, dtype=np.int64)
     per_chunk = max(1, _CHUNK_ELEMENTS // size_small)
     for start in range(0, reps.shape[0], per_chunk):
@@ -322,7 +304,7 @@ def mitm(eq: Equations, *, budget: int = 1 << 22) -> IntArray:
     return solved[inverse]
 
 
-def _log_prior(prior: Sequence[NDArray[np.floating]], bins: Sequence[int]) -> FloatArray:
+def flat_log_prior(prior: Sequence[NDArray[np.floating]], bins: Sequence[int]) -> FloatArray:
     """Validated per-(feature, bin) log probabilities, flattened; -inf marks bins the
     prior rules out, which the program then fixes to 0."""
     if len(prior) != len(bins):
@@ -346,170 +328,6 @@ def prior_mode(prior: Sequence[NDArray[np.floating]]) -> IntArray:
     if not prior:
         raise ValueError("the prior must cover at least one feature")
     return np.array([int(np.argmax(np.asarray(p))) for p in prior], dtype=np.int64)
-
-
-class _Program:
-    """The row-independent part of the 0/1 program: one-hot rows, table rows, objective
-    and bounds, so each row only swaps the equations' bounds."""
-
-    def __init__(self, eq: Equations, log_prior: FloatArray | None) -> None:
-        bins = eq.bins_per_feature
-        self.bins = bins
-        self.offsets = _offsets(bins)
-        n_vars = sum(bins)
-        one_hot = np.zeros((len(bins), n_vars), dtype=np.float64)
-        for j, (start, size) in enumerate(zip(self.offsets, bins, strict=True)):
-            one_hot[j, start : start + size] = 1.0
-        self.stacked = _stacked(eq)
-        self.matrix = np.vstack([one_hot, self.stacked])
-        self.tolerance = eq.tolerance
-        self.check = _effective_tolerance(eq)
-        self.integrality = np.ones(n_vars, dtype=np.int64)
-        if log_prior is None:
-            self.cost = np.zeros(n_vars, dtype=np.float64)
-            self.bounds = Bounds(0.0, 1.0)
-        else:
-            allowed = np.isfinite(log_prior)
-            self.cost = np.where(allowed, -log_prior, 0.0)
-            self.bounds = Bounds(0.0, allowed.astype(np.float64))
-
-    def _solve(
-        self, cost: FloatArray, constraints: list[LinearConstraint], limit: float
-    ) -> tuple[int, FloatArray | None]:
-        """One HiGHS run: its status (0 optimal, 1 limit, 2 infeasible...) and x."""
-        result = milp(
-            cost,
-            integrality=self.integrality,
-            bounds=self.bounds,
-            constraints=constraints,
-            options={"time_limit": max(limit, 1e-3), "mip_rel_gap": 0.0},
-        )
-        x = None if result.x is None else np.asarray(result.x, dtype=np.float64)
-        return int(result.status), x
-
-    def _vector(self, x: FloatArray, obs: FloatArray) -> IntArray | None:
-        """The bin vector encoded by a solver point, or None if, once rounded, it is not
-        one-hot or misses an equation (a point HiGHS accepted within its own tolerances
-        but that no real vector matches)."""
-        rounded = np.round(x)
-        vector = np.array(
-            [
-                int(np.argmax(rounded[start : start + size]))
-                for start, size in zip(self.offsets, self.bins, strict=True)
-            ],
-            dtype=np.int64,
-        )
-        if np.any(np.add.reduceat(rounded, self.offsets) != 1.0):
-            return None
-        sums = self.stacked[:, self.offsets + vector].sum(axis=1)
-        if np.any(np.abs(sums - obs) > self.check):
-            return None
-        return vector
-
-    def solve_row(self, obs: FloatArray, time_limit_s: float) -> tuple[IntArray | None, bool, bool]:
-        """(MAP vector or None, proven unique, hit a time limit) for one observation."""
-        deadline = time.monotonic() + time_limit_s
-        n_feat = len(self.bins)
-        ones = np.ones(n_feat, dtype=np.float64)
-        rows = LinearConstraint(
-            self.matrix,
-            np.concatenate([ones, obs - self.tolerance]),
-            np.concatenate([ones, obs + self.tolerance]),
-        )
-        status, x = self._solve(self.cost, [rows], time_limit_s)
-        if status == _HIGHS_STATUS_LIMIT:
-            return None, False, True
-        if status != _HIGHS_STATUS_OPTIMAL or x is None:
-            return None, False, False
-        vector = self._vector(x, obs)
-        if vector is None:
-            return None, False, False
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return vector, False, True
-        cut = np.zeros((1, self.matrix.shape[1]), dtype=np.float64)
-        cut[0, self.offsets + vector] = 1.0
-        no_good = LinearConstraint(cut, -np.inf, n_feat - 1)
-        status, _ = self._solve(np.zeros_like(self.cost), [rows, no_good], remaining)
-        if status == _HIGHS_STATUS_LIMIT:
-            return vector, False, True
-        return vector, status != _HIGHS_STATUS_OPTIMAL, False
-
-
-def ilp_detailed(
-    eq: Equations,
-    *,
-    rows: Sequence[int] | None = None,
-    time_limit_s: float = 2.0,
-    prior: Sequence[NDArray[np.floating]] | None = None,
-) -> IlpResult:
-    """:func:`ilp`, also reporting which rows were proven unique and which timed out.
-
-    Per distinct observation vector: maximise the log prior (or any feasible point
-    without a prior) over one-hot x with every equation within tolerance, then re-solve
-    with the no-good cut sum of the chosen x <= J - 1; infeasibility of the second solve
-    proves the vector unique. ``time_limit_s`` is per row, shared by both solves.
-    """
-    bins = eq.bins_per_feature
-    n_feat = len(bins)
-    wanted = np.arange(eq.n_rows, dtype=np.int64) if rows is None else np.asarray(rows)
-    if wanted.ndim != 1 or (wanted.size and not np.issubdtype(wanted.dtype, np.integer)):
-        raise ValueError("rows must be a sequence of row indices")
-    wanted = wanted.astype(np.int64)
-    if np.any((wanted < 0) | (wanted >= eq.n_rows)):
-        raise ValueError(f"rows must lie in [0, {eq.n_rows})")
-    log_prior = None if prior is None else _log_prior(prior, bins)
-    count = wanted.shape[0]
-    guess = np.full((count, n_feat), -1, dtype=np.int64)
-    unique = np.zeros(count, dtype=np.bool_)
-    timed_out = np.zeros(count, dtype=np.bool_)
-    if count == 0:
-        return IlpResult(guess, unique, timed_out)
-    if eq.n_equations == 0:
-        alone = math.prod(bins) == 1
-        if prior is not None:
-            guess[:] = prior_mode(prior)
-        elif alone:
-            guess[:] = 0
-        unique[:] = alone
-        return IlpResult(guess, unique, timed_out)
-
-    program = _Program(eq, log_prior)
-    subset = Equations(eq.tables, eq.observations[wanted], eq.tolerance)
-    reps, inverse = _distinct_rows(subset)
-    for group, rep in enumerate(reps):
-        vector, proven, limited = program.solve_row(subset.observations[rep], time_limit_s)
-        members = inverse == group
-        unique[members] = proven
-        timed_out[members] = limited
-        if vector is not None and (proven or prior is not None):
-            guess[members] = vector
-    return IlpResult(guess, unique, timed_out)
-
-
-def ilp(
-    eq: Equations,
-    *,
-    rows: Sequence[int] | None = None,
-    time_limit_s: float = 2.0,
-    prior: Sequence[NDArray[np.floating]] | None = None,
-) -> IntArray:
-    """The solver across rounds and versions: every equation a row appears in, jointly.
-
-    Solves, per requested row, the 0/1 program over one-hot bin indicators x_{j,b}
-    (sum_b x_{j,b} = 1; o_e - tol_e <= sum T_e[j][b] x_{j,b} <= o_e + tol_e for every
-    e) with HiGHS, maximising the sum of log prior probabilities. Returns (len(rows), J)
-    int64: the vector when it is proven the only consistent one; with a prior, the MAP
-    vector even when others are consistent (the attacker's best guess); -1 when no
-    vector is consistent, when a time limit stops the search (without a prior, also
-    when only uniqueness timed out), or without a prior when several are consistent.
-    With no equations the answer is the prior's mode (-1 without a prior).
-
-    Random tables make this a multi-dimensional subset-sum: branch and bound is fast
-    when the equations outnumber the features about three to one and times out with
-    fewer than one per feature, even where they pin the vector; use :func:`mitm` there.
-    """
-    return ilp_detailed(eq, rows=rows, time_limit_s=time_limit_s, prior=prior).guess
 
 
 def recovered_fraction(guess: NDArray[np.integer], truth: NDArray[np.integer]) -> float:
@@ -559,7 +377,7 @@ def top_vectors(prior: Sequence[NDArray[np.floating]], size: int) -> IntArray:
     priors, most probable first. A beam over the features is exact here: a top vector's
     prefix is always among the top prefixes, since a better prefix with the same suffix
     would give a better vector."""
-    logs = [np.asarray(_log_prior([p], [len(p)]), dtype=np.float64) for p in prior]
+    logs = [np.asarray(flat_log_prior([p], [len(p)]), dtype=np.float64) for p in prior]
     vectors = np.zeros((1, 0), dtype=np.int64)
     scores = np.zeros(1)
     for log_p in logs:
@@ -594,8 +412,8 @@ def dictionary(
     )
     order = np.argsort(sums[:, 0], kind="stable")
     first = sums[order, 0]
-    tolerance = _effective_tolerance(eq)
-    distinct, inverse = _distinct_rows(eq)
+    tolerance = effective_tolerance(eq)
+    distinct, inverse = distinct_rows(eq)
     solved = np.full((distinct.shape[0], vectors.shape[1]), -1, dtype=np.int64)
     observed = eq.observations[distinct]
     lo = np.searchsorted(first, observed[:, 0] - tolerance[0], side="left")

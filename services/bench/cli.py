@@ -1,6 +1,6 @@
 """``fedscreen bench``: pipeline throughput and latency per mode, the crypto
 micro-benchmark, and every number with the machine in one JSON file; ``--soak``: a long
-steady run for memory growth and latency drift (services/bench/soak.py);
+steady run for memory growth and latency drift (services/bench/soak/);
 ``--scale-out``: workers and replicas, a rolling restart, decisions compared
 (services/bench/scaleout.py)."""
 
@@ -370,7 +370,7 @@ def run_soak_command(
     linger_ms: float,
     training: bool,
 ) -> None:
-    from services.bench.soak import SoakRequest, run_soak
+    from services.bench.soak.command import SoakRequest, run_soak
 
     rate = 300.0 if rate is None else rate
     duration = 600.0 if duration is None else duration

@@ -36,10 +36,8 @@ from services.bench.capacity import (
     plan,
 )
 from services.bench.factors import FactorPools, read_pools, wait_for_full_pools
-from services.bench.fixtures import BankData, PartnerData
 from services.bench.load import CandidateTemplates, DecisionCollector, now_iso, send_messages
 from services.bench.micro import MicroOptions, MicroResult, run_micro
-from services.bench.pipeline import PipelineOptions
 from services.bench.probes import KafkaProbe, topic_traffic, true_ends
 from services.bench.session import PipelineSession, running_pipeline
 from services.bench.stats import Accounting, CpuMeter, parse_ts, percentiles_ms, steady_rate
@@ -48,7 +46,9 @@ from services.bench.training_crypto import (
     print_training,
     run_training_crypto,
 )
-from services.demo import dataset as ds
+from services.stack import dataset as ds
+from services.stack.fixtures import BankData, PartnerData
+from services.stack.pipeline import PipelineOptions
 from services.training.policy_file import load_policy
 
 MODES = ("federated", "plaintext")

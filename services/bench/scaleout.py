@@ -27,7 +27,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,9 @@ from rich.console import Console
 from rich.table import Table
 
 from services.bench.load import DecisionCollector, now_iso, send_messages
-from services.bench.pipeline import Pipeline, PipelineOptions
 from services.bench.session import PipelineSession, running_pipeline
 from services.bench.stats import Accounting
-from services.kernel.procs import Fleet
+from services.stack.pipeline import Pipeline, PipelineOptions, rolling_restart
 
 Say = Callable[[str], None]
 
@@ -90,26 +89,6 @@ class ScaleOutResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-async def rolling_restart(
-    fleet: Fleet, partners: Sequence[str], replicas: int, *, stop_timeout_s: float = 30.0
-) -> tuple[dict[str, int], dict[str, float]]:
-    """SIGTERM each partner replica in turn, start it again and wait until it is ready
-    before the next; each one's exit code (-999: it had to be killed) and the seconds
-    from SIGTERM to ready."""
-    exits: dict[str, int] = {}
-    took: dict[str, float] = {}
-    for partner in partners:
-        for replica in range(1, replicas + 1):
-            service = fleet[Pipeline.replica_name(partner, replica)]
-            started = time.monotonic()
-            code = await asyncio.to_thread(service.stop, stop_timeout_s)
-            exits[service.name] = -999 if code is None else code
-            service.start()
-            await service.wait_ready(timeout_s=120.0)
-            took[service.name] = time.monotonic() - started
-    return exits, took
 
 
 class ScaleOutBench:

@@ -16,12 +16,12 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import PolicyConfig
 from services.bench.capacity import BROKER
-from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
 from services.bench.load import DecisionCollector
-from services.bench.pipeline import Pipeline, PipelineOptions
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_producer
 from services.kernel.kafka.topics import all_topics
+from services.stack.fixtures import BankData, Deployment, PartnerData, build_quick_model
+from services.stack.pipeline import Pipeline, PipelineOptions
 
 Say = Callable[[str], None]
 

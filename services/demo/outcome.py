@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from schemas import CampaignPolicy, Decision
-from services.demo import dataset as ds
 from services.evaluate.outcome import PerModel, Volume, quota_volume, release
+from services.stack import dataset as ds
 from services.training.policy_file import load_policy
 
 

@@ -34,17 +34,17 @@ from rich.table import Table as RichTable
 from sklearn.metrics import roc_auc_score
 
 from schemas import CandidateEvent, Decision
-from services.bench.alignment import PartnerInput, align_and_load
-from services.bench.fixtures import Deployment, PartnerData
-from services.bench.pipeline import Pipeline, PipelineOptions
 from services.candidates.events import send as send_candidates
-from services.demo import dataset as ds
 from services.demo.campaigns import apply_campaigns, print_quota_change, wait_applied
 from services.demo.outcome import print_outcome
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_consumer, partitions_of
 from services.kernel.kafka.topics import DECISIONS, all_topics
+from services.stack import dataset as ds
+from services.stack.alignment import PartnerInput, align_and_load
+from services.stack.fixtures import Deployment, PartnerData
+from services.stack.pipeline import Pipeline, PipelineOptions
 from services.training.policy_file import load_policy
 
 # How much of the bank's customer base each partner holds, and how many customers it

@@ -13,10 +13,10 @@ from pathlib import Path
 from schemas import PartnerBundle
 from services.audit.report import AttackResult, Audit
 from services.audit.run import bank_attacks, forger_attacks, truths
-from services.bench.fixtures import Deployment
 from services.evaluate.spec import EvaluateSpec
 from services.kernel.crypto.signing import new_signing_key
 from services.kernel.kafka.broker import EmbeddedBroker
+from services.stack.fixtures import Deployment
 from services.training.trace import TrainingTrace
 
 

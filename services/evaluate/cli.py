@@ -47,9 +47,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Split a data set between the bank and its partners, as `fedscreen evaluate` does:
         each party's own file with only its own columns (stratified on the label)."""
-        from services.demo import dataset as reference
         from services.evaluate.spec import build_spec
         from services.evaluate.split import PartyFiles, read_dataset, sample, split, write_parties
+        from services.stack import dataset as reference
 
         partners = partner or [
             f"{name}={','.join(columns)}" for name, columns in reference.REFERENCE_PARTNERS.items()

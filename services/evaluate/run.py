@@ -24,9 +24,6 @@ from typing import Any
 import numpy as np
 
 from services.audit.report import Audit
-from services.bench.alignment import PartnerInput, align_and_load
-from services.bench.fixtures import Deployment
-from services.bench.pipeline import Pipeline, PipelineOptions
 from services.evaluate import metrics
 from services.evaluate.audit import Auditor
 from services.evaluate.outcome import PerModel, outcome
@@ -44,6 +41,9 @@ from services.evaluate.split import (
 from services.kernel.errors import CliError
 from services.kernel.kafka.broker import EmbeddedBroker, stop_process_group
 from services.kernel.kafka.topics import all_topics
+from services.stack.alignment import PartnerInput, align_and_load
+from services.stack.fixtures import Deployment
+from services.stack.pipeline import Pipeline, PipelineOptions
 from services.training.policy_file import load_policy
 
 MODEL_VERSION = "m-evaluate"

@@ -11,7 +11,8 @@ replica answer each request (:meth:`PartnerStore.claim_request`).
 
 One implementation over a tiny dialect layer: the data statements are the same SQL in
 both databases (``?`` placeholders, ``ON CONFLICT``), only the table definitions, bulk
-loading and token lookups differ.
+loading and token lookups differ. The SQLite dialect is here; PostgreSQL's is in
+services/partner/store_postgres.py.
 """
 
 from __future__ import annotations
@@ -28,16 +29,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from services.kernel.crypto.tokens import TokenSource
 from services.partner.binning import Binning
-
-if TYPE_CHECKING:
-    import psycopg
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
 _LOOKUP_CHUNK = 900  # below SQLite's bound-parameter limit on every build
@@ -137,6 +135,9 @@ def open_store(url: str, *, create: bool = False) -> PartnerStore:
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot create the feature store {path}: {exc}") from exc
         return SqliteStore.open_existing(path)
+    # The PostgreSQL backend (and psycopg) load only when a postgresql:// URL is opened.
+    from services.partner.store_postgres import PostgresStore
+
     store = PostgresStore(url)
     if not create and not store.features:
         store.close()
@@ -393,7 +394,7 @@ class PartnerStore(ABC):
         )
 
 
-_COMMON_TABLES = """
+COMMON_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS binnings (
     binning_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, spec TEXT NOT NULL
@@ -428,7 +429,7 @@ class SqliteStore(PartnerStore):
 
     def _create_tables(self) -> None:
         self.db.executescript(
-            _COMMON_TABLES
+            COMMON_TABLES
             + """
             CREATE TABLE IF NOT EXISTS requests (
                 batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -477,117 +478,6 @@ class SqliteStore(PartnerStore):
 
 FeatureStore = SqliteStore
 """The embedded store by its former name (``FeatureStore(path)``)."""
-
-
-class PostgresStore(PartnerStore):
-    """One PostgreSQL database per partner, shared by all of its replicas: the claims
-    in its ledger decide which replica answers a request, and every replica reads the
-    binnings and weights whichever replica took the training session stored."""
-
-    def __init__(self, url: str) -> None:
-        import psycopg
-
-        self.url = url
-        self.location = redact(url)
-        self._psycopg = psycopg
-        self.db = self._connect()
-        try:
-            super().__init__()
-        except psycopg.Error as exc:
-            self.db.close()
-            raise StoreError(f"feature store {self.location}: {exc}".splitlines()[0]) from exc
-
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        try:
-            # autocommit: a statement outside `transaction()` holds no lock afterwards.
-            return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        except self._psycopg.Error as exc:
-            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot connect to the feature store {self.location}: {why}") from exc
-
-    def _create_tables(self) -> None:
-        made = self.db.execute("SELECT to_regclass('requests_seen_at') IS NOT NULL").fetchone()
-        if made is not None and made[0]:
-            # The usual start, beside running siblings: no DDL at all. Even CREATE INDEX IF
-            # NOT EXISTS locks the table first, and would stall the siblings' claims.
-            return
-        with self.db.transaction():
-            # Replicas starting together on an empty database would race on CREATE; a
-            # lock wait past a few seconds is an error, not a hang.
-            self.db.execute("SET LOCAL lock_timeout = '10s'")
-            self.db.execute("SELECT pg_advisory_xact_lock(7310255)")
-            for statement in _COMMON_TABLES.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS requests (batch_id TEXT NOT NULL, "
-                "attempt INTEGER NOT NULL, digest TEXT NOT NULL, source TEXT NOT NULL, "
-                "seen_at DOUBLE PRECISION NOT NULL, owner TEXT NOT NULL DEFAULT '', "
-                "PRIMARY KEY (batch_id, attempt))"
-            )
-            self.db.execute("CREATE INDEX IF NOT EXISTS requests_seen_at ON requests (seen_at)")
-
-    def _sql(self, sql: str) -> Any:
-        # The shared statements use SQLite's `?`; none of them holds a literal `?` or `%`.
-        return sql.replace("?", "%s")
-
-    def _retrying(self) -> None:
-        """Reconnect after the server dropped the connection (a restart, a failover):
-        the failed statement raised, the next one gets a new connection."""
-        if self.db.closed or self.db.broken:
-            self.db = self._connect()
-
-    @contextlib.contextmanager
-    def _reachable(self) -> Iterator[None]:
-        try:
-            yield
-        except self._psycopg.OperationalError as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreUnavailableError(f"feature store {self.location}: {why}") from exc
-
-    def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        self._retrying()
-        with self._reachable():
-            return self.db.execute(self._sql(sql), params).rowcount
-
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        self._retrying()
-        with self._reachable():
-            return self.db.execute(self._sql(sql), params).fetchall()
-
-    @contextlib.contextmanager
-    def _transaction_reachable(self) -> Iterator[object]:
-        self._retrying()
-        with self._reachable(), self.db.transaction() as transaction:
-            yield transaction
-
-    def _transaction(self) -> contextlib.AbstractContextManager[object]:
-        return self._transaction_reachable()
-
-    def _replace_customers(
-        self, columns: Sequence[str], rows: Iterable[tuple[object, ...]]
-    ) -> None:
-        # Replicas reading meanwhile wait for the commit, then see the new table whole.
-        self.db.execute("DROP TABLE IF EXISTS customers")
-        self.db.execute(
-            "CREATE TABLE customers (token TEXT PRIMARY KEY, "
-            "blacklisted INTEGER NOT NULL DEFAULT 0, "
-            + ", ".join(f"{c} DOUBLE PRECISION" for c in columns)
-            + ")"
-        )
-        with self.db.cursor().copy("COPY customers FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
-    def _select_tokens(self, columns: str, tokens: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-        self._retrying()
-        query = f"SELECT token, blacklisted, {columns} FROM customers WHERE token = ANY(%s)"
-        with self._reachable():
-            rows = self.db.execute(query, (list(tokens),)).fetchall()
-        yield from rows
-
-    def close(self) -> None:
-        self.db.close()
 
 
 @dataclass(frozen=True)

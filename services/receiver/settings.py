@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.webhooks.signing import secret_bytes
+from services.kernel.webhook_signing import secret_bytes
 
 
 class ReceiverSettings(BaseSettings):

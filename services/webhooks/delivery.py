@@ -18,6 +18,7 @@ from typing import Literal
 import aiohttp
 
 from services.kernel.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_UNSUBSCRIBED
+from services.kernel.webhook_signing import signed_headers
 from services.webhooks.retry import (
     RETRY_AFTER_STATUSES,
     is_retryable,
@@ -26,7 +27,6 @@ from services.webhooks.retry import (
 )
 from services.webhooks.retry_log import RetryLog, error_cause, http_cause
 from services.webhooks.settings import WebhooksSettings
-from services.webhooks.signing import signed_headers
 from services.webhooks.subscriptions import Endpoint
 
 log = logging.getLogger(__name__)

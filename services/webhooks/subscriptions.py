@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from services.kernel.errors import CliError
-from services.webhooks.signing import secret_bytes
+from services.kernel.webhook_signing import secret_bytes
 
 ALL_CAMPAIGNS = "*"
 

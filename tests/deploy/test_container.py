@@ -154,6 +154,48 @@ def test_the_image_runs_fedscreen_with_python_defaults(docker: list[Instruction]
     assert re.search(r"\bPYTHONUNBUFFERED=1\b", env)
 
 
+def test_the_wheel_and_so_the_image_leave_the_benchmark_out() -> None:
+    """The runtime image installs the project's wheel, whose packages are pyproject's
+    ``packages.find`` (setuptools matches each dotted name with fnmatch): every package
+    under services/ but the benchmark, which runs from a source checkout only."""
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include, exclude = found["packages"]["find"]["include"], found["packages"]["find"]["exclude"]
+
+    def packaged(name: str) -> bool:
+        matches = fnmatch.fnmatchcase
+        return any(matches(name, p) for p in include) and not any(matches(name, p) for p in exclude)
+
+    sources = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "services").rglob("__init__.py")
+    }
+    bench = {name for name in sources if name.split(".")[:2] == ["services", "bench"]}
+    assert "services.bench" in bench
+    assert not [name for name in bench if packaged(name)]
+    assert [name for name in sorted(sources - bench) if not packaged(name)] == []
+    assert packaged("services.stack")  # the harness demo and evaluate run on stays
+
+
+def test_fedscreen_without_the_benchmark_says_where_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the image ``services.bench`` is missing: every other command is still there,
+    and ``fedscreen bench`` fails with one line instead of a traceback."""
+    from typer.testing import CliRunner
+
+    from services import commands
+    from services.kernel.errors import CliError
+
+    monkeypatch.setitem(sys.modules, "services.bench", None)  # import fails as if absent
+    app = typer.Typer()
+    commands.register(app)
+    names = {command.name for command in app.registered_commands}
+    assert {"bench", "demo", "evaluate"} <= names
+    result = CliRunner().invoke(app, ["bench", "--soak", "--duration", "60"])
+    assert isinstance(result.exception, CliError), result.output
+    assert str(result.exception) == commands.BENCH_MISSING
+
+
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
     """Docker's rule: the last pattern matching the path or one of its parents decides."""
     parts = path.split("/")

@@ -16,20 +16,20 @@ import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas import BankBundle, CandidateEvent, Decision, DlqEnvelope, PartnerBundle, PolicyConfig
-from services.bench.fixtures import (
+from services.kernel.config import KafkaSettings
+from services.kernel.crypto.paillier import PrivateKey
+from services.kernel.kafka.broker import EmbeddedBroker
+from services.kernel.kafka.clients import make_consumer, make_producer
+from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics, dlq_topic
+from services.stack import dataset as ds
+from services.stack.fixtures import (
     BankData,
     Deployment,
     PartnerData,
     build_quick_model,
     stored_weights,
 )
-from services.bench.pipeline import Pipeline, PipelineOptions
-from services.demo import dataset as ds
-from services.kernel.config import KafkaSettings
-from services.kernel.crypto.paillier import PrivateKey
-from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.clients import make_consumer, make_producer
-from services.kernel.kafka.topics import CANDIDATES, DECISIONS, all_topics, dlq_topic
+from services.stack.pipeline import Pipeline, PipelineOptions
 from services.training.policy_file import load_policy
 from services.training.run import TrainJob
 from services.training.trainer import BankRows, TrainParams

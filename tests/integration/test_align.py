@@ -17,7 +17,6 @@ from aiokafka import TopicPartition
 from schemas import DlqEnvelope
 from schemas.alignment import TO_BANK, TO_PARTNER, PsiAnswer, PsiError, PsiOffer, PsiResult
 from services.alignment.bank import AlignJob, align
-from services.bench.fixtures import Deployment
 from services.kernel.config import KafkaSettings
 from services.kernel.crypto import psi, ristretto
 from services.kernel.crypto.codec import bytes_to_b64
@@ -26,6 +25,7 @@ from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.chunks import CHUNK_HEADER, Reassembler
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import ALIGN_TO_BANK, align_topic, dlq_topic
+from services.stack.fixtures import Deployment
 from tests.integration.harness import read_all
 
 pytestmark = pytest.mark.integration

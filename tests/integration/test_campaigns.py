@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from schemas import Decision, ReasonCode
-from services.bench.pipeline import PipelineOptions
+from services.stack.pipeline import PipelineOptions
 from tests.cli import fedscreen
 from tests.integration.harness import (
     Running,

@@ -19,7 +19,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from services.demo import dataset as ds
+from services.stack import dataset as ds
 
 pytestmark = pytest.mark.integration
 ROWS = 3000

@@ -24,9 +24,9 @@ import confluent_kafka
 import pytest
 
 from schemas import CampaignConfig, Decision, ReasonCode
-from services.bench.pipeline import PipelineOptions
 from services.campaigns.topic import publish, release_usage
 from services.kernel.procs import ServiceProcess
+from services.stack.pipeline import PipelineOptions
 from tests.integration.diagnose import explain_copies, explain_undecided
 from tests.integration.harness import (
     Running,

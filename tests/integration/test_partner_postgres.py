@@ -18,7 +18,8 @@ from services.kernel.crypto.paillier import write_secret
 from services.kernel.crypto.tokens import Tokenizer, new_token_key
 from services.partner.binning import Binning
 from services.partner.settings import PartnerSettings
-from services.partner.store import PostgresStore, StoreError, StoreUnavailableError, open_store
+from services.partner.store import StoreError, StoreUnavailableError, open_store
+from services.partner.store_postgres import PostgresStore
 from tests.cli import fedscreen
 from tests.postgres import EmbeddedPostgres
 

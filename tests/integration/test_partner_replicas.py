@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from schemas import CandidateEvent, ReasonCode
-from services.bench.pipeline import Pipeline, PipelineOptions
-from services.bench.scaleout import rolling_restart
+from services.stack.pipeline import Pipeline, PipelineOptions, rolling_restart
 from tests.integration.harness import (
     PARTNERS,
     Running,

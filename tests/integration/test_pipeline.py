@@ -31,7 +31,6 @@ from schemas import (
     Release,
 )
 from schemas.examples import examples
-from services.bench.fixtures import install_model
 from services.kernel.crypto.codec import b64_to_int, int_to_b64
 from services.kernel.crypto.paillier import generate_keypair, save_private_key
 from services.kernel.crypto.signing import load_signing_key, new_signing_key, sign
@@ -48,6 +47,7 @@ from services.kernel.kafka.topics import (
 from services.kernel.model.scoring import BankScorer, sigmoid
 from services.kernel.procs import ServiceProcess
 from services.partner.store import FeatureStore
+from services.stack.fixtures import install_model
 from tests.integration.harness import (
     PARTNERS,
     Running,

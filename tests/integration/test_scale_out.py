@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 
 from schemas import Decision, ModelReady
-from services.bench.pipeline import PipelineOptions
 from services.kernel.kafka.topics import MODEL_READY
 from services.kernel.procs import ServiceProcess
+from services.stack.pipeline import PipelineOptions
 from tests.integration.harness import (
     Running,
     read_records,

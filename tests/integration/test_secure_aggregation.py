@@ -17,15 +17,15 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import Decision, EncryptedFragment, FragmentRequest, ReasonCode
-from services.bench.fixtures import PartnerData
-from services.bench.pipeline import PipelineOptions
-from services.demo import dataset as ds
 from services.kernel.crypto.codec import b64_to_int
 from services.kernel.crypto.packing import PackingOverflowError, unpack
 from services.kernel.crypto.paillier import load_private_keys
 from services.kernel.kafka.topics import FRAGMENTS, requests_topic
 from services.kernel.model.scoring import BankScorer, sigmoid
 from services.partner.store import FeatureStore
+from services.stack import dataset as ds
+from services.stack.fixtures import PartnerData
+from services.stack.pipeline import PipelineOptions
 from services.training.policy_file import load_policy
 from tests.integration.harness import (
     POLICY_FILE,

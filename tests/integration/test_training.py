@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from services.audit.transcript import read_messages
-from services.bench.fixtures import Deployment
-from services.bench.pipeline import Pipeline
-from services.demo import dataset as ds
 from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.topics import TRAINING_TO_BANK, all_topics, training_topic
 from services.partner.store import FeatureStore
+from services.stack import dataset as ds
+from services.stack.fixtures import Deployment
+from services.stack.pipeline import Pipeline
 from services.training.run import TrainResult, run_training
 from tests.integration.harness import PARTNERS, load_partner_stores, training_job
 

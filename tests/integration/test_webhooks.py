@@ -32,11 +32,11 @@ from services.kernel.config import KafkaSettings
 from services.kernel.kafka.broker import EmbeddedBroker, free_port
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import RELEASES, dlq_topic
+from services.kernel.webhook_signing import secret_bytes, signed_headers
 from services.receiver.app import Receiver
 from services.receiver.settings import ReceiverSettings
 from services.webhooks.service import WebhookService
 from services.webhooks.settings import WebhooksSettings
-from services.webhooks.signing import secret_bytes, signed_headers
 from services.webhooks.subscriptions import load_subscriptions
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services.bench.fixtures import PartnerData
-from services.bench.pipeline import PipelineOptions
-from services.demo import dataset as ds
+from services.stack import dataset as ds
+from services.stack.fixtures import PartnerData
+from services.stack.pipeline import PipelineOptions
 from tests.integration.harness import (
     Running,
     reference_partners,

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from services.audit.curious_bank import PartnerTruth
-from services.bench.fixtures import Deployment
-from services.bench.pipeline import Pipeline, PipelineOptions
-from services.demo import dataset as ds
 from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.topics import all_topics
 from services.partner.store import FeatureStore
+from services.stack import dataset as ds
+from services.stack.fixtures import Deployment
+from services.stack.pipeline import Pipeline, PipelineOptions
 from services.training.run import TrainResult, run_training
 from services.training.trace import TrainingTrace
 from tests.integration.harness import load_partner_stores, training_job

@@ -24,12 +24,12 @@ from services.audit.curious_bank import (
     serving_knowledge,
     serving_view,
 )
-from services.bench.fixtures import PartnerData, install_model, stored_weights
-from services.bench.pipeline import PipelineOptions
-from services.demo import dataset as ds
 from services.kernel.crypto.packing import DEFAULT_FRAC_BITS
 from services.kernel.crypto.paillier import generate_keypair, load_private_keys, save_private_key
 from services.partner.store import FeatureStore
+from services.stack import dataset as ds
+from services.stack.fixtures import PartnerData, install_model, stored_weights
+from services.stack.pipeline import PipelineOptions
 from tests.integration.harness import (
     Running,
     send_candidates,

@@ -25,8 +25,6 @@ from services.alignment.bank import AlignJob, align
 from services.alignment.partner import OfferPolicy, answer_one
 from services.audit.curious_partner import other_partners_flags, reidentify
 from services.audit.transcript import read_topic
-from services.bench.fixtures import Deployment
-from services.bench.pipeline import PipelineOptions
 from services.kernel.crypto import psi
 from services.kernel.crypto.codec import b64_to_bytes
 from services.kernel.crypto.signing import BankKey, PartnerKeyRegistry, load_signing_key
@@ -40,6 +38,8 @@ from services.kernel.crypto.tokens import (
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.topics import FRAGMENTS, all_topics
 from services.prescreen.joiner import KIND_HEADER
+from services.stack.fixtures import Deployment
+from services.stack.pipeline import PipelineOptions
 from tests.integration.harness import (
     Running,
 )

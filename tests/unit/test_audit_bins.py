@@ -1,5 +1,6 @@
-"""The bin-vector attacks (services/audit/bins.py) on synthetic partners: what a bank that
-knows the tables recovers, what it recovers without them, and where each solver stops."""
+"""The bin-vector attacks (services/audit/bins.py, bins_ilp.py) on synthetic partners:
+what a bank that knows the tables recovers, what it recovers without them, and where
+each solver stops."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ from services.audit.bins import (
     Equations,
     baseline_fraction,
     dictionary,
-    ilp,
-    ilp_detailed,
     marginals,
     mitm,
     prior_mode,
     recovered_fraction,
     top_vectors,
 )
+from services.audit.bins_ilp import ilp, ilp_detailed
 
 GRID = 2.0**-14
 FIVE = [11, 12, 16, 17, 9]

@@ -24,8 +24,6 @@ from schemas import (
     PendingCandidate,
     ReasonCode,
 )
-from services.bench.fixtures import BankData, Deployment, PartnerData, build_quick_model
-from services.demo import dataset as ds
 from services.intake.requests import fragment_requests
 from services.kernel.crypto.codec import b64_to_bytes, b64_to_int, int_to_b64
 from services.kernel.crypto.paillier import PrivateKey
@@ -53,6 +51,8 @@ from services.prescreen.batch_state import BatchState
 from services.prescreen.joiner import KIND_HEADER, TICK_KIND, Joiner, RejectedInputError
 from services.prescreen.outputs import Output
 from services.prescreen.quota import PartitionQuota, Pool, QuotaLedger
+from services.stack import dataset as ds
+from services.stack.fixtures import BankData, Deployment, PartnerData, build_quick_model
 from services.training.policy_file import load_policy
 
 SLOTS = 4

@@ -14,7 +14,6 @@ from rich.console import Console
 
 from schemas import Decision, ReasonCode
 from schemas.rollout import CampaignPolicy, ScoreBand
-from services.demo import dataset as ds
 from services.demo.outcome import print_outcome
 from services.evaluate.outcome import (
     QUOTA_CANDIDATES,
@@ -32,6 +31,7 @@ from services.evaluate.outcome import (
 from services.evaluate.report import CEILING, FEDERATED, FLOOR, Evaluation, ModelScore, Training
 from services.evaluate.report_html import render
 from services.prescreen.policy import score_band
+from services.stack import dataset as ds
 from services.training.policy_file import load_policy
 
 # Ten customers, four defaulters (rows 1, 4, 6, 9).

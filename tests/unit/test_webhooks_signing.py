@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.webhooks.signing import secret_bytes, sign, signed_headers
+from services.kernel.webhook_signing import secret_bytes, sign, signed_headers
 from services.webhooks.subscriptions import Endpoint
 
 KEY = os.urandom(32)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from schemas import Release
+from services.kernel.webhook_signing import secret_bytes
 from services.webhooks.payload import webhook_body
-from services.webhooks.signing import secret_bytes
 from services.webhooks.subscriptions import SubscriptionsError, load_subscriptions
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()

@@ -1,4 +1,5 @@
-"""A serving deployment without federated training, for the benchmark and the tests.
+"""A serving deployment without federated training, for the benchmark and the tests
+(the demo and ``fedscreen evaluate`` use its keys and stores, then train for real).
 
 A harness (never a service) sees every party's data, so it can fit bins and a quick
 scorecard directly: per-bin log-odds shrunk by the feature count, then a bank

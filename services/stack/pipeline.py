@@ -1,23 +1,26 @@
 """The serving pipeline as real processes (partners, intake, prescreen, and optionally
-webhooks with a receiver), for the demo, the benchmark and the integration tests."""
+webhooks with a receiver), for the demo, the benchmark and the integration tests, and
+a rolling restart of the partner replicas."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 from schemas import BankBundle, PartnerBundle
-from services.bench.fixtures import Deployment
 from services.kernel.crypto.signing import load_signing_key, signed
 from services.kernel.kafka.broker import EmbeddedBroker, free_port
 from services.kernel.kafka.topics import ROLLOUT_BANK, rollout_topic
 from services.kernel.model.rollout import publish_bundle
 from services.kernel.procs import Fleet, ServiceProcess
+from services.stack.fixtures import Deployment
 
 
 @dataclass
@@ -222,3 +225,23 @@ class Pipeline:
 
     def stop(self) -> dict[str, int | None]:
         return self.fleet.stop()
+
+
+async def rolling_restart(
+    fleet: Fleet, partners: Sequence[str], replicas: int, *, stop_timeout_s: float = 30.0
+) -> tuple[dict[str, int], dict[str, float]]:
+    """SIGTERM each partner replica in turn, start it again and wait until it is ready
+    before the next; each one's exit code (-999: it had to be killed) and the seconds
+    from SIGTERM to ready."""
+    exits: dict[str, int] = {}
+    took: dict[str, float] = {}
+    for partner in partners:
+        for replica in range(1, replicas + 1):
+            service = fleet[Pipeline.replica_name(partner, replica)]
+            started = time.monotonic()
+            code = await asyncio.to_thread(service.stop, stop_timeout_s)
+            exits[service.name] = -999 if code is None else code
+            service.start()
+            await service.wait_ready(timeout_s=120.0)
+            took[service.name] = time.monotonic() - started
+    return exits, took

@@ -3,6 +3,8 @@
 The signature is ``v1,`` + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")), where the
 key is the base64 part of a ``whsec_`` secret. Receivers verify it with any Standard
 Webhooks library; ours is checked against the independent ``standardwebhooks`` package.
+In the kernel because two services need it: webhooks signs with it, and the demo
+receiver reads its ``whsec_`` secret with :func:`secret_bytes`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.bench.fixtures import Deployment
 from services.kernel.kafka.broker import EmbeddedBroker
+from services.stack.fixtures import Deployment
 
 
 @dataclass(frozen=True)
