@@ -1,11 +1,11 @@
 """Join a batch's pending record with its partners' fragments and decide it.
 
-State lives in faust tables keyed by batch id (``batches``, ``pending``, ``decided``),
-quota counts in the release log (quota.py); this class holds the logic and is given
-the tables and a send function, so it runs the same inside the faust agent and in
-unit tests. A batch is decided exactly once:
-when every participant of its current attempt answered, or when that attempt's
-deadline tick arrives.
+State lives in faust tables keyed by batch id (``batches``, as batch_state.py reads
+it, ``pending``, ``decided``), quota counts in the release log (quota.py); this class
+holds the logic and is given the tables and a send function, so it runs the same
+inside the faust agent and in unit tests. A batch is decided exactly once: when every
+participant of its current attempt answered, or when that attempt's deadline tick
+arrives. What the fragments say is screening.py's part; what is decided, policy.py's.
 
 Fragments are masked pairwise (secure aggregation): only the product of *all* the
 participants' fragments decrypts to something meaningful. When a partner misses the
@@ -24,12 +24,10 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from schemas import (
@@ -44,22 +42,20 @@ from schemas import (
     Release,
 )
 from services.kernel.crypto.codec import b64_to_int, bytes_to_b64
-from services.kernel.crypto.packing import PackingOverflowError, combine_plain, unpack
 from services.kernel.crypto.paillier import CiphertextError, PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, SignatureError
 from services.kernel.ids import decision_id_for
 from services.kernel.kafka.topics import DECISIONS, FRAGMENTS, PENDING, RELEASES
-from services.kernel.metrics import (
-    CRYPTO_SECONDS,
-    PARTNER_LATENCY,
-    PARTNER_TIMEOUTS,
-)
 from services.kernel.metrics import DECISIONS as DECISION_COUNT
+from services.kernel.metrics import (
+    PARTNER_LATENCY,
+)
 from services.kernel.model.scoring import BankScorer
 from services.prescreen.batch_state import BatchState
 from services.prescreen.outputs import Output
 from services.prescreen.policy import Screening, Verdict, decide
 from services.prescreen.quota import PartitionQuota, QuotaLedger
+from services.prescreen.screening import Screener
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +77,6 @@ class RejectedInputError(ValueError):
         self.keep_value = keep_value
         """False for a partner's genuine ciphertext: the DLQ keeps its digest only, so no
         later reader of the DLQ can combine it with the other partners' answers."""
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    partner_score: np.ndarray | None
-    """The aggregate partner score, when every partner of the batch is in the sum."""
-    flagged: np.ndarray
-    """Per candidate: some partner in the sum flagged it."""
 
 
 class Joiner:
@@ -119,6 +107,7 @@ class Joiner:
         self.ledger = ledger or QuotaLedger(partitions)
         self.publish = publish
         self.private_keys = private_keys
+        self.screener = Screener(private_keys)
         self.registry = registry
         self.bundle_for = bundle_for
         self.partitions = partitions
@@ -364,7 +353,7 @@ class Joiner:
             bundle = None
         else:
             bundle, scorer = loaded
-            screenings, missing = self._screen(
+            screenings, missing = self.screener.screen(
                 pending, fragments, participants, attempt, bundle, scorer
             )
         # The outputs must be on the broker before the tables say "decided": the table
@@ -395,109 +384,6 @@ class Joiner:
         # Also drops the parsed record again: the deadline timer may have parsed it back
         # into the cache while _emit awaited the broker (tick_for).
         self._forget(batch_id)
-
-    @staticmethod
-    def _usable(
-        pending: PendingBatch,
-        fragments: dict[str, EncryptedFragment],
-        participants: list[str],
-        attempt: int,
-        bundle: BankBundle,
-    ) -> dict[str, EncryptedFragment]:
-        """The fragments that may enter the product: for this batch's model, size and key,
-        masked for exactly its participants."""
-        n = len(pending.candidates)
-        return {
-            name: f
-            for name, f in fragments.items()
-            if name in participants
-            and f.model_version == pending.model_version
-            and f.slot_count == n
-            and (f.mode == "plaintext" or f.key_id == bundle.key_id)
-            and f.attempt == attempt
-            and sorted(f.participants) == sorted(participants)
-            and f.flags_only == (attempt > 1)
-        }
-
-    def _screen(
-        self,
-        pending: PendingBatch,
-        fragments: dict[str, EncryptedFragment],
-        participants: list[str],
-        attempt: int,
-        bundle: BankBundle,
-        scorer: BankScorer,
-    ) -> tuple[list[Screening], list[str]]:
-        n = len(pending.candidates)
-        usable = self._usable(pending, fragments, participants, attempt, bundle)
-        missing = [p for p in pending.partners if p not in usable]
-        joined = None
-        plaintext_mode = bool(usable) and all(f.mode == "plaintext" for f in usable.values())
-        # The masks cancel only in the product of every participant's fragment: a partial
-        # product decrypts to noise, so it is not even tried (no flags from it apply).
-        if usable and (plaintext_mode or set(usable) == set(participants)):
-            joined = self._join(pending, usable, attempt > 1, bundle, scorer)
-            if joined is None:
-                missing = list(pending.partners)  # undecodable: nobody's answer counts
-        flagged = joined.flagged if joined is not None else np.zeros(n, dtype=bool)
-        for partner in missing:
-            PARTNER_TIMEOUTS.labels(partner=partner).inc()
-        x_bank = scorer.matrix([c.features for c in pending.candidates])
-        if not missing and joined is not None and joined.partner_score is not None:
-            pds = scorer.score(x_bank, joined.partner_score)
-            return [Screening(float(pd), bool(f)) for pd, f in zip(pds, flagged, strict=True)], []
-        if bundle.policy.deadline_outcome == "fallback":
-            pds = scorer.score_fallback(x_bank)
-            screenings = [
-                Screening(float(pd), bool(f), degraded=True, partner_unavailable=True)
-                for pd, f in zip(pds, flagged, strict=True)
-            ]
-        else:
-            screenings = [Screening(None, bool(f), partner_unavailable=True) for f in flagged]
-        return screenings, missing
-
-    def _join(
-        self,
-        pending: PendingBatch,
-        fragments: dict[str, EncryptedFragment],
-        flags_only: bool,
-        bundle: BankBundle,
-        scorer: BankScorer,
-    ) -> Joined | None:
-        """Multiply the fragments, decrypt once, unpack; None if the sum does not decode."""
-        plaintext_mode = all(f.mode == "plaintext" for f in fragments.values())
-        n = len(pending.candidates)
-        features = {p: 0 if flags_only else scorer.features_per_partner[p] for p in fragments}
-        started = time.perf_counter()
-        try:
-            if plaintext_mode:
-                plaintext = combine_plain(
-                    bundle.packing, [f.plain_slots or [] for f in fragments.values()]
-                )
-            else:
-                key = self.private_keys[bundle.key_id]
-                nsquare = key.public.nsquare
-                product = 1
-                for fragment in fragments.values():
-                    product = product * b64_to_int(fragment.ciphertext or "") % nsquare
-                plaintext = int(key.decrypt(product))
-            slots = unpack(bundle.packing, plaintext, n, features)
-        except (PackingOverflowError, KeyError) as exc:
-            log.error(
-                "batch %s: fragments do not decode (%s); treating partners as missing",
-                pending.batch_id,
-                exc,
-                extra={"batch_id": pending.batch_id},
-            )
-            return None
-        finally:
-            CRYPTO_SECONDS.labels(service="prescreen", operation="join").observe(
-                time.perf_counter() - started
-            )
-        flagged = np.array([s.flagged for s in slots], dtype=bool)
-        complete = not flags_only and set(fragments) == set(pending.partners)
-        score = np.array([s.partner_score for s in slots]) if complete else None
-        return Joined(score, flagged)
 
     async def _emit(
         self,

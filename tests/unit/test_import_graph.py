@@ -38,13 +38,6 @@ BENCH_IMPORTERS = frozenset({"services.commands"})
 """The CLI dispatcher registers ``fedscreen bench``, lazily (inside a function), and
 copes with its absence (the runtime image leaves the benchmark out)."""
 MAX_LINES = 600
-LONG_MODULES_ALLOWED = frozenset(
-    {
-        # Being shortened on another branch (issue 12); remove this entry once it is
-        # under MAX_LINES.
-        "services/prescreen/joiner.py",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -138,11 +131,7 @@ def bench_importers(found: list[Edge]) -> dict[str, list[Edge]]:
 
 
 def long_modules(lengths: Mapping[str, int]) -> list[str]:
-    return sorted(
-        f"{path}: {count} lines"
-        for path, count in lengths.items()
-        if count > MAX_LINES and path not in LONG_MODULES_ALLOWED
-    )
+    return sorted(f"{path}: {count} lines" for path, count in lengths.items() if count > MAX_LINES)
 
 
 # -- the real tree ----------------------------------------------------------------------
@@ -177,7 +166,6 @@ def test_no_module_in_services_is_longer_than_600_lines() -> None:
         path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
         for path in SERVICES.rglob("*.py")
     }
-    assert set(LONG_MODULES_ALLOWED) <= set(lengths), "an allowed module no longer exists"
     assert long_modules(lengths) == []
 
 
@@ -213,4 +201,3 @@ def test_the_checks_catch_a_made_up_violation_of_each_rule() -> None:
     assert long_modules({"services/a.py": 601, "services/b.py": 600}) == [
         "services/a.py: 601 lines"
     ]
-    assert long_modules({path: 10_000 for path in LONG_MODULES_ALLOWED}) == []
