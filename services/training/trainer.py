@@ -27,42 +27,24 @@ features, bins, bin edges, feature names, weights or directions.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
-from gmpy2 import mpz
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from schemas import PackingSpec, TrainFinish, TrainReady, TrainScores, TrainStart
-from schemas.training import (
-    BlindTraining,
-    ScoreLayout,
-    TrainDone,
-    TrainRound,
-    TrainTruncate,
-    TrainTruncated,
-)
-from services.kernel.crypto.blind import (
-    PROVISIONAL_FEATURES,
-    blind_training,
-    decode_scores,
-    decode_step,
-    encode_gradients,
-    encode_step,
-    score_layout,
-    truncate,
-)
-from services.kernel.crypto.codec import b64_to_int, int_to_b64
-from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, PackingOverflowError, packing_for
+from schemas import PackingSpec
+from schemas.training import BlindTraining
+from services.kernel.crypto.blind import blind_training, decode_step, encode_step
+from services.kernel.crypto.packing import DEFAULT_FLAG_BITS, packing_for
 from services.kernel.crypto.paillier import PrivateKey
-from services.kernel.crypto.tokens import TokenSource, token_or_decoy
+from services.kernel.crypto.tokens import TokenSource
 from services.kernel.model.scoring import sigmoid
-from services.training.coordinator import Channel, TrainingError
+from services.training.coordinator import Channel
+from services.training.exchanges import Exchanges, ListOrder
 from services.training.parallel import CryptoPool
 from services.training.trace import TrainingTrace
 
@@ -97,6 +79,10 @@ class TrainParams:
     stack_early_stopping_trees: int = 50
     # t of the bundles' blacklist field (docs/crypto.md, "The blacklist field").
     flag_bits: int = DEFAULT_FLAG_BITS
+    # LightGBM's threads. The training job has its cores to itself; where others share
+    # them (the unit tests), two OpenMP threads spin waiting for each other and one is
+    # many times faster.
+    num_threads: int = 2
 
     def lgb_params(self) -> dict[str, object]:
         return {
@@ -105,7 +91,7 @@ class TrainParams:
             "learning_rate": self.learning_rate,
             "min_child_samples": self.min_child_samples,
             "verbose": -1,
-            "num_threads": 2,
+            "num_threads": self.num_threads,
             "seed": self.seed,
         }
 
@@ -115,6 +101,12 @@ class BankRows:
     ids: list[str]
     x: np.ndarray
     y: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> BankRows:
+        """The rows at the indices ``idx``, in that order."""
+        return BankRows(
+            [self.ids[i] for i in idx], self.x[idx], None if self.y is None else self.y[idx]
+        )
 
 
 @dataclass
@@ -159,27 +151,84 @@ def _line_search(y: np.ndarray, logit: np.ndarray, du: np.ndarray, limit: float)
 
 
 @dataclass
-class _Rows:
-    """The session's rows as the partners see them: one shuffled list."""
+class SessionRows:
+    """A session's rows, split three ways: the fit rows (the only ones with a gradient),
+    the validation fold carved from the training rows (early stopping, the stacker's
+    test) and the caller's test rows. Per-row arrays such as the aggregate partner score
+    run over all of them in that order; ``order`` is the shuffled list the partners see."""
 
-    order: np.ndarray  # position in the list -> row (fit rows, then validation, then test)
-    fit: int
-    val: int
-    test: int
+    fit: BankRows
+    val: BankRows
+    test: BankRows
+    order: ListOrder
+
+    @classmethod
+    def split(cls, train: BankRows, test: BankRows | None, params: TrainParams) -> SessionRows:
+        """Validation rows stratified on the label; the list order drawn afresh."""
+        assert train.y is not None
+        fit_idx, val_idx = train_test_split(
+            np.arange(len(train.ids)),
+            test_size=params.validation_fraction,
+            stratify=train.y,
+            random_state=params.seed,
+        )
+        fit, val = train.take(np.sort(fit_idx)), train.take(np.sort(val_idx))
+        test = test if test is not None else BankRows([], train.x[:0])
+        return cls(fit, val, test, ListOrder.shuffled(len(fit.ids) + len(val.ids) + len(test.ids)))
+
+    @property
+    def ids(self) -> list[str]:
+        return [*self.fit.ids, *self.val.ids, *self.test.ids]
 
     @property
     def total(self) -> int:
-        return self.fit + self.val + self.test
+        return len(self.order)
 
-    def to_list_order(self, values: np.ndarray) -> np.ndarray:
-        """Per-row values (fit, val, test order) in the session's list order."""
-        out: np.ndarray = values[self.order]
+    def fit_part(self, per_row: np.ndarray) -> np.ndarray:
+        out: np.ndarray = per_row[: len(self.fit.ids)]
         return out
 
-    def from_list_order(self, values: np.ndarray) -> np.ndarray:
-        out = np.empty_like(values)
-        out[self.order] = values
+    def val_part(self, per_row: np.ndarray) -> np.ndarray:
+        start = len(self.fit.ids)
+        out: np.ndarray = per_row[start : start + len(self.val.ids)]
         return out
+
+    def test_part(self, per_row: np.ndarray) -> np.ndarray:
+        out: np.ndarray = per_row[len(self.fit.ids) + len(self.val.ids) :]
+        return out
+
+    @property
+    def y_fit(self) -> np.ndarray:
+        assert self.fit.y is not None
+        return self.fit.y
+
+    @property
+    def y_val(self) -> np.ndarray:
+        assert self.val.y is not None
+        return self.val.y
+
+
+@dataclass(frozen=True)
+class Backfitted:
+    """One point of the rounds: ``s``, the aggregate partner score of every session row
+    as the bank tracks it (sum_r a_r du_r: exactly what the partners' final weights
+    produce, up to their rounding to the serving layout's fixed point), and the bank's
+    trees refitted on top of it."""
+
+    round: int
+    s: np.ndarray
+    booster: lgb.Booster
+    val_auc: float
+
+
+@dataclass
+class Rounds:
+    """What the rounds leave: the best point, the quantised step of every round run (the
+    partners apply those of rounds 1 to ``best.round``) and the per-round history."""
+
+    best: Backfitted
+    steps: list[int]
+    history: list[dict[str, float]]
 
 
 class FederatedTrainer:
@@ -193,152 +242,153 @@ class FederatedTrainer:
         pool: CryptoPool | None = None,
         trace: bool = False,
     ) -> None:
-        self.coord = coordinator
         self.keep_trace = trace
         self.trace: TrainingTrace | None = None
         self.key = key
-        self.pool = pool or CryptoPool(key)  # without workers: runs in this process
-        self.tokenizers = tokenizers
         self.partners = list(tokenizers)
         self.params = params
         self.progress = progress or (lambda _stage, _fraction: None)
         self.blind: BlindTraining = blind_training(params.rounds, pseudo_count=params.pseudo_count)
-
-    def _split(self, train: BankRows) -> tuple[np.ndarray, np.ndarray]:
-        """Fit and validation rows (sorted indices), stratified on the label."""
-        assert train.y is not None
-        fit_idx, val_idx = train_test_split(
-            np.arange(len(train.ids)),
-            test_size=self.params.validation_fraction,
-            stratify=train.y,
-            random_state=self.params.seed,
-        )
-        return np.sort(fit_idx), np.sort(val_idx)
+        pool = pool or CryptoPool(key)  # without workers: runs in this process
+        self.exchanges = Exchanges(coordinator, key, pool, tokenizers, self.blind)
 
     async def fit(self, train: BankRows, test: BankRows | None = None) -> Trained:
-        assert train.y is not None
-        p = self.params
-        fit_idx, val_idx = self._split(train)
-        fit = BankRows([train.ids[i] for i in fit_idx], train.x[fit_idx], train.y[fit_idx])
-        val = BankRows([train.ids[i] for i in val_idx], train.x[val_idx], train.y[val_idx])
-        test = test or BankRows([], train.x[:0])
-        assert fit.y is not None and val.y is not None
-        n_fit, n_val, n_test = len(fit.ids), len(val.ids), len(test.ids)
-        # An unpredictable order, so nothing in the list tells a partner which rows are
-        # held out; the order does not change the model.
-        rng = np.random.default_rng(secrets.randbits(128))
-        rows = _Rows(rng.permutation(n_fit + n_val + n_test), n_fit, n_val, n_test)
-        ids = [*fit.ids, *val.ids, *test.ids]
-        bins = await self._start(rows, ids)
-        total_features = sum(len(b) for b in bins.values())
+        rows = SessionRows.split(train, test, self.params)
+        bins = await self.exchanges.start(rows.order, rows.ids, self.params.max_bins)
         if self.keep_trace:
-            listed = rows.order.tolist()
-            self.trace = TrainingTrace(
-                ids=[ids[i] for i in listed],
-                blind=self.blind,
-                bins_per_feature=bins,
-                held_out=[i >= n_fit for i in listed],
-            )
+            self.trace = self._new_trace(rows, bins)
+        rounds = await self._run_rounds(rows)
+        best = rounds.best
+        if self.trace is not None:
+            self.trace.best_round = best.round
+        self.progress("final weights", 0.97)
+        await self.exchanges.finish(best.round, rounds.steps[: best.round], self.trace)
+        fallback = self._fit_bank(rows, np.zeros(rows.total))
+        metrics = {
+            "validation_auc": best.val_auc,
+            "rounds": float(best.round),
+            "rounds_run": float(len(rounds.history) - 1),
+        }
+        # Stacking: kept only when it beats the additive model on the validation fold.
+        stacker = self._fit_stacker(rows, best.s) if self.params.stack else None
+        if stacker is not None:
+            stacked_logit = self._stacked_logit(stacker, rows.val.x, rows.val_part(best.s))
+            metrics["validation_auc_stacked"] = float(roc_auc_score(rows.y_val, stacked_logit))
+        stacked = stacker is not None and metrics["validation_auc_stacked"] > best.val_auc + 1e-4
+        metrics["stacked"] = float(stacked)
+        test_scores = None
+        if rows.test.ids and rows.test.y is not None:
+            test_scores, on_test = self._evaluate_on_test(rows, best, stacker, stacked, fallback)
+            metrics |= on_test
+        self.progress("done", 1.0)
+        return Trained(
+            bins_per_feature=bins,
+            booster=stacker if stacked and stacker is not None else best.booster,
+            fallback=fallback,
+            packing=self._serving_packing(bins, float(np.abs(best.s).max(initial=0.0))),
+            metrics=metrics,
+            test_scores=test_scores,
+            history=rounds.history,
+            stacked=stacked,
+            steps=[decode_step(self.blind, a) for a in rounds.steps[: best.round]],
+        )
 
-        # The aggregate partner score of every row (fit, val, test order), as the bank
-        # tracks it: sum_r a_r du_r, exactly what the partners' final weights produce,
-        # up to their rounding to the serving layout's fixed point.
-        s = np.zeros(rows.total)
-        booster = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
-        f_fit = self._raw(booster, fit.x)
-        best_auc = float(roc_auc_score(val.y, self._raw(booster, val.x)))
-        best = (0, booster, s.copy())
-        history: list[dict[str, float]] = [{"round": 0, "val_auc": best_auc}]
+    # -- the rounds ---------------------------------------------------------------------
+    async def _run_rounds(self, rows: SessionRows) -> Rounds:
+        """Round after round until ``params.rounds`` or ``params.patience`` rounds without
+        a better validation AUC; the best round wins, not the last."""
+        p = self.params
+        current = self._backfit(rows, 0, np.zeros(rows.total))
+        best = current
         steps: list[int] = []
+        history: list[dict[str, float]] = [{"round": 0, "val_auc": current.val_auc}]
         for round_ in range(1, p.rounds + 1):
             started = time.perf_counter()
             self.progress(f"round {round_}: encrypted directions", (round_ - 1) / p.rounds)
-            prob = sigmoid(f_fit + s[:n_fit])
-            g = np.concatenate([prob - fit.y, np.zeros(n_val + n_test)])
-            du = await self._round(round_, rows, g, steps[-1] if steps else None, total_features)
-            step = encode_step(
-                self.blind, _line_search(fit.y, f_fit + s[:n_fit], du[:n_fit], self.blind.max_step)
-            )
+            step, du = await self._step(rows, round_, current, steps[-1] if steps else None)
             steps.append(step)
-            s = s + decode_step(self.blind, step) * du
-            if self.trace is not None:
-                scale = float(1 << self.blind.direction_bits)
-                self.trace.record_round(
-                    rows.to_list_order(g), np.rint(rows.to_list_order(du) * scale), step
-                )
-            # Backfitting: the bank's trees re-learn on top of the new partner scores.
-            booster = self._fit_bank(fit, val, s[:n_fit], s[n_fit : n_fit + n_val])
-            f_fit = self._raw(booster, fit.x)
-            val_auc = float(
-                roc_auc_score(val.y, self._raw(booster, val.x) + s[n_fit : n_fit + n_val])
-            )
+            current = self._backfit(rows, round_, current.s + decode_step(self.blind, step) * du)
             history.append(
                 {
                     "round": round_,
-                    "val_auc": val_auc,
+                    "val_auc": current.val_auc,
                     "seconds": time.perf_counter() - started,
-                    "bank_trees": float(booster.best_iteration or booster.num_trees()),
+                    "bank_trees": float(
+                        current.booster.best_iteration or current.booster.num_trees()
+                    ),
                     "step": decode_step(self.blind, step),
                 }
             )
             log.info(
                 "round %d: validation AUC %.4f, step %.3f",
                 round_,
-                val_auc,
+                current.val_auc,
                 decode_step(self.blind, step),
             )
-            if val_auc > best_auc:
-                best_auc = val_auc
-                best = (round_, booster, s.copy())
-            elif round_ - best[0] >= p.patience:
+            if current.val_auc > best.val_auc:
+                best = current
+            elif round_ - best.round >= p.patience:
                 break
-        best_round, booster, s = best
-        if self.trace is not None:
-            self.trace.best_round = best_round
-        self.progress("final weights", 0.97)
-        await self._finish(best_round, steps[:best_round])
-        fallback = self._fit_bank(fit, val, np.zeros(n_fit), np.zeros(n_val))
-        metrics = {
-            "validation_auc": best_auc,
-            "rounds": float(best_round),
-            "rounds_run": float(len(history) - 1),
-        }
-        s_fit, s_val, s_test = s[:n_fit], s[n_fit : n_fit + n_val], s[n_fit + n_val :]
-        additive = booster
-        stacked = False
-        if p.stack:
-            stacker = self._fit_stacker(fit, val, s_fit, s_val)
-            stacked_auc = float(roc_auc_score(val.y, self._stacked_logit(stacker, val.x, s_val)))
-            metrics["validation_auc_stacked"] = stacked_auc
-            if stacked_auc > best_auc + 1e-4:
-                booster, stacked = stacker, True
-        metrics["stacked"] = float(stacked)
-        test_scores = None
-        if n_test and test.y is not None:
-            additive_logit = self._raw(additive, test.x) + s_test
-            test_logit = self._stacked_logit(booster, test.x, s_test) if stacked else additive_logit
-            test_scores = sigmoid(test_logit)
-            metrics["test_auc"] = float(roc_auc_score(test.y, test_logit))
-            metrics["test_auc_additive"] = float(roc_auc_score(test.y, additive_logit))
-            if p.stack:
-                metrics["test_auc_stacked"] = float(
-                    roc_auc_score(test.y, self._stacked_logit(stacker, test.x, s_test))
-                )
-            metrics["test_auc_bank_only"] = float(
-                roc_auc_score(test.y, self._raw(fallback, test.x))
-            )
-        self.progress("done", 1.0)
-        return Trained(
-            bins_per_feature=bins,
-            booster=booster,
-            fallback=fallback,
-            packing=self._serving_packing(bins, float(np.abs(s).max(initial=0.0))),
-            metrics=metrics,
-            test_scores=test_scores,
-            history=history,
-            stacked=stacked,
-            steps=[decode_step(self.blind, a) for a in steps[:best_round]],
+        return Rounds(best, steps, history)
+
+    async def _step(
+        self, rows: SessionRows, round_: int, current: Backfitted, previous: int | None
+    ) -> tuple[int, np.ndarray]:
+        """One round's exchange and its exact line search: the quantised step and the
+        aggregate direction score ``du`` of every row."""
+        logit = self._raw(current.booster, rows.fit.x) + rows.fit_part(current.s)
+        # The held-out rows get a zero gradient: they must not shape the directions.
+        g = np.concatenate([sigmoid(logit) - rows.y_fit, np.zeros(rows.total - len(logit))])
+        du = await self.exchanges.round(round_, g, previous)
+        step = encode_step(
+            self.blind, _line_search(rows.y_fit, logit, rows.fit_part(du), self.blind.max_step)
         )
+        if self.trace is not None:
+            scale = float(1 << self.blind.direction_bits)
+            order = rows.order
+            self.trace.record_round(
+                order.to_list_order(g), np.rint(order.to_list_order(du) * scale), step
+            )
+        return step, du
+
+    def _backfit(self, rows: SessionRows, round_: int, s: np.ndarray) -> Backfitted:
+        """Backfitting: the bank's trees re-learn on top of the partner scores ``s``."""
+        booster = self._fit_bank(rows, s)
+        val_logit = self._raw(booster, rows.val.x) + rows.val_part(s)
+        return Backfitted(round_, s, booster, float(roc_auc_score(rows.y_val, val_logit)))
+
+    def _new_trace(self, rows: SessionRows, bins: dict[str, list[int]]) -> TrainingTrace:
+        held_out = [i >= len(rows.fit.ids) for i in rows.order.row_at.tolist()]
+        return TrainingTrace(
+            ids=rows.order.listed(rows.ids),
+            blind=self.blind,
+            bins_per_feature=bins,
+            held_out=held_out,
+        )
+
+    # -- the final model ----------------------------------------------------------------
+    def _evaluate_on_test(
+        self,
+        rows: SessionRows,
+        best: Backfitted,
+        stacker: lgb.Booster | None,
+        stacked: bool,
+        fallback: lgb.Booster,
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """The kept model's scores of the test rows, and the test AUC of every model."""
+        x, y, s_test = rows.test.x, rows.test.y, rows.test_part(best.s)
+        assert y is not None
+        additive_logit = self._raw(best.booster, x) + s_test
+        stacked_logit = None if stacker is None else self._stacked_logit(stacker, x, s_test)
+        test_logit = stacked_logit if stacked and stacked_logit is not None else additive_logit
+        metrics = {
+            "test_auc": float(roc_auc_score(y, test_logit)),
+            "test_auc_additive": float(roc_auc_score(y, additive_logit)),
+        }
+        if stacked_logit is not None:
+            metrics["test_auc_stacked"] = float(roc_auc_score(y, stacked_logit))
+        metrics["test_auc_bank_only"] = float(roc_auc_score(y, self._raw(fallback, x)))
+        return sigmoid(test_logit), metrics
 
     def _serving_packing(self, bins: dict[str, list[int]], largest_score: float) -> PackingSpec:
         """The bundles' slot layout. The bank never sees a weight, so the clip bounds the
@@ -351,24 +401,22 @@ class FederatedTrainer:
             self.key.public.bits, counts, weight_clip=clip, flag_bits=self.params.flag_bits
         )
 
-    def _fit_stacker(
-        self, fit: BankRows, val: BankRows, s_fit: np.ndarray, s_val: np.ndarray
-    ) -> lgb.Booster:
+    def _fit_stacker(self, rows: SessionRows, s: np.ndarray) -> lgb.Booster:
         """LightGBM on [bank features, aggregate partner score], on top of that score.
         The validation rows, which early-stop the stacker and decide whether it is kept,
         never contributed a gradient."""
-        assert fit.y is not None and val.y is not None
         p = self.params
         params = {
             **p.lgb_params(),
             "num_leaves": p.stack_num_leaves,
             "learning_rate": p.stack_learning_rate,
         }
+        s_fit, s_val = rows.fit_part(s), rows.val_part(s)
         train_set = lgb.Dataset(
-            np.column_stack([fit.x, s_fit]), fit.y, init_score=s_fit, free_raw_data=False
+            np.column_stack([rows.fit.x, s_fit]), rows.y_fit, init_score=s_fit, free_raw_data=False
         )
         valid_set = lgb.Dataset(
-            np.column_stack([val.x, s_val]), val.y, init_score=s_val, reference=train_set
+            np.column_stack([rows.val.x, s_val]), rows.y_val, init_score=s_val, reference=train_set
         )
         return lgb.train(
             params,
@@ -387,124 +435,12 @@ class FederatedTrainer:
     def _raw(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.predict(x, raw_score=True, num_iteration=booster.best_iteration))
 
-    # -- the protocol steps -----------------------------------------------------
-    async def _start(self, rows: _Rows, ids: Sequence[str]) -> dict[str, list[int]]:
-        listed = [ids[i] for i in rows.order.tolist()]
-        # Sized as if every partner had PROVISIONAL_FEATURES features; the real counts
-        # arrive with TrainReady and are checked against it.
-        self.layout: ScoreLayout = score_layout(
-            self.key.public.bits, self.blind, PROVISIONAL_FEATURES * len(self.partners)
-        )
-        await self.coord.send_all(
-            {
-                k: TrainStart(
-                    session_id=self.coord.session_id,
-                    partner=k,
-                    participants=sorted(self.partners),
-                    key_id=self.key.key_id,
-                    public_key_n=self.key.public.to_b64(),
-                    blind=self.blind,
-                    layout=self.layout,
-                    max_bins=self.params.max_bins,
-                    tokens=[token_or_decoy(self.tokenizers[k], i) for i in listed],
-                )
-                for k in self.partners
-            }
-        )
-        ready = await self.coord.collect(TrainReady)
-        bins = {k: ready[k].bins_per_feature for k in self.partners}
-        for k, counts in bins.items():
-            if len(counts) > PROVISIONAL_FEATURES:
-                raise TrainingError(
-                    f"partner {k} has {len(counts)} features; at most {PROVISIONAL_FEATURES}"
-                )
-        return bins
-
-    async def _round(
-        self, round_: int, rows: _Rows, g: np.ndarray, previous: int | None, features: int
-    ) -> np.ndarray:
-        """Send a round's gradients (in list order); return the aggregate direction score
-        of every row (fit, val, test order)."""
-        n = int(self.key.public.n)
-        plaintexts = encode_gradients(self.blind, rows.to_list_order(g), n)
-        ciphertexts = [int_to_b64(c) for c in await self.pool.encrypt(plaintexts)]
-        message = TrainRound(
-            session_id=self.coord.session_id,
-            round=round_,
-            previous_step=previous,
-            gradients=ciphertexts,
-        )
-        await self.coord.send_all(dict.fromkeys(self.partners, message))
-        replies = await self.coord.collect(TrainScores, round_)
-        public = self.key.public
-        slots = self.layout.slots
-        expected = -(-rows.total // slots)
-        product = [mpz(1)] * expected
-        for k in self.partners:
-            if len(replies[k].ciphertexts) != expected:
-                raise TrainingError(
-                    f"partner {k} sent {len(replies[k].ciphertexts)} score ciphertexts, "
-                    f"expected {expected}"
-                )
-            product = [
-                a * public.validate(b64_to_int(c)) % public.nsquare
-                for a, c in zip(product, replies[k].ciphertexts, strict=True)
-            ]
-        plain = await self.pool.decrypt(product)
-        scores: list[float] = []
-        try:
-            for i, m in enumerate(plain):
-                count = min(slots, rows.total - i * slots)
-                scores.extend(decode_scores(self.layout, self.blind, m, count, features))
-        except PackingOverflowError as exc:
-            raise TrainingError(
-                f"round {round_}: the direction scores do not decode: {exc}"
-            ) from exc
-        return rows.from_list_order(np.array(scores))
-
-    async def _finish(self, best_round: int, steps: list[int]) -> None:
-        """The partners' final weights: each sends its accumulated directions, masked;
-        the bank drops their low bits and sends them back; each stores the result."""
-        await self.coord.send_all(
-            {
-                k: TrainFinish(
-                    session_id=self.coord.session_id,
-                    status="done",
-                    best_round=best_round,
-                    steps=steps,
-                )
-                for k in self.partners
-            }
-        )
-        replies = await self.coord.collect(TrainTruncate)
-        public = self.key.public
-        for k in self.partners:
-            masked = [public.validate(b64_to_int(c)) for c in replies[k].ciphertexts]
-            plain = await self.pool.decrypt(masked)
-            if self.trace is not None:
-                self.trace.truncated[k] = [int(x) for x in plain]
-            try:
-                dropped = [truncate(self.blind, int(x)) for x in plain]
-            except PackingOverflowError as exc:
-                raise TrainingError(f"partner {k}: a masked weight is out of range") from exc
-            encrypted = await self.pool.encrypt(dropped)
-            await self.coord.send(
-                k,
-                TrainTruncated(
-                    session_id=self.coord.session_id,
-                    ciphertexts=[int_to_b64(c) for c in encrypted],
-                ),
-            )
-        await self.coord.collect(TrainDone)
-
-    def _fit_bank(
-        self, fit: BankRows, val: BankRows, s_fit: np.ndarray, s_val: np.ndarray
-    ) -> lgb.Booster:
-        """LightGBM on the bank's features on top of the partner scores, early-stopped on
-        the validation rows (whose partner scores came back through the protocol)."""
-        assert fit.y is not None and val.y is not None
-        train_set = lgb.Dataset(fit.x, fit.y, init_score=s_fit, free_raw_data=False)
-        valid_set = lgb.Dataset(val.x, val.y, init_score=s_val, reference=train_set)
+    def _fit_bank(self, rows: SessionRows, s: np.ndarray) -> lgb.Booster:
+        """LightGBM on the bank's features on top of the partner scores ``s``, early-stopped
+        on the validation rows (whose partner scores came back through the protocol)."""
+        s_fit, s_val = rows.fit_part(s), rows.val_part(s)
+        train_set = lgb.Dataset(rows.fit.x, rows.y_fit, init_score=s_fit, free_raw_data=False)
+        valid_set = lgb.Dataset(rows.val.x, rows.y_val, init_score=s_val, reference=train_set)
         return lgb.train(
             self.params.lgb_params(),
             train_set,

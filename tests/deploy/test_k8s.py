@@ -53,6 +53,8 @@ OVERLAYS = sorted(
 )
 TOP_OVERLAYS = [o for o in OVERLAYS if len(o.parts) == 1]
 KUBERNETES_VERSION = "1.33.0"
+# Every test renders with kubectl, a process of its own: not in the fast lane.
+pytestmark = pytest.mark.integration
 REFERENCE_PARTNERS = ("repayments", "payments")
 IMAGE = "ghcr.io/fedscreen/fedscreen:0.1.0"
 STRIMZI_GROUP = "kafka.strimzi.io"
@@ -872,8 +874,24 @@ def check_kafka_cluster(objs: list[Obj], replicas: int) -> list[str]:
 
 # --------------------------------------------------------------------------- tests
 
-ENVIRONMENTS = [o for o in TOP_OVERLAYS if is_environment(render(o))]
-PARTNER_OVERLAYS = [o for o in TOP_OVERLAYS if is_partner(render(o))]
+
+def bases(directory: Path) -> set[str]:
+    """The directories of k8s/base a kustomization builds on, through its resources: read
+    from the kustomization files, so that collecting the tests runs no kubectl (the
+    fast lane, ``-m "not integration"``, starts no process)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    found: set[str] = set()
+    for resource in kustomization.get("resources", []):
+        path = (directory / resource).resolve()
+        if path.parent == (K8S / "base").resolve():
+            found.add(path.name)
+        elif (path / "kustomization.yaml").is_file():
+            found |= bases(path)
+    return found
+
+
+ENVIRONMENTS = [o for o in TOP_OVERLAYS if {"kafka", "bank"} <= bases(K8S / "overlays" / o)]
+PARTNER_OVERLAYS = [o for o in TOP_OVERLAYS if "partner" in bases(K8S / "overlays" / o)]
 
 
 def test_overlays_are_found() -> None:
@@ -881,6 +899,9 @@ def test_overlays_are_found() -> None:
     assert {o.name for o in ENVIRONMENTS} >= {"dev", "prod"}
     assert PARTNER_OVERLAYS, "no partner overlay"
     assert set(TOP_OVERLAYS) == set(ENVIRONMENTS) | set(PARTNER_OVERLAYS)
+    # What the kustomizations build on is what they render.
+    assert [o for o in TOP_OVERLAYS if is_environment(render(o))] == ENVIRONMENTS
+    assert [o for o in TOP_OVERLAYS if is_partner(render(o))] == PARTNER_OVERLAYS
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=str)

@@ -216,6 +216,7 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 
 
+@pytest.mark.integration
 @needs_promtool
 def test_promtool_accepts_the_rules() -> None:
     assert PROMTOOL is not None
@@ -353,6 +354,7 @@ SCENARIOS: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
 }
 
 
+@pytest.mark.integration
 @needs_promtool
 def test_each_alert_fires_on_its_symptom_and_none_on_a_healthy_pipeline(
     tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.kernel.kafka.admin import ensure_topics
@@ -12,6 +13,8 @@ from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.chunks import Reassembler, send_large
 from services.kernel.kafka.clients import make_consumer, make_producer
 from services.kernel.kafka.topics import ROLLOUT_BANK, all_topics
+
+pytestmark = pytest.mark.integration
 
 
 async def test_every_topic_exists_with_equal_partitions(broker: EmbeddedBroker) -> None:

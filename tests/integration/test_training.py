@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -12,15 +13,17 @@ import numpy as np
 import pytest
 
 from services.audit.transcript import read_messages
+from services.kernel.crypto.signing import PartnerKeyRegistry
 from services.kernel.crypto.tokens import load_token_source
 from services.kernel.kafka.broker import EmbeddedBroker
-from services.kernel.kafka.topics import TRAINING_TO_BANK, all_topics, training_topic
+from services.kernel.kafka.topics import MODEL_READY, TRAINING_TO_BANK, all_topics, training_topic
+from services.kernel.model.rollout import ReadinessBoard
 from services.partner.store import FeatureStore
 from services.stack import dataset as ds
 from services.stack.fixtures import Deployment
 from services.stack.pipeline import Pipeline
 from services.training.run import TrainResult, run_training
-from tests.integration.harness import PARTNERS, load_partner_stores, training_job
+from tests.integration.harness import PARTNERS, load_partner_stores, read_records, training_job
 
 pytestmark = pytest.mark.integration
 ROWS = 2400
@@ -94,9 +97,37 @@ async def test_training_beats_the_bank_alone_and_writes_bundles(trained: Trained
         assert all(len(str(w)) > 600 for w in scorecard.weights)  # ciphertexts, not weights
 
 
+async def readiness_board(trained: Trained, version: str, timeout_s: float) -> ReadinessBoard:
+    """model.ready.v1 as intake reads it (only announcements signed by their partner's
+    key count), once every partner's live instances list ``version``: a partner announces
+    right after its tables are built, so the record can trail /readyz by a moment."""
+    registry = PartnerKeyRegistry.parse(trained.pipeline.deployment.registry_spec)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        board = ReadinessBoard(trained.broker.settings(), registry)
+        for record in await read_records(trained.broker.settings(), MODEL_READY, idle_s=0.5):
+            board.offer(record.value)
+        if board.all_ready(PARTNERS, version) or loop.time() > deadline:
+            return board
+        await asyncio.sleep(0.5)
+
+
 async def test_partners_load_the_rolled_out_model(trained: Trained) -> None:
+    """Ready is not enough: every partner serves the very version training rolled out, as
+    its signed announcement on model.ready.v1 says (what intake activates a version by)
+    and its log confirms. Prescreen is not part of this module (no bank bundle is served)."""
+    version = trained.result.bank.model_version
+    assert {b.model_version for b in trained.result.partners.values()} == {version}
     for partner in PARTNERS:
         await trained.pipeline.fleet[f"partner-{partner}"].wait_ready(timeout_s=60)
+    board = await readiness_board(trained, version, timeout_s=30)
+    for partner in PARTNERS:
+        live = board.live(partner)
+        assert live, f"no live announcement from {partner}"
+        assert all(m.model_versions == [version] for m in live), live
+        log = trained.pipeline.fleet[f"partner-{partner}"].log_path.read_text()
+        assert f"model {version} ready in" in log
 
 
 async def test_the_bank_receives_no_partner_feature_name_value_or_bin_edge(

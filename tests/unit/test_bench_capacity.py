@@ -279,6 +279,7 @@ def test_results_go_to_the_work_directory_unless_out_says_otherwise(tmp_path: Pa
     )
 
 
+@pytest.mark.integration
 def test_plan_from_a_saved_run_and_its_errors_in_one_line(tmp_path: Path) -> None:
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps(results_json()))

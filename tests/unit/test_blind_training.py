@@ -31,7 +31,7 @@ from schemas.training import ToBank, ToPartner
 from services.kernel.crypto.blind import decode_scores
 from services.kernel.crypto.codec import b64_to_int
 from services.kernel.crypto.packing import DEFAULT_FRAC_BITS, PackingOverflowError
-from services.kernel.crypto.paillier import PrivateKey, generate_keypair
+from services.kernel.crypto.paillier import PrivateKey
 from services.kernel.crypto.signing import PartnerKeyRegistry, public_key_b64
 from services.kernel.crypto.tokens import Tokenizer, TokenSource
 from services.partner.agreement import PeerDirectory, announcement
@@ -95,7 +95,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+async def world(tmp_path_factory: pytest.TempPathFactory, private_key: PrivateKey) -> World:
     root = tmp_path_factory.mktemp("blind")
     rng = np.random.default_rng(7)
     ids = [f"c{i:05d}" for i in range(ROWS)]
@@ -127,14 +127,14 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> World:
                 other_signing, other_agreement = _keys(other)
                 peers.offer(announcement(other, other_agreement, other_signing, NOW))
         workers[name] = TrainingWorker(name, stores[name], 16, peers, min_participants=2)
-    key = generate_keypair(2048)
     channel = Channel("train-unit", workers)
     fit = ROWS - TEST_ROWS
     train = BankRows(ids[:fit], bank_x[:fit], y[:fit])
     test = BankRows(ids[fit:], bank_x[fit:], y[fit:])
-    trainer = FederatedTrainer(channel, key, tokenizers, TrainParams(rounds=4, patience=4))
+    params = TrainParams(rounds=4, patience=4, num_threads=1)
+    trainer = FederatedTrainer(channel, private_key, tokenizers, params)
     trained = await trainer.fit(train, test)
-    return World(key, channel, stores, partner_x, test, trained)
+    return World(private_key, channel, stores, partner_x, test, trained)
 
 
 def _decrypted_weights(world: World, partner: str) -> list[list[float]]:

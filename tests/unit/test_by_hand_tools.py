@@ -41,6 +41,7 @@ def test_the_packaged_policy_is_deploy_policy_toml() -> None:
     assert load_policy() == load_policy(ROOT / "deploy" / "policy.toml")
 
 
+@pytest.mark.integration
 def test_split_gives_each_party_only_its_columns(tmp_path: Path) -> None:
     data = small_data(tmp_path)
     work = tmp_path / "elsewhere"
@@ -81,6 +82,7 @@ def test_split_gives_each_party_only_its_columns(tmp_path: Path) -> None:
     assert all(r["c"] == source[r["cid"]]["c"] for r in one)  # missing values stay empty
 
 
+@pytest.mark.integration
 def test_split_defaults_to_the_reference_split(tmp_path: Path) -> None:
     result = fedscreen(tmp_path, "split", "--data", str(DATA), "--rows", "100", "--out", ".")
     assert result.returncode == 0, result.stderr
@@ -100,6 +102,7 @@ def test_split_defaults_to_the_reference_split(tmp_path: Path) -> None:
     assert (tmp_path / "partners" / "repayments" / "features.csv").is_file()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -122,6 +125,7 @@ def test_split_fails_in_one_line(tmp_path: Path, argv: list[str], message: str) 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_keys_signing_labels_the_public_key_and_a_script_can_take_it(tmp_path: Path) -> None:
     result = fedscreen(
         tmp_path, "keys", "signing", "--out", "keys/bank.pem", "--public-out", "keys/bank.pub"

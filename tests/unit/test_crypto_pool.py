@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.kernel.crypto.paillier import PrivateKey
 from services.training.parallel import SMALL, CryptoPool
 
 
+@pytest.mark.integration
 async def test_pool_encrypts_and_decrypts_in_worker_processes(private_key: PrivateKey) -> None:
     plaintexts = list(range(SMALL * 3))
     with CryptoPool(private_key, workers=2) as pool:

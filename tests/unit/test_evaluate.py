@@ -179,6 +179,7 @@ def test_test_scores_must_cover_every_test_id_once(tmp_path: Path) -> None:
 # -- the command's one-line errors ------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -218,6 +219,7 @@ def test_the_command_fails_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_duplicate_partner_names_fail_in_one_line(tmp_path: Path) -> None:
     path = _csv(tmp_path, _rows())
     result = subprocess.run(
