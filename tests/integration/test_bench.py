@@ -131,6 +131,7 @@ async def test_tiny_federated_bench_starts_its_flood_with_full_factor_pools(
     assert "federated, throughput phase: partner factor pools: payments" in console.getvalue()
 
 
+@pytest.mark.integration
 def test_bench_leaves_nothing_outside_fedscreen_by_default(tmp_path: Path) -> None:
     """Run from a directory, the bench writes its JSON (and everything else) under
     ``.fedscreen/bench`` there, not into the directory itself."""
