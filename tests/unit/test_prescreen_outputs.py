@@ -1,5 +1,6 @@
 """prescreen's batch publisher: a decided batch's records as one record batch per topic,
-in the batch's partition and in order, acknowledged before publish returns."""
+in the batch's partition and in order, queued when publish returns, with what to await
+for the acknowledgements."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class FakeProducer:
         self.partitions = partitions
         self.batch_bytes = batch_bytes
         self.sent: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
         self.acks: list[asyncio.Future[None]] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
@@ -30,6 +32,7 @@ class FakeProducer:
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
         self.sent.append((topic, partition, batch.records))
+        self.headers += batch.headers
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks.append(ack)
         return ack
@@ -39,11 +42,15 @@ class _Recording:
     def __init__(self, builder: BatchBuilder) -> None:
         self.builder = builder
         self.records: list[tuple[bytes, bytes]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
 
-    def append(self, *, key: bytes, value: bytes, timestamp: int | None) -> Any:
-        metadata = self.builder.append(key=key, value=value, timestamp=timestamp)
+    def append(
+        self, *, key: bytes, value: bytes, timestamp: int | None, headers: list[tuple[str, bytes]]
+    ) -> Any:
+        metadata = self.builder.append(key=key, value=value, timestamp=timestamp, headers=headers)
         if metadata is not None:
             self.records.append((key, value))
+            self.headers.append(headers)
         return metadata
 
 
@@ -59,7 +66,13 @@ def _records(n: int, size: int = 400) -> list[Output]:
 async def test_a_batch_goes_out_as_one_record_batch_per_topic_in_its_partition() -> None:
     producer = FakeProducer(partitions=4)
     records = _records(42)
-    publishing = asyncio.create_task(BatchPublisher(producer).publish(records, 6))
+    last = max(i for i, r in enumerate(records) if r.topic == RELEASES)
+    # The last release carries the batch's quota count.
+    records[last] = records[last]._replace(headers=(("fedscreen-quota", b"{}"),))
+    acks = await BatchPublisher(producer).publish(records, 6)
+    assert producer.headers[-1] == [("fedscreen-quota", b"{}")]  # queued, with its header
+    assert all(h == [] for h in producer.headers[:-1])
+    publishing = asyncio.ensure_future(acks)
     await asyncio.sleep(0.01)
     assert not publishing.done()  # waits for the broker's acknowledgements
     for ack in producer.acks:
@@ -76,7 +89,7 @@ async def test_a_batch_goes_out_as_one_record_batch_per_topic_in_its_partition()
 async def test_a_full_batch_is_sent_and_another_started() -> None:
     producer = FakeProducer(partitions=1, batch_bytes=4_096)
     records = [Output(DECISIONS, f"e{i}".encode(), b"x" * 1_000) for i in range(10)]
-    publishing = asyncio.create_task(BatchPublisher(producer).publish(records, 0))
+    publishing = asyncio.ensure_future(await BatchPublisher(producer).publish(records, 0))
     await asyncio.sleep(0.01)
     for ack in producer.acks:
         ack.set_result(None)
@@ -89,7 +102,7 @@ async def test_a_full_batch_is_sent_and_another_started() -> None:
 
 async def test_an_unacknowledged_batch_fails_the_publish() -> None:
     producer = FakeProducer(partitions=2)
-    publishing = asyncio.create_task(BatchPublisher(producer).publish(_records(10), 1))
+    publishing = asyncio.ensure_future(await BatchPublisher(producer).publish(_records(10), 1))
     await asyncio.sleep(0.01)
     producer.acks[0].set_exception(ConnectionError("broker gone"))
     for ack in producer.acks[1:]:
