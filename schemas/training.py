@@ -1,4 +1,4 @@
-"""Federated training protocol (DESIGN.md section 3; docs/protocol.md, "Training"), over Kafka.
+"""Federated training protocol (docs/design.md §3; docs/protocol.md, "Training"), over Kafka.
 
 Bank -> partner on ``fed.training.<partner>.v1``; partner -> bank on
 ``fed.training.bank.v1``; both keyed by session id. Large messages are chunked by the

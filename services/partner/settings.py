@@ -21,7 +21,8 @@ class PartnerSettings(BaseSettings):
     )
     store_url: str = Field(
         default="",
-        description="The feature store: sqlite:///path/features.sqlite (one replica) or "
+        description="The feature store: sqlite:///path/features.sqlite (one replica, or "
+        "several on one machine sharing the file) or "
         "postgresql://user:password@host:port/database (every replica of this partner on one "
         "database; the ledger's claims make exactly one answer each request). Empty: "
         "sqlite:// of PARTNER_DB.",

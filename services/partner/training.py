@@ -1,4 +1,4 @@
-"""The partner side of federated training (DESIGN.md section 3; docs/protocol.md).
+"""The partner side of federated training (docs/design.md §3; docs/protocol.md).
 
 Per session: fit private bins on the session's rows (one shuffled list: the partner
 cannot tell the rows the bank fits on from those it holds out). Per round: sum the

@@ -1,4 +1,4 @@
-"""The pre-screening policy (DESIGN.md section 4), after intake's consent and
+"""The pre-screening policy (docs/design.md §4), after intake's consent and
 frequency checks: campaign running → blacklist → risk → quota (total, then the day's)
 → release with a band and an expiry.
 

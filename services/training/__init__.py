@@ -1,2 +1,2 @@
-"""Federated training, bank side: the coordinator that runs DESIGN.md section 3's
+"""Federated training, bank side: the coordinator that runs docs/design.md §3's
 protocol with every partner over Kafka and builds the model bundles."""

@@ -1,6 +1,6 @@
 """What the bank holds after a training session, written down for the privacy audit.
 
-A curious bank keeps everything it computes and decrypts (DESIGN.md 1b). ``fedscreen
+A curious bank keeps everything it computes and decrypts (docs/design.md §1b). ``fedscreen
 train --trace-dir DIR`` writes exactly that to ``DIR/trace.npz``, so the audit's attacks
 (services/audit) work from the bank's real view of a real run rather than from a
 reconstruction: the ids in the order the partners saw them, each round's gradients and

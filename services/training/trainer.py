@@ -1,4 +1,4 @@
-"""Federated training, bank side (DESIGN.md section 3; docs/protocol.md, "Training").
+"""Federated training, bank side (docs/design.md §3; docs/protocol.md, "Training").
 
 Model: ``logit = f_bank(x_bank) + sum_k u_k``, ``u_k = sum_j w_k[j, bin_j]``.
 

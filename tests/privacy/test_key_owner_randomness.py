@@ -1,4 +1,5 @@
-"""The key owner against re-randomisation (DESIGN.md 1b; services/kernel/crypto/randomness.py).
+"""The key owner against re-randomisation (docs/design.md §1b;
+services/kernel/crypto/randomness.py).
 
 The bank holds p and q and chooses the randomness of every ciphertext it encrypts. It
 marks the table entries of half of feature 0's bins with a random factor whose Jacobi

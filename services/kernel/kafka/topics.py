@@ -1,4 +1,4 @@
-"""Every topic fedscreen uses, in one place (DESIGN.md section 2).
+"""Every topic fedscreen uses, in one place (docs/design.md §2).
 
 All topics that are joined by batch id are co-partitioned, so every topic the project
 creates gets the same partition count.
