@@ -67,24 +67,26 @@ def restored(
 async def _read(
     reader: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int | None, partition: int
 ) -> list[Logged]:
-    """Records from ``start`` up to ``stop``, or to the end when None: past the end the
-    broker reports, until a fetch brings nothing (the embedded broker reports a
-    partition's end as its last record batch's base offset + 1, short of the batch's
-    other records, and a batch's count is on its last)."""
+    """Records from ``start`` up to ``stop``, or when None through the record batch that
+    holds the end the broker reports now (the embedded broker reports a partition's end
+    as its last record batch's base offset + 1, short of the batch's other records, and
+    a batch's count is on its last). Records appended after that are not waited for: the
+    partitions of other workers keep growing while they are read."""
     reader.seek(tp, start)
-    reported_end = (await reader.end_offsets([tp]))[tp]
+    if stop is None:
+        reported_end = (await reader.end_offsets([tp]))[tp]
+        if reported_end <= start:
+            return []
     records: list[Logged] = []
     while True:
-        fetched = await reader.getmany(tp, timeout_ms=500)
-        for batch in fetched.values():
+        for batch in (await reader.getmany(tp, timeout_ms=500)).values():
             for r in batch:
                 if (stop is None or r.offset < stop) and r.key is not None:
                     counts = counts_in(r.headers or (), partition)
                     records.append(Logged(r.offset, r.timestamp, r.key, counts))
         position = await reader.position(tp)
-        if stop is not None and position >= stop:
-            return records
-        if stop is None and not fetched and position >= reported_end:
+        if position >= (stop if stop is not None else reported_end):
+            # Past the reported end, the whole batch holding it was fetched with it.
             return records
 
 

@@ -4,6 +4,8 @@ short end offset), the releases it covers, nothing after it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -26,6 +28,10 @@ def releases(topic: str, ids: list[str], counts: QuotaCounts | None) -> list[Out
     if counts is not None:
         out[-1] = out[-1]._replace(headers=((QUOTA_HEADER, counts.model_dump_json().encode()),))
     return out
+
+
+def no_legacy(partition: int) -> PartitionQuota:
+    raise AssertionError(f"partition {partition} has counts on the log")
 
 
 def counts(partition: int, total: int) -> QuotaCounts:
@@ -54,9 +60,6 @@ async def test_counts_come_back_from_the_release_log(broker: EmbeddedBroker) -> 
     finally:
         await producer.stop()
 
-    def no_legacy(partition: int) -> PartitionQuota:
-        raise AssertionError(f"partition {partition} has counts on the log")
-
     one = await read_counts(settings, 1, 60.0, no_legacy, topic)
     assert one.totals == {"c": 5}
     assert one.counted == {"d1", "d2", "d3", "d4", "d5"}
@@ -65,3 +68,37 @@ async def test_counts_come_back_from_the_release_log(broker: EmbeddedBroker) -> 
 
     legacy = PartitionQuota(2, totals={"c": 7})
     assert await read_counts(settings, 2, 60.0, lambda p: legacy, topic) is legacy
+
+
+async def test_a_partition_another_worker_keeps_writing_is_read_to_its_end_of_now(
+    broker: EmbeddedBroker,
+) -> None:
+    """A worker reads back every partition's count, also those another worker is still
+    releasing from: the read stops at the end it found, not when the writer pauses."""
+    topic = f"test.released.{uuid.uuid4().hex[:8]}"
+    settings = broker.settings()
+    await ensure_topics(settings, [TopicSpec(topic)])
+    producer = make_producer(settings)
+    await producer.start()
+    publisher = BatchPublisher(producer)
+    written = 0
+
+    async def keep_releasing() -> None:
+        nonlocal written
+        while True:
+            ids = [f"w{written}-{i}" for i in range(5)]
+            await (await publisher.publish(releases(topic, ids, counts(3, written + 5)), 3))
+            written += 5
+            await asyncio.sleep(0.005)
+
+    writer = asyncio.create_task(keep_releasing())
+    try:
+        while written < 50:
+            await asyncio.sleep(0.05)
+        three = await asyncio.wait_for(read_counts(settings, 3, 60.0, no_legacy, topic), 30.0)
+        assert three.totals["c"] >= 50 and len(three.counted) == three.totals["c"]
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await producer.stop()
