@@ -221,6 +221,16 @@ class IntakeService:
         return [] if self.consumer is None else await aiokafka_samples(self.consumer)
 
     async def consume(self) -> None:
+        # The group is joined first, while the partners and prescreen start: a join
+        # takes seconds (the embedded broker holds it for half the rebalance timeout),
+        # and nothing is fetched before the loop below. (A model still not active after
+        # the consumer's max poll interval, 5 minutes, makes it leave the group; its
+        # first fetch joins again.)
+        consumer = make_consumer(self.kafka, group_id=self.settings.group_id)
+        consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
+        self.consumer = consumer  # before start: the first assignment's restore uses it
+        await consumer.start()
+        self.candidate_partitions = len(await partitions_of(consumer, CANDIDATES))
         # No candidate is read before a model is active: a candidate we cannot batch
         # would otherwise have to be suppressed for no reason of its own.
         while self.active() is None:
@@ -229,11 +239,6 @@ class IntakeService:
                 await asyncio.wait_for(self.board.changed.wait(), 0.5)
         # Nor by the bundle's campaigns while a published configuration is being read.
         await self.campaigns.caught_up.wait()
-        consumer = make_consumer(self.kafka, group_id=self.settings.group_id)
-        consumer.subscribe([CANDIDATES], listener=_Rebalance(self))
-        self.consumer = consumer  # before start: the first assignment's restore uses it
-        await consumer.start()
-        self.candidate_partitions = len(await partitions_of(consumer, CANDIDATES))
         log.info("intake consuming %s", CANDIDATES)
         while True:
             timeout = 500.0
