@@ -9,6 +9,7 @@ campaigns of the bank bundle's policy apply (version 0).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 from pydantic import AwareDatetime, Field, model_validator
@@ -51,6 +52,8 @@ class QuotaCounts(WireModel):
     shows it beside the releases it finds on ``campaign.released.v1``."""
 
     SCHEMA_ID: ClassVar[str] = "quota-counts.v1"
+    HEADER: ClassVar[str] = "fedscreen-quota"
+    """The record header that carries it."""
 
     partition: int = Field(ge=0, description="The input partition whose releases these are.")
     totals: dict[str, int] = Field(description="Releases by campaign id, ever.")
@@ -58,3 +61,12 @@ class QuotaCounts(WireModel):
         description="Releases by campaign id and day (ISO date in the campaign's time "
         "zone); the two latest days of each campaign."
     )
+
+    @classmethod
+    def in_headers(cls, headers: Iterable[tuple[str, bytes]]) -> QuotaCounts | None:
+        """The count a record's headers carry, if any (raises ValidationError when the
+        header is there but unreadable)."""
+        for name, value in headers:
+            if name == cls.HEADER:
+                return cls.model_validate_json(value)
+        return None

@@ -20,12 +20,7 @@ from services.kernel.kafka.clients import (
     make_producer,
     partitions_of,
 )
-from services.kernel.kafka.topics import (
-    CAMPAIGN_CONFIG,
-    CAMPAIGN_CONFIG_KEY,
-    QUOTA_HEADER,
-    RELEASES,
-)
+from services.kernel.kafka.topics import CAMPAIGN_CONFIG, CAMPAIGN_CONFIG_KEY, RELEASES
 
 Headers = tuple[tuple[str, bytes], ...]
 TOPIC_WAIT_S = 30.0
@@ -108,11 +103,9 @@ async def release_usage(kafka: KafkaSettings, campaigns: list[CampaignPolicy]) -
     seen: set[str] = set()
     last_counts: dict[int, QuotaCounts] = {}
     for value, headers in await read_records(kafka, RELEASES):
-        for name, header in headers:
-            if name == QUOTA_HEADER:
-                with contextlib.suppress(ValidationError):
-                    counts = QuotaCounts.model_validate_json(header)
-                    last_counts[counts.partition] = counts
+        with contextlib.suppress(ValidationError):
+            if (counts := QuotaCounts.in_headers(headers)) is not None:
+                last_counts[counts.partition] = counts
         try:
             release = json.loads(value)
             decision_id, campaign_id = release["decision_id"], release["campaign_id"]

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas import CampaignPolicy, QuotaCounts, ReasonCode
-from services.kernel.kafka.topics import QUOTA_HEADER
 from services.prescreen.policy import quota_share
 
 DAYS_KEPT = 2
@@ -103,7 +102,7 @@ class PartitionQuota:
         counts = QuotaCounts.model_construct(
             partition=self.partition, totals=self.totals, days=self.days
         )
-        return QUOTA_HEADER, counts.model_dump_json().encode()
+        return QuotaCounts.HEADER, counts.model_dump_json().encode()
 
 
 @dataclass(slots=True)
@@ -135,9 +134,8 @@ class Pool:
         """Whether one more release fits: each other partition may still release its
         share, so it is set aside for it (or what it released, if more)."""
         used = sum(count(q) for q in self.owned.values())
-        owned = set(self.owned)
         for p in range(self.partitions):
-            if p not in owned:
+            if p not in self.owned:
                 other = self.others.get(p)
                 used += max(
                     count(other) if other is not None else 0,

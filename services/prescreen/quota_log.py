@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from schemas import QuotaCounts
 from services.kernel.config import KafkaSettings
 from services.kernel.kafka.clients import IDLE_FETCH_WAIT_MS, make_consumer, partitions_of
-from services.kernel.kafka.topics import QUOTA_HEADER, RELEASES
+from services.kernel.kafka.topics import RELEASES
 from services.prescreen.quota import PartitionQuota
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,13 @@ class Logged:
 
 
 def counts_in(headers: Iterable[tuple[str, bytes]], partition: int) -> QuotaCounts | None:
-    for name, value in headers:
-        if name == QUOTA_HEADER:
-            try:
-                counts = QuotaCounts.model_validate_json(value)
-            except ValidationError:
-                log.warning("a release record carries an unreadable %s header", QUOTA_HEADER)
-                return None
-            return counts if counts.partition == partition else None
-    return None
+    """The count of ``partition`` a release record carries, if it carries one."""
+    try:
+        counts = QuotaCounts.in_headers(headers)
+    except ValidationError:
+        log.warning("a release record carries an unreadable %s header", QuotaCounts.HEADER)
+        return None
+    return counts if counts is not None and counts.partition == partition else None
 
 
 def restored(

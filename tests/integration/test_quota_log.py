@@ -14,7 +14,7 @@ from schemas import QuotaCounts
 from services.kernel.kafka.admin import ensure_topics
 from services.kernel.kafka.broker import EmbeddedBroker
 from services.kernel.kafka.clients import make_producer
-from services.kernel.kafka.topics import QUOTA_HEADER, TopicSpec
+from services.kernel.kafka.topics import TopicSpec
 from services.prescreen.outputs import BatchPublisher, Output
 from services.prescreen.quota import PartitionQuota
 from services.prescreen.quota_log import read_counts
@@ -26,7 +26,8 @@ def releases(topic: str, ids: list[str], counts: QuotaCounts | None) -> list[Out
     """A decided batch's releases, the last carrying its partition's count."""
     out = [Output(topic, d.encode(), b"{}") for d in ids]
     if counts is not None:
-        out[-1] = out[-1]._replace(headers=((QUOTA_HEADER, counts.model_dump_json().encode()),))
+        header = (QuotaCounts.HEADER, counts.model_dump_json().encode())
+        out[-1] = out[-1]._replace(headers=(header,))
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from schemas import Decision, PendingBatch, QuotaCounts, ReasonCode
-from services.kernel.kafka.topics import FRAGMENTS, PENDING, QUOTA_HEADER, RELEASES
+from services.kernel.kafka.topics import FRAGMENTS, PENDING, RELEASES
 from services.prescreen.outputs import Output
 from services.prescreen.quota import PartitionQuota, QuotaLedger, Restore
 from services.prescreen.quota_log import Logged, counts_in, restored
@@ -72,7 +72,7 @@ async def test_the_last_release_of_a_batch_carries_the_partitions_counts(
     assert len(released) == 4
     carrying = [h for (t, _, _), h in zip(world.sent, world.headers, strict=True) if h]
     assert all(t == RELEASES for (t, _, _), h in zip(world.sent, world.headers, strict=True) if h)
-    counts = [QuotaCounts.model_validate_json(dict(h)[QUOTA_HEADER]) for h in carrying]
+    counts = [QuotaCounts.model_validate_json(dict(h)[QuotaCounts.HEADER]) for h in carrying]
     assert [c.totals for c in counts] == [{"card-upgrade": 3}, {"card-upgrade": 4}]
     assert counts[-1].partition == 0 and sum(counts[-1].days["card-upgrade"].values()) == 4
 
@@ -106,15 +106,19 @@ async def test_a_batch_decided_again_after_a_crash_releases_the_same_and_counts_
 def test_counts_are_read_from_the_partitions_last_counted_record_only() -> None:
     mine = QuotaCounts(partition=1, totals={"c": 7}, days={"c": {"2026-12-05": 7}})
     other = QuotaCounts(partition=0, totals={"c": 99}, days={})
+
+    def carrying(counts: QuotaCounts) -> list[tuple[str, bytes]]:
+        return [(QuotaCounts.HEADER, counts.model_dump_json().encode())]
+
     records = [
-        Logged(10, 0, b"d1", counts_in([(QUOTA_HEADER, mine.model_dump_json().encode())], 1)),
-        Logged(11, 0, b"d2", counts_in([(QUOTA_HEADER, other.model_dump_json().encode())], 1)),
+        Logged(10, 0, b"d1", counts_in(carrying(mine), 1)),
+        Logged(11, 0, b"d2", counts_in(carrying(other), 1)),
         Logged(12, 0, b"d3", None),  # a release after the last count: not counted yet
     ]
     assert records[1].counts is None  # partition 0's count, in a shared output partition
     quota = restored(1, records[0], records, no_legacy)
     assert quota.totals == {"c": 7} and quota.counted == {"d1"}
-    assert counts_in([(QUOTA_HEADER, b"{not json")], 1) is None
+    assert counts_in([(QuotaCounts.HEADER, b"{not json")], 1) is None
 
 
 def test_without_a_count_on_the_log_the_legacy_table_counts() -> None:
